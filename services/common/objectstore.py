@@ -1,0 +1,155 @@
+"""The object store behind one interface, with integrity built in.
+
+Every object is written with its sha256 in its metadata and checked on every
+read, so a dataset or a model artifact that changed after it was written is
+refused instead of silently used. `MinioObjectStore` speaks to any
+S3-compatible server; the interface is the seam for another backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from minio import Minio
+from minio.error import S3Error
+
+SHA256_META = "sha256"
+
+
+class ObjectNotFound(KeyError):
+    """The object does not exist."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0])
+
+
+class IntegrityError(ValueError):
+    """The object's bytes do not hash to the sha256 it was recorded with."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    bucket: str
+    key: str
+    sha256: str
+    size: int
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ObjectStore(ABC):
+    bucket: str
+
+    @abstractmethod
+    def ensure_bucket(self) -> None: ...
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectRef:
+        """Stores `data` under `key` with its sha256; returns the reference."""
+
+    @abstractmethod
+    def get_bytes(self, key: str, expected_sha256: str | None = None) -> bytes:
+        """Returns the verified bytes; raises ObjectNotFound or IntegrityError."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str) -> list[str]: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> ObjectRef:
+        return self.put_bytes(key, Path(path).read_bytes(), content_type)
+
+    def get_file(self, key: str, path: Path, expected_sha256: str | None = None) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.get_bytes(key, expected_sha256))
+        return path
+
+    def put_json(self, key: str, value: object) -> ObjectRef:
+        data = json.dumps(value, sort_keys=True, indent=2).encode()
+        return self.put_bytes(key, data, "application/json")
+
+    def get_json(self, key: str, expected_sha256: str | None = None) -> object:
+        return json.loads(self.get_bytes(key, expected_sha256))
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/key` → (bucket, key)."""
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
+    bucket, key = uri[5:].split("/", 1)
+    return bucket, key
+
+
+class MinioObjectStore(ObjectStore):
+    def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str,
+                 secure: bool = False) -> None:
+        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure)
+        self.bucket = bucket
+
+    @classmethod
+    def from_settings(cls, settings) -> "MinioObjectStore":
+        store = cls(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
+                    settings.bucket, settings.s3_secure)
+        store.ensure_bucket()
+        return store
+
+    def ensure_bucket(self) -> None:
+        if not self.client.bucket_exists(self.bucket):
+            try:
+                self.client.make_bucket(self.bucket)
+            except S3Error as exc:  # another service created it first
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectRef:
+        digest = sha256_of(data)
+        self.client.put_object(self.bucket, key, io.BytesIO(data), len(data),
+                               content_type=content_type, metadata={SHA256_META: digest})
+        return ObjectRef(self.bucket, key, digest, len(data))
+
+    def get_bytes(self, key: str, expected_sha256: str | None = None) -> bytes:
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                raise ObjectNotFound(f"no object s3://{self.bucket}/{key}") from exc
+            raise
+        try:
+            data = response.read()
+            recorded = response.headers.get(f"x-amz-meta-{SHA256_META}")
+        finally:
+            response.close()
+            response.release_conn()
+        actual = sha256_of(data)
+        if recorded is None:
+            raise IntegrityError(f"s3://{self.bucket}/{key} has no recorded sha256; refusing to trust it")
+        for label, wanted in (("recorded", recorded), ("expected", expected_sha256)):
+            if wanted is not None and wanted != actual:
+                raise IntegrityError(
+                    f"s3://{self.bucket}/{key}: sha256 {actual} does not match the {label} {wanted}")
+        return data
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return sorted(o.object_name for o in self.client.list_objects(self.bucket, prefix, recursive=True))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.stat_object(self.bucket, key)
+            return True
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+                return False
+            raise

@@ -1,0 +1,142 @@
+"""How a service process lives: a gRPC server and Kafka worker threads that
+start together and stop together, cleanly, on SIGTERM/SIGINT.
+
+A worker finishes the batch in hand and commits it before it stops, so a
+stopped service neither loses nor (beyond at-least-once) repeats work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from confluent_kafka import KafkaException, Message, TopicPartition
+
+from .grpc_server import GrpcServer, Service, install_signal_handlers
+from .kafka import Consumer
+from .settings import CommonSettings
+from .telemetry import configure_logging, start_metrics
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerWorker(threading.Thread):
+    """Polls a consumer, hands each batch to `handle`, then commits.
+
+    `handle` must have produced (and flushed) everything the batch leads to
+    before it returns; a batch whose handler raises is rewound to the last
+    commit and retried after a back-off, so a failure never skips a record.
+    Records that can never succeed are the handler's to dead-letter.
+    """
+
+    def __init__(self, name: str, consumer: Consumer, handle: Callable[[Sequence[Message]], None],
+                 *, max_records: int = 500, poll_timeout: float = 0.5,
+                 on_idle: Callable[[], None] | None = None) -> None:
+        super().__init__(name=name, daemon=True)
+        self.consumer = consumer
+        self.handle = handle
+        self.max_records = max_records
+        self.poll_timeout = poll_timeout
+        self.on_idle = on_idle
+        self.processed = 0
+        self.failures = 0
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                messages = self.consumer.poll_messages(self.max_records, self.poll_timeout)
+                if messages:
+                    self.handle(messages)
+                    self.consumer.commit()
+                    self.processed += len(messages)
+                elif self.on_idle:
+                    self.on_idle()
+                backoff = 0.5
+            except Exception:
+                self.failures += 1
+                log.exception("batch failed; rewinding to the last commit", extra={"worker": self.name})
+                self._rewind()
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        self.consumer.close()
+
+    def _rewind(self) -> None:
+        raw = self.consumer.raw
+        try:
+            assignment = raw.assignment()
+            for tp in raw.committed(assignment, timeout=10):
+                # No commit yet: start of the partition is where `earliest` would begin.
+                raw.seek(TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
+        except KafkaException:
+            log.exception("rewind failed", extra={"worker": self.name})
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopping.set()
+        if self.is_alive():
+            self.join(timeout)
+
+
+class ServiceProcess:
+    """A gRPC server plus background workers, started and stopped as one."""
+
+    def __init__(self, name: str, settings: CommonSettings, services: Iterable[Service] = (),
+                 workers: Iterable[threading.Thread] = (), on_stop: Iterable[Callable[[], None]] = ()) -> None:
+        self.name = name
+        self.settings = settings
+        self.grpc = GrpcServer(name, services, port=settings.grpc_port) if services else None
+        self.workers = list(workers)
+        self.on_stop = list(on_stop)
+        self._stop_requested = asyncio.Event()
+
+    @property
+    def address(self) -> str | None:
+        return self.grpc.address if self.grpc else None
+
+    async def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+        if self.grpc:
+            await self.grpc.start()
+
+    async def stop(self) -> None:
+        grace = self.settings.shutdown_grace_s
+        if self.grpc:
+            await self.grpc.stop(grace)
+        for worker in self.workers:
+            await asyncio.to_thread(worker.stop)
+        for callback in self.on_stop:
+            await asyncio.to_thread(callback)
+        log.info("stopped", extra={"service": self.name})
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    async def run_until_stopped(self) -> None:
+        install_signal_handlers(self.request_stop)
+        await self.start()
+        log.info("running", extra={"service": self.name, "grpc": self.address})
+        await self._stop_requested.wait()
+        log.info("stopping", extra={"service": self.name})
+        await self.stop()
+
+
+def run_service(name: str, settings: CommonSettings,
+                build: Callable[[CommonSettings], "ServiceProcess | asyncio.Future"]) -> None:
+    """The body of every `python -m services.<name>`."""
+    configure_logging(name, settings.log_level, settings.log_json)
+    start_metrics(settings.metrics_port)
+
+    async def main() -> None:
+        process = build(settings)
+        if asyncio.iscoroutine(process):
+            process = await process
+        await process.run_until_stopped()
+
+    started = time.monotonic()
+    asyncio.run(main())
+    log.info("exited", extra={"service": name, "uptime_s": round(time.monotonic() - started, 1)})

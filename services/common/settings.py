@@ -1,0 +1,67 @@
+"""Configuration from `DRIFTLINE_*` environment variables.
+
+Every default points at localhost, so a laptop with the local stack needs no
+configuration at all. Each service extends `CommonSettings` with its own
+fields in `services/<name>/settings.py`.
+"""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    # Prepended to every topic name, so several loops (or tests) share a broker.
+    topic_prefix: str = ""
+    topic_partitions: int = 1
+    topic_replication: int = 1
+
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = "driftline"
+    s3_secret_key: str = "driftline-secret"
+    s3_secure: bool = False
+    bucket: str = "driftline"
+
+    # The stream the loop runs on and the model it serves.
+    stream: str = "default"
+    model_name: str = "driftline-model"
+    schema_path: str = "config/streams/default.json"
+
+    registry_address: str = "127.0.0.1:50053"
+    feature_address: str = "127.0.0.1:50052"
+    serving_address: str = "127.0.0.1:50054"
+
+    log_level: str = "INFO"
+    # Structured logs by default; plain text is easier on a terminal.
+    log_json: bool = True
+    # 0 disables the Prometheus endpoint (tests start many services in one process).
+    metrics_port: int = 0
+    grpc_port: int = 0
+    shutdown_grace_s: float = 5.0
+
+    @property
+    def topics(self) -> "Topics":
+        return Topics(self.topic_prefix)
+
+
+class Topics:
+    """The loop's topic names: `driftline.<domain>[.<event>]`, optionally prefixed."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.events_raw = f"{prefix}driftline.events.raw"
+        self.events = f"{prefix}driftline.events"
+        self.events_dlq = f"{prefix}driftline.events.dlq"
+        self.features = f"{prefix}driftline.features"
+        self.predictions = f"{prefix}driftline.predictions"
+        self.labels = f"{prefix}driftline.labels"
+        self.registry_events = f"{prefix}driftline.registry.events"
+        self.training_requests = f"{prefix}driftline.training.requests"
+        self.training_results = f"{prefix}driftline.training.results"
+        self.monitor_stats = f"{prefix}driftline.monitor.stats"
+
+    def all(self) -> list[str]:
+        return [v for k, v in vars(self).items() if k != "prefix"]

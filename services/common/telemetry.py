@@ -1,0 +1,59 @@
+"""Structured JSON logs and Prometheus metrics, the same for every service."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+GRPC_REQUESTS = Counter(
+    "driftline_grpc_requests_total", "gRPC calls handled, by method and status code.",
+    ["service", "method", "code"])
+GRPC_LATENCY = Histogram(
+    "driftline_grpc_request_duration_seconds", "gRPC call latency, by method.",
+    ["service", "method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+# Attributes every LogRecord has; anything else came in through `extra=` and is logged as a field.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                  + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(service: str, level: str = "INFO", as_json: bool = True) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service) if as_json else logging.Formatter(
+        f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Client libraries are chatty at INFO; their warnings still come through.
+    for noisy in ("aiokafka", "faust", "mode", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def start_metrics(port: int) -> None:
+    """Serves /metrics on `port`; 0 means no endpoint (several services in one test process)."""
+    if port:
+        start_http_server(port, addr="127.0.0.1")
