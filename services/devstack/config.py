@@ -1,0 +1,42 @@
+"""Where the local stack keeps things, and which ports it uses (all from DRIFTLINE_* env)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"  # loopback only: a dev broker with no auth must not be reachable from outside
+
+DEFAULT_S3_ACCESS_KEY = "driftline"
+DEFAULT_S3_SECRET_KEY = "driftline-secret"
+
+
+def state_dir() -> Path:
+    """Logs, pid files and data; removing it resets the stack."""
+    return Path(os.environ.get("DRIFTLINE_STATE_DIR") or REPO_ROOT / ".devstack").resolve()
+
+
+def cache_dir() -> Path:
+    """Downloads and builds, shared by every checkout so only the first run pays."""
+    default = Path.home() / ".cache" / "driftline"
+    return Path(os.environ.get("DRIFTLINE_CACHE_DIR") or default).expanduser().resolve()
+
+
+def _port(var: str, default: int) -> int:
+    return int(os.environ.get(var) or default)
+
+
+def kafka_port() -> int:
+    return _port("DRIFTLINE_DEVSTACK_KAFKA_PORT", 9092)
+
+
+def s3_port() -> int:
+    return _port("DRIFTLINE_DEVSTACK_S3_PORT", 9000)
+
+
+def s3_credentials() -> tuple[str, str]:
+    return (
+        os.environ.get("DRIFTLINE_S3_ACCESS_KEY") or DEFAULT_S3_ACCESS_KEY,
+        os.environ.get("DRIFTLINE_S3_SECRET_KEY") or DEFAULT_S3_SECRET_KEY,
+    )

@@ -1,0 +1,178 @@
+"""Infrastructure for the tests: a real Kafka broker and a real S3 server, never a mock.
+
+Each is found in this order:
+1. an address in the environment: DRIFTLINE_KAFKA_BOOTSTRAP; DRIFTLINE_S3_ENDPOINT (host:port)
+   with DRIFTLINE_S3_ACCESS_KEY / DRIFTLINE_S3_SECRET_KEY / DRIFTLINE_S3_SECURE;
+2. testcontainers, when a Docker engine answers;
+3. the local stack (services.devstack), started here if needed and stopped at the end of the
+   session only if this session started it.
+The session fixtures also export the addresses as DRIFTLINE_* variables, so services that tests
+start in-process read the same settings as a deployment would. No test skips for want of
+infrastructure: it is started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import pytest
+
+from services import devstack
+
+
+@dataclass(frozen=True)
+class S3:
+    endpoint: str  # host:port, what the minio client takes
+    access_key: str
+    secret_key: str
+    secure: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.endpoint}"
+
+    def client(self):
+        from minio import Minio
+
+        return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key,
+                     secure=self.secure)
+
+
+_docker_answer: bool | None = None
+
+
+def _docker_engine_answers() -> bool:
+    global _docker_answer
+    if _docker_answer is None:
+        try:  # with no engine, docker raises already in from_env()
+            import docker
+
+            client = docker.from_env(timeout=3)
+            try:
+                _docker_answer = bool(client.ping())
+            finally:
+                client.close()
+        except Exception:
+            _docker_answer = False
+    return _docker_answer
+
+
+@contextlib.contextmanager
+def _exported(values: dict[str, str]) -> Iterator[None]:
+    """Set DRIFTLINE_* variables for the session and put the previous values back after it."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def local_stack(request) -> Iterator[devstack.Endpoints]:
+    """The local stack (Kafka + MinIO as plain processes); what this session starts, it stops."""
+    to_start = [name for name, s in devstack.status().items() if s["state"] == "down"]
+    if not to_start:
+        yield devstack.up(quiet=True)
+        return
+    # Show progress on the terminal: a first run downloads and builds for minutes.
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    guard = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+    with guard:
+        print("\nstarting the local stack (services.devstack)…", flush=True)
+        endpoints = devstack.up()
+    try:
+        yield endpoints
+    finally:
+        devstack.down(quiet=True, only=to_start)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(request) -> Iterator[str]:
+    bootstrap = os.environ.get("DRIFTLINE_KAFKA_BOOTSTRAP")
+    with contextlib.ExitStack() as cleanup:
+        if not bootstrap and _docker_engine_answers():
+            from testcontainers.community.kafka import KafkaContainer
+
+            container = (
+                KafkaContainer("confluentinc/cp-kafka:7.9.0")
+                .with_kraft()
+                # Transactions (ingest's exactly-once) need these on a single broker.
+                .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+                .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+                .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "true")
+            )
+            container.start(timeout=120)
+            cleanup.callback(container.stop)
+            bootstrap = container.get_bootstrap_server()
+        if not bootstrap:
+            bootstrap = request.getfixturevalue("local_stack").kafka_bootstrap
+        cleanup.enter_context(_exported({"DRIFTLINE_KAFKA_BOOTSTRAP": bootstrap}))
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def s3(request) -> Iterator[S3]:
+    access = os.environ.get("DRIFTLINE_S3_ACCESS_KEY") or devstack.config.DEFAULT_S3_ACCESS_KEY
+    secret = os.environ.get("DRIFTLINE_S3_SECRET_KEY") or devstack.config.DEFAULT_S3_SECRET_KEY
+    endpoint = os.environ.get("DRIFTLINE_S3_ENDPOINT")
+    secure = os.environ.get("DRIFTLINE_S3_SECURE", "false").lower() in ("1", "true", "yes")
+    with contextlib.ExitStack() as cleanup:
+        if endpoint:
+            found = S3(endpoint, access, secret, secure)
+        elif _docker_engine_answers():
+            from testcontainers.community.minio import MinioContainer
+
+            container = (
+                MinioContainer(access_key=access, secret_key=secret)
+                # Newer MinIO images read only the ROOT variables.
+                .with_env("MINIO_ROOT_USER", access)
+                .with_env("MINIO_ROOT_PASSWORD", secret)
+            )
+            container.start()
+            cleanup.callback(container.stop)
+            found = S3(container.get_config()["endpoint"], access, secret)
+        else:
+            stack = request.getfixturevalue("local_stack")
+            found = S3(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
+        cleanup.enter_context(_exported({
+            "DRIFTLINE_S3_ENDPOINT": found.endpoint,
+            "DRIFTLINE_S3_ACCESS_KEY": found.access_key,
+            "DRIFTLINE_S3_SECRET_KEY": found.secret_key,
+            "DRIFTLINE_S3_SECURE": "true" if found.secure else "false",
+        }))
+        yield found
+
+
+# -- per-test names, so tests share one broker and one object store without seeing each other --
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A prefix unique to this test, for DRIFTLINE_TOPIC_PREFIX / Topics(prefix)."""
+    return f"t{uuid.uuid4().hex[:12]}."
+
+
+@pytest.fixture
+def unique_topic(topic_prefix) -> Callable[[str], str]:
+    """unique_topic("events") -> "t3f9c….events": same name within a test, unique across tests."""
+
+    def make(name: str = "topic") -> str:
+        return topic_prefix + re.sub(r"[^a-zA-Z0-9._-]", "-", name)
+
+    return make
+
+
+@pytest.fixture
+def bucket_name() -> str:
+    """A valid S3 bucket name (lowercase letters, digits, hyphens; ≤ 63) unique to this test."""
+    return f"test-{uuid.uuid4().hex[:20]}"
