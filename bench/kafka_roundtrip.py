@@ -70,10 +70,10 @@ def consume_driftline(bootstrap: str, topic: str, n: int) -> float:
     consumer = Consumer(bootstrap, f"bench-{uuid.uuid4().hex}", [topic])
     got, start = 0, None
     while got < n:
-        batch = consumer.poll_batch(events_pb2.Event, max_records=1000, timeout=1.0)
-        if batch and start is None:
-            start = time.perf_counter() - 1e-9
-        got += len(batch)
+        for _record in consumer.iter_records(events_pb2.Event, max_records=1000, timeout=1.0):
+            if start is None:
+                start = time.perf_counter()
+            got += 1
     elapsed = time.perf_counter() - start
     consumer.close()
     return elapsed
@@ -85,11 +85,10 @@ def consume_raw(bootstrap: str, topic: str, n: int) -> float:
     consumer.subscribe([topic])
     got, start = 0, None
     while got < n:
-        batch = consumer.consume(1000, 1.0)
-        if batch and start is None:
-            start = time.perf_counter() - 1e-9
-        for msg in batch:
+        for msg in consumer.consume(1000, 1.0):
             if msg.error() is None:
+                if start is None:
+                    start = time.perf_counter()
                 event = events_pb2.Event()
                 event.ParseFromString(msg.value())
                 got += 1
