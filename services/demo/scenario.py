@@ -1,0 +1,331 @@
+"""The closed loop, run and watched from the outside.
+
+A replayer writes a labelled stream with a known concept drift to
+`driftline.events.raw` at a steady rate; a client keeps calling
+`Predictor.Predict` with the feature vectors the feature service publishes; a
+watcher follows the registry, trainer and monitor topics. Together they tell
+the story a person wants: model v1 promoted, drift injected at event N, drift
+detected at event M, v2 trained on dataset D, the gate's decision,
+`production` → v2, serving answered with v2, and the time it took.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from driftline.v1 import (
+    features_pb2, monitor_pb2, registry_pb2, serving_pb2, serving_pb2_grpc, training_pb2,
+)
+from services.common.kafka import Consumer, Producer, ensure_topics
+from services.common.settings import Topics
+
+from .stream import DriftingStream, index_of
+
+
+@dataclass
+class Options:
+    rate: float = 400.0             # events per second
+    drift_at: int = 8000            # stream position of the abrupt drift
+    seed: int = 42
+    bootstrap_rows: int = 2000      # labelled rows the first model trains on
+    retrain_rows: int = 2000        # post-drift rows a retrained model needs
+    recovery_rows: int = 1000       # rows scored by the new model before the run ends
+    timeout_s: float = 300.0
+    model_name: str = "driftline-model"
+    stream: str = "default"
+    predict_batch: int = 64
+
+
+@dataclass
+class Milestone:
+    t: float          # seconds since the run started
+    what: str
+    event: int | None = None
+
+
+@dataclass
+class Scored:
+    version: int
+    correct: int = 0
+    total: int = 0
+
+
+@dataclass
+class Result:
+    milestones: list[Milestone] = field(default_factory=list)
+    drift_injected_s: float | None = None
+    detected_s: float | None = None
+    detected_event: int | None = None
+    recovered_s: float | None = None
+    first_version: int | None = None
+    new_version: int | None = None
+    new_dataset: str | None = None
+    gate: dict | None = None
+    accuracy: dict[str, float | None] = field(default_factory=dict)
+    predict_calls: int = 0
+    predict_failures: int = 0
+    failures: list[str] = field(default_factory=list)
+    events_sent: int = 0
+
+    @property
+    def time_to_recover_s(self) -> float | None:
+        if self.recovered_s is None or self.drift_injected_s is None:
+            return None
+        return self.recovered_s - self.drift_injected_s
+
+    @property
+    def detection_delay_s(self) -> float | None:
+        if self.detected_s is None or self.drift_injected_s is None:
+            return None
+        return self.detected_s - self.drift_injected_s
+
+    def summary(self, drift_at: int) -> dict:
+        return {
+            "time_to_recover_s": _round(self.time_to_recover_s),
+            "detection_delay_s": _round(self.detection_delay_s),
+            "detection_delay_events": None if self.detected_event is None else self.detected_event - drift_at,
+            "drift_at_event": drift_at,
+            "detected_at_event": self.detected_event,
+            "first_version": self.first_version,
+            "new_version": self.new_version,
+            "new_dataset": self.new_dataset,
+            "accuracy_before_drift": _round(self.accuracy.get("before")),
+            "accuracy_after_drift": _round(self.accuracy.get("after_drift")),
+            "accuracy_after_recovery": _round(self.accuracy.get("recovered")),
+            "predict_calls": self.predict_calls,
+            "predict_failures": self.predict_failures,
+            "events_sent": self.events_sent,
+        }
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+class LoopObserver:
+    """Runs the replayer, the Predict client and the watcher; collects the Result."""
+
+    def __init__(self, options: Options, kafka_bootstrap: str, topics: Topics, serving_address: str,
+                 say: Callable[[str], None] = print) -> None:
+        self.options = options
+        self.bootstrap = kafka_bootstrap
+        self.topics = topics
+        self.serving_address = serving_address
+        self.say = say
+        self.result = Result()
+        self.started = time.monotonic()
+        self.stream = DriftingStream(options.drift_at, options.seed)
+        self.done = threading.Event()
+        self.v1_serving = threading.Event()
+        self.sent = 0
+        self.last_scored_event = -1
+        self.scores: dict[tuple[str, int], Scored] = {}
+        self.versions_promoted: list[int] = []
+        self.lock = threading.Lock()
+
+    # -- timeline -------------------------------------------------------------
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def mark(self, what: str, event: int | None = None) -> Milestone:
+        milestone = Milestone(round(self.now(), 2), what, event)
+        self.result.milestones.append(milestone)
+        at = f" (event {event:,})" if event is not None else ""
+        self.say(f"[t+{milestone.t:6.1f}s] {what}{at}")
+        return milestone
+
+    # -- the three actors -------------------------------------------------------
+    def replay(self) -> None:
+        """Writes the stream at a steady rate; holds the drift until v1 serves, so
+        v1 is always trained on the concept before the drift."""
+        producer = Producer(self.bootstrap)
+        interval = 1.0 / self.options.rate
+        next_at = time.monotonic()
+        for event in self.stream.take():
+            if self.done.is_set():
+                break
+            index = index_of(event["event_id"])
+            if index == self.options.drift_at:
+                if not self.v1_serving.is_set():
+                    self.say(f"           holding the drift at event {index:,} until v1 serves…")
+                    while not self.v1_serving.wait(0.5) and not self.done.is_set():
+                        pass
+                    next_at = time.monotonic()
+                self.result.drift_injected_s = self.now()
+                self.mark(f"drift injected: concept {self.stream.concept_of(index - 1)} → "
+                          f"{self.stream.concept_of(index)}", index)
+            event["event_time"] = int(time.time() * 1000)
+            producer.produce_raw(self.topics.events_raw, json.dumps(event).encode(), event["entity_id"],
+                                 [("content-type", b"application/json")])
+            self.sent = index + 1
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        producer.flush()
+        self.result.events_sent = self.sent
+
+    def predict(self) -> None:
+        """Scores every labelled feature vector through Predict, in small batches."""
+        consumer = Consumer(self.bootstrap, f"demo-client-{uuid.uuid4().hex[:8]}", [self.topics.features])
+        channel = grpc.insecure_channel(self.serving_address)
+        stub = serving_pb2_grpc.PredictorStub(channel)
+        unavailable_logged = False
+        try:
+            while not self.done.is_set():
+                records = consumer.poll_batch(features_pb2.FeatureRecord, self.options.predict_batch, 0.1)
+                records = [r.value for r in records if r.value.HasField("label")]
+                if not records:
+                    continue
+                request = serving_pb2.PredictRequest(model_name=self.options.model_name, rows=[
+                    serving_pb2.Row(values=r.values, event_id=r.event_id) for r in records])
+                try:
+                    reply = stub.Predict(request, timeout=10)
+                except grpc.RpcError as exc:
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE and not self.versions_promoted:
+                        if not unavailable_logged:
+                            self.say("           serving has no model yet; waiting for v1…")
+                            unavailable_logged = True
+                        continue
+                    self.result.predict_failures += 1
+                    self.result.failures.append(f"{exc.code().name}: {exc.details()}")
+                    continue
+                self.result.predict_calls += 1
+                self.score(records, reply)
+        finally:
+            consumer.close()
+            channel.close()
+
+    def score(self, records, reply: serving_pb2.PredictResponse) -> None:
+        version = reply.model_version
+        if self.result.first_version is None:
+            self.result.first_version = version
+            self.mark(f"serving answered with v{version}")
+            self.v1_serving.set()
+        for record, prediction in zip(records, reply.predictions):
+            index = index_of(record.event_id)
+            self.last_scored_event = max(self.last_scored_event, index)
+            if version == self.result.first_version:
+                phase = "before" if index < self.options.drift_at else "after_drift"
+            else:
+                phase = "recovered"
+            scored = self.scores.setdefault((phase, version), Scored(version))
+            scored.total += 1
+            scored.correct += int(prediction.label == record.label)
+        if (version != self.result.first_version and self.result.recovered_s is None
+                and self.result.drift_injected_s is not None):
+            self.result.recovered_s = self.now()
+            self.result.new_version = version
+            self.mark(f"serving answered with v{version} — recovered")
+        recovered = sum(s.total for (p, _), s in self.scores.items() if p == "recovered")
+        if recovered >= self.options.recovery_rows:
+            self.done.set()
+
+    def watch(self) -> None:
+        """Follows what the services announce on their topics."""
+        types = {self.topics.registry_events: registry_pb2.RegistryEvent,
+                 self.topics.training_requests: training_pb2.TrainingRequest,
+                 self.topics.training_results: training_pb2.TrainingResult,
+                 self.topics.monitor_stats: monitor_pb2.DriftReport}
+        consumer = Consumer(self.bootstrap, f"demo-watch-{uuid.uuid4().hex[:8]}", list(types))
+        try:
+            while not self.done.is_set():
+                for msg in consumer.poll_messages(100, 0.2):
+                    value = types[msg.topic()]()
+                    value.ParseFromString(msg.value())
+                    self.on_announcement(value)
+        finally:
+            consumer.close()
+
+    def on_announcement(self, message) -> None:
+        R = registry_pb2.RegistryEvent
+        if isinstance(message, training_pb2.TrainingRequest):
+            if message.reason.startswith("bootstrap"):
+                return
+            if self.result.detected_s is None and self.result.drift_injected_s is not None:
+                self.result.detected_s = self.now()
+                self.result.detected_event = self.last_scored_event
+                self.mark(f"drift detected by the monitor: {message.reason}", self.last_scored_event)
+                self.say(f"           training requested from {message.window_start.ToJsonString()} "
+                         f"(request {message.request_id[:8]})")
+        elif isinstance(message, training_pb2.TrainingResult):
+            if message.status == training_pb2.TrainingResult.SUCCEEDED:
+                metrics = ", ".join(f"{k}={v:.3f}" for k, v in sorted(message.metrics.items()))
+                self.mark(f"trainer: v{message.version} trained on dataset {message.dataset_id[:12]} ({metrics})")
+                if self.result.drift_injected_s is not None:
+                    self.result.new_dataset = message.dataset_id
+            else:
+                self.mark(f"trainer: request {message.request_id[:8]} failed: {message.error}")
+        elif isinstance(message, R):
+            if message.kind == R.GATE_DECIDED:
+                d = message.decision
+                verdict = "promote" if d.promoted else "refuse"
+                baseline = f"v{d.baseline_version} {d.baseline_accuracy:.3f}" if d.baseline_version else "none"
+                self.mark(f"gate: {verdict} v{d.candidate_version} (accuracy {d.candidate_accuracy:.3f} vs "
+                          f"production {baseline} on {d.eval_rows} recent rows) — {d.reason}")
+                if self.result.drift_injected_s is not None and d.promoted:
+                    self.result.gate = {"candidate_version": d.candidate_version,
+                                        "candidate_accuracy": round(d.candidate_accuracy, 4),
+                                        "baseline_version": d.baseline_version,
+                                        "baseline_accuracy": round(d.baseline_accuracy, 4),
+                                        "eval_rows": d.eval_rows, "reason": d.reason}
+            elif message.kind == R.ALIAS_MOVED and message.alias == "production":
+                self.versions_promoted.append(message.model_version.version)
+                previous = f"v{message.previous_version}" if message.previous_version else "nothing"
+                self.mark(f"registry: production {previous} → v{message.model_version.version}")
+
+    # -- the run ---------------------------------------------------------------
+    def bootstrap_request(self) -> training_pb2.TrainingRequest:
+        request = training_pb2.TrainingRequest(
+            request_id=f"bootstrap-{uuid.uuid4().hex}", model_name=self.options.model_name,
+            stream=self.options.stream, min_rows=self.options.bootstrap_rows,
+            reason="bootstrap: the first model, on the first window of the stream")
+        request.window_start.FromMilliseconds(int(time.time() * 1000) - 1000)
+        request.requested_at.GetCurrentTime()
+        return request
+
+    def run(self) -> Result:
+        ensure_topics(self.bootstrap, self.topics.all())
+        actors = [threading.Thread(target=self._guard(f), name=f.__name__, daemon=True)
+                  for f in (self.watch, self.predict, self.replay)]
+        for actor in actors:
+            actor.start()
+        producer = Producer(self.bootstrap)
+        producer.produce(self.topics.training_requests, self.bootstrap_request(), key=self.options.model_name)
+        producer.flush()
+        self.mark(f"bootstrap training requested ({self.options.bootstrap_rows:,} rows)")
+        last_progress = 0.0
+        while not self.done.wait(1.0):
+            if self.now() > self.options.timeout_s:
+                self.result.failures.append(f"the loop did not recover within {self.options.timeout_s:.0f}s")
+                break
+            if self.now() - last_progress >= 10:
+                last_progress = self.now()
+                production = f"v{self.versions_promoted[-1]}" if self.versions_promoted else "none"
+                self.say(f"           … {self.sent:,} events sent, {self.result.predict_calls:,} Predict calls, "
+                         f"production: {production}")
+        self.done.set()
+        for actor in actors:
+            actor.join(15)
+        self.result.events_sent = self.sent
+        for phase in ("before", "after_drift", "recovered"):
+            buckets = [s for (p, _), s in self.scores.items() if p == phase]
+            total = sum(s.total for s in buckets)
+            self.result.accuracy[phase] = sum(s.correct for s in buckets) / total if total else None
+        return self.result
+
+    def _guard(self, actor: Callable[[], None]) -> Callable[[], None]:
+        def guarded() -> None:
+            try:
+                actor()
+            except Exception as exc:  # an actor's crash ends the run with a reason, not a hang
+                self.result.failures.append(f"{actor.__name__}: {exc!r}")
+                self.done.set()
+        return guarded

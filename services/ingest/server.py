@@ -1,0 +1,85 @@
+"""gRPC `driftline.v1.Ingest` and the assembly of the ingest process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from confluent_kafka import KafkaException
+
+from driftline.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc
+from services.common.grpc_server import Service, service_name
+from services.common.kafka import DeliveryError, ensure_topics
+from services.common.runtime import ServiceProcess
+from services.common.schema import load_schema
+
+from .dedup import RecentIds
+from .pipeline import IngestPipeline, RawInput
+from .publisher import TransactionalPublisher
+from .settings import IngestSettings
+from .worker import build_raw_worker
+
+log = logging.getLogger(__name__)
+
+GRPC_ORIGIN_TOPIC = "grpc"
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServicer):
+    def __init__(self, pipeline: IngestPipeline, max_batch_records: int) -> None:
+        self.pipeline = pipeline
+        self.max_batch_records = max_batch_records
+        # One transaction at a time on the gRPC producer; batches from concurrent calls queue here.
+        self._lock = asyncio.Lock()
+
+    async def IngestBatch(self, request: ingest_pb2.IngestRequest, context: grpc.aio.ServicerContext
+                          ) -> ingest_pb2.IngestResponse:
+        count = len(request.records)
+        if count == 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty batch: send at least one record")
+        if count > self.max_batch_records:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"batch of {count} records is above the limit of {self.max_batch_records}")
+        inputs = [
+            RawInput(payload=record.value, content_type=record.content_type or None, key=record.key or None,
+                     origin=events_pb2.RecordOrigin(topic=GRPC_ORIGIN_TOPIC, partition=-1, offset=index))
+            for index, record in enumerate(request.records)
+        ]
+        async with self._lock:
+            try:
+                outcomes = await asyncio.to_thread(self.pipeline.process, inputs)
+            except (KafkaException, DeliveryError) as exc:
+                # Nothing of the batch was published: the client may retry it as is.
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not publish the batch: {exc}")
+        results = [outcome.result() for outcome in outcomes]
+        return ingest_pb2.IngestResponse(
+            results=results,
+            accepted=sum(r.accepted for r in results),
+            rejected=sum(not r.accepted for r in results),
+            duplicates=sum(r.duplicate for r in results))
+
+
+def build(settings: IngestSettings) -> ServiceProcess:
+    schema = load_schema(settings.schema_path)
+    topics = settings.topics
+    ensure_topics(settings.kafka_bootstrap, [topics.events_raw, topics.events, topics.events_dlq],
+                  partitions=settings.topic_partitions, replication=settings.topic_replication)
+    recent = RecentIds(settings.ingest_dedup_capacity)  # shared: a duplicate is one across both paths
+
+    def pipeline(source: str, transactional_id: str) -> IngestPipeline:
+        publisher = TransactionalPublisher(settings.kafka_bootstrap, transactional_id,
+                                           settings.ingest_transaction_timeout_ms)
+        return IngestPipeline(schema, topics, publisher, recent, source)
+
+    kafka_pipeline = pipeline("kafka", settings.transactional_id)
+    grpc_pipeline = pipeline("grpc", f"{settings.transactional_id}-grpc")
+    servicer = IngestServicer(grpc_pipeline, settings.ingest_max_batch_records)
+    log.info("ingest configured", extra={
+        "stream": schema.stream, "group_id": settings.group_id, "transactional_id": settings.transactional_id,
+        "consumes": topics.events_raw, "produces": [topics.events, topics.events_dlq]})
+    return ServiceProcess(
+        "ingest", settings,
+        services=[Service(servicer, ingest_pb2_grpc.add_IngestServicer_to_server,
+                          service_name(ingest_pb2.DESCRIPTOR, "Ingest"))],
+        workers=[build_raw_worker(settings, kafka_pipeline)],
+        on_stop=[kafka_pipeline.publisher.close, grpc_pipeline.publisher.close])

@@ -1,0 +1,33 @@
+"""ingest's settings: DRIFTLINE_* like every service, plus DRIFTLINE_INGEST_*."""
+
+from __future__ import annotations
+
+import socket
+
+from services.common.settings import CommonSettings
+
+
+class IngestSettings(CommonSettings):
+    grpc_port: int = 50051
+
+    # Empty: "<topic_prefix>driftline-ingest", so prefixed test loops do not share a group.
+    ingest_group_id: str = ""
+    # Empty: "<group id>-<hostname>". Must be unique per running instance and stable across
+    # its restarts: a restarted instance then aborts the transaction its predecessor left
+    # open at once, instead of read_committed consumers stalling until it times out.
+    ingest_transactional_id: str = ""
+    # Kept short so a crashed instance's open transaction blocks readers for seconds, not a minute.
+    ingest_transaction_timeout_ms: int = 15000
+    # How many recent event ids are remembered for de-duplication (≈ 100 bytes each).
+    ingest_dedup_capacity: int = 100_000
+    # Records per Kafka poll (one transaction each) and per gRPC IngestBatch call.
+    ingest_poll_max_records: int = 500
+    ingest_max_batch_records: int = 1000
+
+    @property
+    def group_id(self) -> str:
+        return self.ingest_group_id or f"{self.topic_prefix}driftline-ingest"
+
+    @property
+    def transactional_id(self) -> str:
+        return self.ingest_transactional_id or f"{self.group_id}-{socket.gethostname()}"

@@ -1,0 +1,248 @@
+"""Turns one raw record (JSON or protobuf bytes) into a validated
+`driftline.v1.Event`, or says exactly what is wrong with it.
+
+Pure functions of (bytes, content type, schema): no Kafka, no I/O, so the
+same rules apply to the Kafka path and the gRPC path and are unit-tested alone.
+
+Rules (first failure wins, checked in this order: id, entity, time, the
+schema's fields in schema order, label):
+- the record is a JSON object, or a `driftline.v1.Event` when its content type
+  is application/x-protobuf; any other content type is refused;
+- `event_id` is a non-empty string. A record without one gets a
+  deterministic id: a UUIDv5 of the stream and the record's validated content,
+  so an exact re-send of an id-less record is still de-duplicated (a random
+  id would make every retry a new event);
+- `entity_id` is a non-empty string (an integer is accepted and becomes its
+  decimal string: numeric customer ids are common);
+- `event_time` is epoch milliseconds (an integer, or a float with no fraction:
+  JSON has one number type) or an ISO-8601 string (no zone means UTC);
+- every required field is present and not null; every present field has its
+  declared type (an integer field takes 30 or 30.0 but not 30.5; a number
+  field takes any finite number; booleans are never numbers) and lies in
+  [min, max];
+- `label`, when present, is an integer in the label's range;
+- fields the schema does not know are ignored (producers may add fields
+  before the schema does) and are not carried into the Event.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+
+from google.protobuf.message import DecodeError
+
+from driftline.v1 import events_pb2
+from services.common.kafka import JSON, PROTOBUF
+from services.common.schema import FieldSpec, StreamSchema, Value, event_values, to_field_value
+
+# Namespace of the ids given to records that arrive without one (a fixed, arbitrary UUID).
+GENERATED_ID_NAMESPACE = uuid.UUID("5b0f3a4e-8d1c-4c1e-9a57-2f6d1c0e7b21")
+# Latest instant an event_time may name: 9999-12-31T23:59:59.999Z.
+MAX_EVENT_TIME_MS = 253_402_300_799_999
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class ValidationError(ValueError):
+    """A record that cannot become an Event: `reason` is for people, `field` names the culprit."""
+
+    def __init__(self, reason: str, field: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+
+
+def media_type(content_type: str | None) -> str:
+    """'application/json; charset=utf-8' -> 'application/json'; no header means JSON."""
+    if not content_type:
+        return JSON
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def validate_record(payload: bytes | None, content_type: str | None,
+                    schema: StreamSchema) -> events_pb2.Event:
+    """The validated Event for one raw record; raises ValidationError."""
+    kind = media_type(content_type)
+    if kind == PROTOBUF:
+        return validate_protobuf(payload, schema)
+    if kind in (JSON, "text/json"):
+        return validate_json(payload, schema)
+    raise ValidationError(f"unsupported content-type {content_type!r}: send {JSON} or {PROTOBUF}")
+
+
+def validate_json(payload: bytes | None, schema: StreamSchema) -> events_pb2.Event:
+    if not payload:
+        raise ValidationError("empty record: expected a JSON object")
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValidationError(f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValidationError(f"not a JSON object: got {_json_kind(doc)}")
+    return validate_values(doc, schema)
+
+
+def validate_protobuf(payload: bytes | None, schema: StreamSchema) -> events_pb2.Event:
+    message = events_pb2.Event()
+    try:
+        message.ParseFromString(payload or b"")
+    except DecodeError as exc:
+        raise ValidationError(f"not a valid {message.DESCRIPTOR.full_name} protobuf: {exc}") from None
+    if message.stream and message.stream != schema.stream:
+        raise ValidationError(f"event is for stream {message.stream!r}, this ingest serves {schema.stream!r}",
+                              "stream")
+    # The same rules as JSON: rebuild the flat record a JSON producer would have sent.
+    doc: dict[str, object] = dict(event_values(message))
+    if message.event_id:
+        doc[schema.id_field] = message.event_id
+    if message.entity_id:
+        doc[schema.entity_field] = message.entity_id
+    if message.HasField("event_time"):
+        doc[schema.time_field] = message.event_time.ToMilliseconds()
+    if message.HasField("label"):
+        doc[schema.label_field] = message.label
+    return validate_values(doc, schema)
+
+
+def validate_values(doc: Mapping[str, object], schema: StreamSchema) -> events_pb2.Event:
+    """Checks a flat record against the schema and builds the Event."""
+    event_id = doc.get(schema.id_field)
+    if event_id is not None and (not isinstance(event_id, str) or not event_id):
+        raise ValidationError(f"field {schema.id_field!r}: expected a non-empty string, got "
+                              f"{_describe(event_id)}", schema.id_field)
+    entity_id = _entity_id(doc.get(schema.entity_field), schema.entity_field)
+    event_time_ms = _event_time_ms(doc.get(schema.time_field), schema.time_field)
+    values = {spec.name: checked for spec in schema.fields
+              if (checked := _field_value(spec, doc.get(spec.name))) is not None}
+    label = _field_value(schema.label, doc.get(schema.label_field)) if schema.label else None
+
+    event = events_pb2.Event(stream=schema.stream, entity_id=entity_id)
+    event.event_time.FromMilliseconds(event_time_ms)
+    for spec in schema.fields:
+        if spec.name in values:
+            event.fields[spec.name].CopyFrom(to_field_value(spec, values[spec.name]))
+    if label is not None:
+        event.label = int(label)
+    event.event_id = event_id or generated_event_id(event)
+    return event
+
+
+def generated_event_id(event: events_pb2.Event) -> str:
+    """A stable id for an id-less event: the same content always gets the same id."""
+    content = event.SerializeToString(deterministic=True)
+    return str(uuid.uuid5(GENERATED_ID_NAMESPACE, content.hex()))
+
+
+# -- one value at a time ---------------------------------------------------------------------------
+
+
+def _entity_id(value: object, name: str) -> str:
+    if value is None:
+        raise ValidationError(f"missing required field {name!r}", name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"field {name!r}: expected a non-empty string, got {_describe(value)}", name)
+    return value
+
+
+def _event_time_ms(value: object, name: str) -> int:
+    if value is None:
+        raise ValidationError(f"missing required field {name!r}", name)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError(f"field {name!r}: {value!r} is not an ISO-8601 time", name) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        # Integer arithmetic: float seconds * 1000 can land one millisecond short.
+        millis = (parsed - EPOCH) // timedelta(milliseconds=1)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(f"field {name!r}: expected epoch milliseconds or an ISO-8601 string, got "
+                              f"{_describe(value)}", name)
+    elif isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise ValidationError(f"field {name!r}: {value!r} is not a whole number of epoch milliseconds", name)
+    else:
+        millis = int(value)
+    if not 0 <= millis <= MAX_EVENT_TIME_MS:
+        raise ValidationError(f"field {name!r}: {millis} ms is outside 1970..9999", name)
+    return millis
+
+
+def _field_value(spec: FieldSpec, value: object) -> Value | None:
+    """The value, type- and range-checked; None for an absent optional field."""
+    if value is None:
+        if spec.required:
+            raise ValidationError(f"missing required field {spec.name!r}", spec.name)
+        return None
+    checked = _typed(spec, value)
+    if isinstance(checked, (int, float)) and not isinstance(checked, bool):
+        if spec.min is not None and checked < spec.min:
+            raise ValidationError(f"field {spec.name!r}: {_number(checked)} is below the minimum "
+                                  f"{_number(spec.min)}", spec.name)
+        if spec.max is not None and checked > spec.max:
+            raise ValidationError(f"field {spec.name!r}: {_number(checked)} is above the maximum "
+                                  f"{_number(spec.max)}", spec.name)
+    return checked
+
+
+def _typed(spec: FieldSpec, value: object) -> Value:
+    expected = {"number": "a number", "integer": "an integer", "string": "a string", "bool": "a boolean"}
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if spec.type == "string" and isinstance(value, str):
+        return value
+    if spec.type == "bool" and isinstance(value, bool):
+        return value
+    if spec.type in ("number", "integer") and is_number:
+        try:
+            as_double = float(value)  # type: ignore[arg-type]
+        except OverflowError:  # a JSON integer with hundreds of digits
+            as_double = math.inf
+        if not math.isfinite(as_double):
+            raise ValidationError(f"field {spec.name!r}: {_short(value)} is not a finite number", spec.name)
+        if spec.type == "number":
+            return as_double
+        if isinstance(value, int) or as_double.is_integer():
+            if not INT64_MIN <= int(value) <= INT64_MAX:  # type: ignore[arg-type]
+                raise ValidationError(f"field {spec.name!r}: {_short(value)} does not fit a 64-bit integer",
+                                      spec.name)
+            return int(value)  # type: ignore[arg-type]
+    raise ValidationError(f"field {spec.name!r}: expected {expected[spec.type]}, got {_describe(value)}",
+                          spec.name)
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _describe(value: object) -> str:
+    """How a wrong value reads in a reason: its JSON kind and (short) text."""
+    text = json.dumps(value, default=str)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{_json_kind(value)} {text}"
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null" if value is None else type(value).__name__
+
+
+def _number(value: float | int) -> str:
+    """130.0 -> '130', 0.5 -> '0.5': ranges read like the schema file wrote them."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

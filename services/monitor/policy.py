@@ -1,0 +1,70 @@
+"""When detected drift becomes a request to retrain.
+
+A detector says "something changed"; retraining costs compute and churns the
+serving model, so the policy asks three more questions first:
+
+* has this version seen `min_samples` labelled predictions? (a detector on a
+  few dozen samples is mostly noise, and a new version deserves a fair start)
+* has the model been asked to retrain in the last `cooldown_s` seconds?
+  (the retrain already requested needs time to land)
+* has this version already asked? Once per version, unless `rearm()` — e.g.
+  when the retrain it asked for failed or was not promoted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Decision:
+    retrain: bool
+    rule: str  # which question answered: min_samples, once_per_version, cooldown or confirmed
+    why: str
+
+
+class DriftPolicy:
+    """
+    >>> now = [0.0]
+    >>> policy = DriftPolicy(min_samples=100, cooldown_s=60, clock=lambda: now[0])
+    >>> policy.decide("m", 1, samples=50).why
+    'only 50 of 100 samples since v1 started'
+    >>> policy.decide("m", 1, samples=150).retrain
+    True
+    >>> policy.requested("m", 1); policy.decide("m", 1, samples=200).why
+    'v1 already asked for retraining'
+    >>> now[0] = 30.0; policy.decide("m", 2, samples=500).why
+    'cooling down: last request 30s ago, cooldown 60s'
+    >>> now[0] = 61.0; policy.decide("m", 2, samples=500).retrain
+    True
+    """
+
+    def __init__(self, min_samples: int, cooldown_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.min_samples = min_samples
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._last_request: dict[str, float] = {}  # model → when it last asked
+        self._asked: set[tuple[str, int]] = set()  # versions that asked and were not re-armed
+
+    def decide(self, model_name: str, version: int, samples: int) -> Decision:
+        if samples < self.min_samples:
+            return Decision(False, "min_samples", f"only {samples} of {self.min_samples} samples since v{version} started")
+        if (model_name, version) in self._asked:
+            return Decision(False, "once_per_version", f"v{version} already asked for retraining")
+        last = self._last_request.get(model_name)
+        if last is not None and self._clock() - last < self.cooldown_s:
+            return Decision(False, "cooldown", f"cooling down: last request {self._clock() - last:.0f}s ago, "
+                                   f"cooldown {self.cooldown_s:.0f}s")
+        return Decision(True, "confirmed", "drift confirmed")
+
+    def requested(self, model_name: str, version: int) -> None:
+        """Records that a training request went out for this version."""
+        self._asked.add((model_name, version))
+        self._last_request[model_name] = self._clock()
+
+    def rearm(self, model_name: str, version: int) -> None:
+        """Lets this version ask again (after its cooldown)."""
+        self._asked.discard((model_name, version))

@@ -1,0 +1,100 @@
+"""The training-data reference a model version is compared against.
+
+The trainer writes decile bins of every feature (and of the positive-class
+score) into the version's metadata.json; the registry knows where that file is
+(`ModelVersion.metadata_uri`). A version without one — an older trainer, a
+registry that is down — is tolerated: it is monitored without PSI, and asked
+for again every `retry_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import grpc
+
+from driftline.v1 import registry_pb2, registry_pb2_grpc
+from services.common.objectstore import MinioObjectStore, split_uri
+
+from .psi import Bins
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    feature_names: tuple[str, ...]
+    features: Mapping[str, Bins]   # features without a reference are simply not compared
+    scores: Bins | None            # the positive-class score's bins, when recorded
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping) -> "ModelReference":
+        return cls(
+            feature_names=tuple(metadata.get("feature_names") or ()),
+            features={name: Bins.from_json(bins) for name, bins in (metadata.get("reference") or {}).items()},
+            scores=Bins.from_json(metadata["scores_reference"]) if metadata.get("scores_reference") else None)
+
+
+class RegistryReferences:
+    """metadata.json of a version, found through `Registry.GetModelVersion`; cached."""
+
+    def __init__(self, registry_address: str, read_json: Callable[[str], Mapping], *,
+                 timeout_s: float = 2.0, retry_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._channel = grpc.insecure_channel(registry_address)
+        self._stub = registry_pb2_grpc.RegistryStub(self._channel)
+        self._read_json = read_json
+        self._timeout_s = timeout_s
+        self._retry_s = retry_s
+        self._clock = clock
+        self._found: dict[tuple[str, int], ModelReference] = {}
+        self._retry_at: dict[tuple[str, int], float] = {}
+
+    def get(self, model_name: str, version: int) -> ModelReference | None:
+        key = (model_name, version)
+        if key in self._found:
+            return self._found[key]
+        if self._clock() < self._retry_at.get(key, 0.0):
+            return None
+        try:
+            found = self._load(model_name, version)
+        except Exception as exc:  # any failure: monitor without PSI for now, try again later
+            log.warning("no reference for this version yet; PSI waits for it",
+                        extra={"model": model_name, "version": version, "reason": str(exc)})
+            self._retry_at[key] = self._clock() + self._retry_s
+            return None
+        self._found[key] = found
+        self._retry_at.pop(key, None)
+        return found
+
+    def _load(self, model_name: str, version: int) -> ModelReference:
+        try:
+            record = self._stub.GetModelVersion(
+                registry_pb2.GetModelVersionRequest(name=model_name, version=version), timeout=self._timeout_s)
+        except grpc.RpcError as exc:
+            raise LookupError(f"registry: {exc.code().name} {exc.details()}") from exc
+        if not record.metadata_uri:
+            raise LookupError("the registry has no metadata_uri for it")
+        return ModelReference.from_metadata(self._read_json(record.metadata_uri))
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class ObjectStoreJson:
+    """Reads `s3://bucket/key` JSON (sha256-verified) with the service's credentials."""
+
+    def __init__(self, settings) -> None:
+        self._settings = settings
+        self._stores: dict[str, MinioObjectStore] = {}
+
+    def __call__(self, uri: str) -> Mapping:
+        bucket, key = split_uri(uri)
+        if bucket not in self._stores:
+            s = self._settings
+            self._stores[bucket] = MinioObjectStore(s.s3_endpoint, s.s3_access_key, s.s3_secret_key,
+                                                    bucket, s.s3_secure)
+        return self._stores[bucket].get_json(key)

@@ -1,0 +1,205 @@
+"""Dataset versions from feature segments.
+
+The feature service writes immutable Parquet segments of labelled rows, each
+with a JSON sidecar (offsets, event-time range, row count, sha256). A dataset
+version is the set of segment rows inside an event-time window, described by a
+manifest whose sha256 is the dataset id: the same data always gets the same id,
+and every segment is read back against the sha256 the manifest records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from services.common.objectstore import ObjectStore
+
+log = logging.getLogger(__name__)
+
+META_COLUMNS = ["event_id", "entity_id", "event_time_ms", "label"]
+
+
+class WindowNotFilled(RuntimeError):
+    """The window did not reach min_rows labelled rows within the wait."""
+
+
+class Cancelled(RuntimeError):
+    """The service is stopping; the request is left for redelivery."""
+
+
+def segments_prefix(stream: str) -> str:
+    return f"datasets/{stream}/segments/"
+
+
+def manifest_key(stream: str, dataset_id: str) -> str:
+    return f"datasets/{stream}/versions/{dataset_id}.json"
+
+
+def eval_key(stream: str, dataset_id: str) -> str:
+    return f"datasets/{stream}/eval/{dataset_id}.parquet"
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A segment as its sidecar describes it."""
+
+    key: str
+    sha256: str
+    rows: int
+    min_event_time_ms: int
+    max_event_time_ms: int
+    feature_names: tuple[str, ...]
+
+    @classmethod
+    def from_sidecar(cls, sidecar: dict) -> "Segment":
+        return cls(sidecar["key"], sidecar["sha256"], int(sidecar["rows"]), int(sidecar["min_event_time_ms"]),
+                   int(sidecar["max_event_time_ms"]), tuple(sidecar["feature_names"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    start_ms: int
+    end_ms: int | None  # None: open, up to now
+
+    def overlaps(self, segment: Segment, now_ms: int) -> bool:
+        end = now_ms if self.end_ms is None else self.end_ms
+        return segment.max_event_time_ms >= self.start_ms and segment.min_event_time_ms <= end
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The labelled rows of a window, sorted by event time, and where they came from."""
+
+    window: Window
+    feature_names: list[str]
+    segments: list[tuple[Segment, int]]  # (segment, rows taken from it)
+    table: pa.Table  # META_COLUMNS + feature columns
+
+    @property
+    def rows(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def end_ms(self) -> int:
+        """The window's end; an open window ends at its last row, so the manifest describes the data."""
+        if self.window.end_ms is not None:
+            return self.window.end_ms
+        return int(pc.max(self.table.column("event_time_ms")).as_py())
+
+    def manifest(self, stream: str) -> dict:
+        return {
+            "stream": stream,
+            "window_start_ms": self.window.start_ms,
+            "window_end_ms": self.end_ms,
+            "feature_names": self.feature_names,
+            "segments": [{"key": s.key, "sha256": s.sha256, "rows": n}
+                         for s, n in sorted(self.segments, key=lambda item: item[0].key)],
+            "rows": self.rows,
+        }
+
+    def time_split(self, holdout_fraction: float) -> tuple[pa.Table, pa.Table]:
+        """(train, eval): the eval slice is the most recent `holdout_fraction` of the rows."""
+        n_eval = min(self.rows - 1, max(1, round(self.rows * holdout_fraction)))
+        cut = self.rows - n_eval
+        return self.table.slice(0, cut), self.table.slice(cut)
+
+
+def dataset_id(manifest: dict) -> str:
+    """sha256 of the canonical JSON (sorted keys, no whitespace) of segments + window + feature names."""
+    identity = {k: manifest[k] for k in ("segments", "window_start_ms", "window_end_ms", "feature_names")}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def features_and_labels(table: pa.Table, feature_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.column_stack([table.column(n).to_numpy(zero_copy_only=False) for n in feature_names]).astype(np.float32)
+    y = table.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
+    return x, y
+
+
+def to_parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+class SegmentReader:
+    """Lists and reads a stream's segments; both are immutable, so both are cached."""
+
+    def __init__(self, store: ObjectStore, stream: str) -> None:
+        self.store = store
+        self.stream = stream
+        self._sidecars: dict[str, Segment] = {}
+        self._tables: dict[str, pa.Table] = {}
+
+    def segments(self) -> list[Segment]:
+        for key in self.store.list_keys(segments_prefix(self.stream)):
+            if key.endswith(".json") and key not in self._sidecars:
+                self._sidecars[key] = Segment.from_sidecar(self.store.get_json(key))
+        return list(self._sidecars.values())
+
+    def table(self, segment: Segment) -> pa.Table:
+        if segment.key not in self._tables:
+            data = self.store.get_bytes(segment.key, expected_sha256=segment.sha256)
+            self._tables[segment.key] = pq.read_table(io.BytesIO(data))
+        return self._tables[segment.key]
+
+    def window_rows(self, window: Window, now_ms: int) -> Dataset | None:
+        """The labelled rows in the window as of now, or None when no segment overlaps it."""
+        candidates = [s for s in self.segments() if window.overlaps(s, now_ms)]
+        if not candidates:
+            return None
+        # A schema change splits the stream: train on the newest feature set only.
+        newest = max(candidates, key=lambda s: s.max_event_time_ms).feature_names
+        skipped = [s.key for s in candidates if s.feature_names != newest]
+        if skipped:
+            log.warning("segments with other feature names left out", extra={"segments": skipped})
+        end = now_ms if window.end_ms is None else window.end_ms
+        columns = META_COLUMNS + list(newest)
+        taken, parts = [], []
+        for segment in sorted((s for s in candidates if s.feature_names == newest), key=lambda s: s.key):
+            table = self.table(segment).select(columns)
+            t = table.column("event_time_ms")
+            inside = pc.and_(pc.and_(pc.greater_equal(t, window.start_ms), pc.less_equal(t, end)),
+                             pc.is_valid(table.column("label")))
+            rows = table.filter(inside)
+            if rows.num_rows:
+                taken.append((segment, rows.num_rows))
+                parts.append(rows.cast(parts[0].schema) if parts else rows)
+        if not parts:
+            return None
+        table = pa.concat_tables(parts).sort_by([("event_time_ms", "ascending"), ("event_id", "ascending")])
+        return Dataset(window, list(newest), taken, table)
+
+
+def wait_for_rows(reader: SegmentReader, window: Window, min_rows: int, *, timeout_s: float,
+                  poll_s: float, cancelled: threading.Event) -> Dataset:
+    """Polls the segments until the window holds `min_rows` labelled rows.
+
+    Sidecar row counts are an upper bound (a segment may straddle the window's
+    edges), so segments are read only once that bound reaches `min_rows`.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now_ms = int(time.time() * 1000)
+        have = sum(s.rows for s in reader.segments() if window.overlaps(s, now_ms))
+        if have >= min_rows:
+            dataset = reader.window_rows(window, now_ms)
+            have = dataset.rows if dataset else 0
+            if have >= min_rows:
+                return dataset
+        if time.monotonic() >= deadline:
+            raise WindowNotFilled(
+                f"window [{window.start_ms}, {window.end_ms or 'now'}] of stream {reader.stream!r} has "
+                f"{have} labelled rows after waiting {timeout_s:g}s; {min_rows} needed")
+        if cancelled.wait(poll_s):
+            raise Cancelled("trainer stopping while waiting for rows")

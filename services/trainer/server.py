@@ -1,0 +1,39 @@
+"""Wires the trainer process: request consumer, pipeline, registry client, result producer."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+
+from driftline.v1 import registry_pb2_grpc
+from services.common.kafka import Consumer, Producer, ensure_topics
+from services.common.objectstore import MinioObjectStore
+from services.common.runtime import ServiceProcess
+
+from .lineage import code_version
+from .pipeline import TrainingPipeline
+from .settings import TrainerSettings
+from .worker import TrainerWorker, TrainingRequestHandler
+
+# Headroom past the longest wait for rows: a request being trained must not get the
+# consumer evicted from its group (the broker's max.poll.interval.ms).
+TRAINING_HEADROOM_S = 600
+
+
+def build(settings: TrainerSettings) -> ServiceProcess:
+    topics = settings.topics
+    ensure_topics(settings.kafka_bootstrap, [topics.training_requests, topics.training_results],
+                  partitions=settings.topic_partitions, replication=settings.topic_replication)
+    store = MinioObjectStore.from_settings(settings)
+    channel = grpc.insecure_channel(settings.registry_address)
+    cancelled = threading.Event()
+    pipeline = TrainingPipeline(settings, store, registry_pb2_grpc.RegistryStub(channel),
+                                code_version(settings.code_version), cancelled)
+    producer = Producer(settings.kafka_bootstrap)
+    handler = TrainingRequestHandler(store, pipeline, producer, topics.training_results, settings.model_name)
+    consumer = Consumer(
+        settings.kafka_bootstrap, f"{settings.topic_prefix}{settings.consumer_group}", [topics.training_requests],
+        config={"max.poll.interval.ms": int((settings.wait_timeout_s + TRAINING_HEADROOM_S) * 1000)})
+    worker = TrainerWorker(consumer, handler, cancelled)
+    return ServiceProcess("trainer", settings, workers=[worker], on_stop=[producer.close, channel.close])

@@ -1,0 +1,25 @@
+from services.common.settings import CommonSettings
+
+
+class TrainerSettings(CommonSettings):
+    # Prefixed with topic_prefix, so isolated loops on one broker do not share a group.
+    consumer_group: str = "driftline-trainer"
+    # How long a request waits for its window to hold min_rows labelled rows, and how often it looks.
+    wait_timeout_s: float = 300.0
+    poll_interval_s: float = 2.0
+    # Used when a request leaves min_rows at 0.
+    default_min_rows: int = 1000
+    # The most recent share of the window (by event time) held out for evaluation and the gate.
+    holdout_fraction: float = 0.2
+    # Training defaults; a request may override them through its params map.
+    epochs: int = 20
+    batch_size: int = 64
+    hidden: int = 64
+    learning_rate: float = 3e-3
+    seed: int = 0
+    # A tiny MLP trains fastest on one thread; more only adds synchronisation.
+    torch_threads: int = 1
+    promote_alias: str = "production"
+    registry_timeout_s: float = 120.0
+    # Lineage; empty means `git rev-parse HEAD`, else the package version (env DRIFTLINE_CODE_VERSION).
+    code_version: str = ""

@@ -1,0 +1,336 @@
+"""ingest: validation rules as pure functions, then the service as a real
+process (`python -m services.ingest`) spoken to through Kafka and gRPC only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from confluent_kafka import KafkaError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from driftline.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc
+from services.common.kafka import PROTOBUF, Consumer, Producer, decode
+from services.common.schema import load_schema
+from services.common.settings import Topics
+from services.ingest.dedup import RecentIds
+from services.ingest.validation import ValidationError, validate_record
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = load_schema(REPO_ROOT / "config/streams/default.json")
+
+
+def agrawal(event_id: str | None = "e-1", **overrides) -> dict:
+    record = {"event_id": event_id, "entity_id": "c-1", "event_time": 1_700_000_000_000,
+              "salary": 50000.0, "commission": 0.0, "age": 30, "elevel": 1, "car": 3, "zipcode": 2,
+              "hvalue": 300000.0, "hyears": 5, "loan": 1000.0, "label": 1}
+    record.update(overrides)
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def as_json(record: dict) -> bytes:
+    return json.dumps(record).encode()
+
+
+def as_protobuf(record: dict) -> bytes:
+    event = events_pb2.Event(event_id=record.get("event_id", ""), entity_id=record["entity_id"])
+    event.event_time.FromMilliseconds(record["event_time"])
+    for spec in SCHEMA.fields:
+        if spec.name in record:
+            if spec.type == "integer":
+                event.fields[spec.name].integer = record[spec.name]
+            else:
+                event.fields[spec.name].number = record[spec.name]
+    if "label" in record:
+        event.label = record["label"]
+    return event.SerializeToString()
+
+
+# -- validation: pure functions ---------------------------------------------------------------------
+
+
+def test_a_valid_json_record_becomes_a_typed_event():
+    event = validate_record(as_json(agrawal(age=30.0, event_time="2023-11-14T22:13:20.5Z")), None, SCHEMA)
+    assert event.event_id == "e-1" and event.entity_id == "c-1" and event.stream == "default"
+    assert event.event_time.ToMilliseconds() == 1_700_000_000_500
+    assert event.fields["salary"].WhichOneof("kind") == "number"
+    assert event.fields["age"].WhichOneof("kind") == "integer" and event.fields["age"].integer == 30
+    assert event.label == 1
+    assert set(event.fields) == set(SCHEMA.field_names)
+
+
+@pytest.mark.parametrize("payload, reason, field", [
+    (b"{not json", "not valid JSON: ", ""),
+    (b"[1, 2]", "not a JSON object: got array", ""),
+    (b"", "empty record: expected a JSON object", ""),
+    (as_json(agrawal(salary=None)), "missing required field 'salary'", "salary"),
+    (as_json(agrawal(age=130)), "field 'age': 130 is above the maximum 80", "age"),
+    (as_json(agrawal(salary=100.5)), "field 'salary': 100.5 is below the minimum 20000", "salary"),
+    (as_json(agrawal(age="thirty")), "field 'age': expected an integer, got string \"thirty\"", "age"),
+    (as_json(agrawal(age=30.5)), "field 'age': expected an integer, got number 30.5", "age"),
+    (as_json(agrawal(loan=True)), "field 'loan': expected a number, got boolean true", "loan"),
+    (b'{"event_id": "e", "entity_id": "c", "event_time": 1, "salary": NaN}',
+     "field 'salary': nan is not a finite number", "salary"),
+    (as_json(agrawal(loan=10**400)), "field 'loan': 1000000000000000000000000000000000000... is not a finite",
+     "loan"),
+    (as_json(agrawal(label=2)), "field 'label': 2 is above the maximum 1", "label"),
+    (as_json(agrawal(entity_id="")), "field 'entity_id': expected a non-empty string, got string \"\"",
+     "entity_id"),
+    (as_json(agrawal(event_id=7)), "field 'event_id': expected a non-empty string, got number 7", "event_id"),
+    (as_json(agrawal(event_time="yesterday")), "field 'event_time': 'yesterday' is not an ISO-8601 time",
+     "event_time"),
+    (as_json(agrawal(event_time=-5)), "field 'event_time': -5 ms is outside 1970..9999", "event_time"),
+])
+def test_invalid_json_records_are_refused_with_the_reason(payload, reason, field):
+    with pytest.raises(ValidationError) as caught:
+        validate_record(payload, "application/json", SCHEMA)
+    assert caught.value.reason.startswith(reason)
+    assert caught.value.field == field
+
+
+def test_a_protobuf_record_follows_the_same_rules():
+    event = validate_record(as_protobuf(agrawal()), PROTOBUF, SCHEMA)
+    assert event == validate_record(as_json(agrawal()), None, SCHEMA)
+    with pytest.raises(ValidationError, match="field 'age': 10 is below the minimum 20"):
+        validate_record(as_protobuf(agrawal(age=10)), PROTOBUF, SCHEMA)
+    with pytest.raises(ValidationError, match="not a valid driftline.v1.Event protobuf"):
+        validate_record(b"\xff\xff\xff", PROTOBUF, SCHEMA)
+    with pytest.raises(ValidationError, match="unsupported content-type 'text/csv'"):
+        validate_record(b"a,b", "text/csv", SCHEMA)
+
+
+def test_a_record_without_an_event_id_gets_one_derived_from_its_content():
+    first = validate_record(as_json(agrawal(event_id=None)), None, SCHEMA).event_id
+    reordered = json.dumps(dict(reversed(list(agrawal(event_id=None).items())))).encode()
+    assert validate_record(reordered, None, SCHEMA).event_id == first  # same content, same id
+    assert uuid.UUID(first).version == 5
+    assert validate_record(as_json(agrawal(event_id=None, age=31)), None, SCHEMA).event_id != first
+
+
+def test_recent_ids_claim_once_release_on_abort_and_forget_the_oldest():
+    recent = RecentIds(capacity=2)
+    assert recent.claim("a") and not recent.claim("a")
+    recent.release(["a"])  # an aborted batch: its retry is not a duplicate
+    assert recent.claim("a")
+    recent.confirm(["a"])
+    recent.release(["a"])  # confirmed ids stay
+    assert "a" in recent
+    assert recent.claim("b") and recent.claim("c")
+    assert "a" not in recent and len(recent) == 2
+
+
+# -- the service, as a process -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def service_process(module: str, env: dict[str, str], log_path: Path):
+    """`python -m <module>` with `env`; SIGTERM on exit, its log printed if the test failed."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", module], cwd=REPO_ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, **env})
+    try:
+        yield proc
+    except BaseException:
+        sys.stderr.write(log_path.read_text()[-5000:])
+        raise
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_serving(address: str, service: str = "", timeout: float = 45.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{address} not SERVING after {timeout}s")
+            time.sleep(0.2)
+
+
+def read_topic(bootstrap: str, topic: str, message_type, until, timeout: float = 30.0) -> list:
+    """Reads committed records from the start of `topic` until `until(records)` holds."""
+    consumer = Consumer(bootstrap, f"test-{uuid.uuid4().hex}", [topic], read_committed=True)
+    records: list = []
+    try:
+        deadline = time.monotonic() + timeout
+        while not until(records):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: condition not met with {len(records)} records")
+            records += consumer.poll_batch(message_type, timeout=0.5)
+        return records
+    finally:
+        consumer.close()
+
+
+def read_to_end(bootstrap: str, topic: str, message_type) -> list:
+    """Every committed record of a one-partition topic, up to its current end."""
+    consumer = Consumer(bootstrap, f"test-{uuid.uuid4().hex}", [topic], read_committed=True,
+                        config={"enable.partition.eof": True})
+    records: list = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            messages = consumer.raw.consume(100, 0.5)
+            records += [decode(m.value(), message_type) for m in messages if m.error() is None]
+            if any(m.error() is not None and m.error().code() == KafkaError._PARTITION_EOF for m in messages):
+                return records
+        raise TimeoutError(f"{topic}: end not reached")
+    finally:
+        consumer.close()
+
+
+@dataclass(frozen=True)
+class RunningIngest:
+    proc: subprocess.Popen
+    topics: Topics
+    address: str
+    bootstrap: str
+
+
+@pytest.fixture(scope="module")
+def ingest(kafka_bootstrap, tmp_path_factory):
+    """One ingest process for the module's Kafka and gRPC tests (each test uses its own ids)."""
+    prefix = f"t{uuid.uuid4().hex[:12]}."
+    port = free_port()
+    env = {"DRIFTLINE_TOPIC_PREFIX": prefix, "DRIFTLINE_GRPC_PORT": str(port), "DRIFTLINE_LOG_JSON": "true",
+           "DRIFTLINE_INGEST_MAX_BATCH_RECORDS": "5"}
+    with service_process("services.ingest", env, tmp_path_factory.mktemp("ingest") / "ingest.log") as proc:
+        wait_serving(f"127.0.0.1:{port}")
+        yield RunningIngest(proc, Topics(prefix), f"127.0.0.1:{port}", kafka_bootstrap)
+
+
+def test_health_reports_serving_for_the_ingest_service(ingest):
+    with grpc.insecure_channel(ingest.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "driftline.v1.Ingest"):
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_raw_records_are_published_once_or_dead_lettered_with_reason_and_origin(ingest):
+    topics = ingest.topics
+    raw = [
+        (as_json(agrawal("k-1")), None),
+        (as_json(agrawal("k-1")), None),  # re-sent: published once
+        (as_protobuf(agrawal("k-2", entity_id="c-2")), PROTOBUF),
+        (b"{not json", None),
+        (as_json(agrawal("k-3", salary=None)), None),
+        (as_json(agrawal("k-4", age=130)), None),
+        (as_json(agrawal("k-5", age="thirty")), "application/json; charset=utf-8"),
+        (as_json(agrawal("k-6", entity_id="c-6")), None),
+    ]
+    producer = Producer(ingest.bootstrap)
+    for payload, content_type in raw:
+        headers = [("content-type", content_type.encode())] if content_type else []
+        producer.produce_raw(topics.events_raw, payload, b"raw-key", headers)
+    producer.flush()
+
+    rejected = read_topic(ingest.bootstrap, topics.events_dlq, events_pb2.RejectedRecord,
+                          until=lambda got: len(got) >= 4)
+    assert [(r.value.origin.topic, r.value.origin.offset, r.value.field) for r in rejected] == [
+        (topics.events_raw, 3, ""), (topics.events_raw, 4, "salary"), (topics.events_raw, 5, "age"),
+        (topics.events_raw, 6, "age")]
+    reasons = [r.value.reason for r in rejected]
+    assert reasons[0].startswith("not valid JSON")
+    assert reasons[1:] == ["missing required field 'salary'", "field 'age': 130 is above the maximum 80",
+                           "field 'age': expected an integer, got string \"thirty\""]
+    assert rejected[0].value.payload == b"{not json" and rejected[0].key == b"raw-key"
+
+    # The dead letters after the last valid record are committed, so the events topic is complete.
+    events = read_to_end(ingest.bootstrap, topics.events, events_pb2.Event)
+    kafka_events = [e for e in events if e.event_id.startswith("k-")]
+    assert [(e.event_id, e.entity_id) for e in kafka_events] == [("k-1", "c-1"), ("k-2", "c-2"), ("k-6", "c-6")]
+
+
+def test_grpc_batches_answer_per_record_in_order_and_are_idempotent(ingest):
+    request = ingest_pb2.IngestRequest(records=[
+        ingest_pb2.RawRecord(key="c-1", value=as_json(agrawal("g-1"))),
+        ingest_pb2.RawRecord(value=as_json(agrawal("g-2", loan=-1.0))),
+        ingest_pb2.RawRecord(value=as_protobuf(agrawal("g-3")), content_type=PROTOBUF),
+        ingest_pb2.RawRecord(value=as_json(agrawal("g-1"))),
+    ])
+    with grpc.insecure_channel(ingest.address) as channel:
+        stub = ingest_pb2_grpc.IngestStub(channel)
+        first = stub.IngestBatch(request, timeout=30)
+        again = stub.IngestBatch(request, timeout=30)
+
+    assert [(r.accepted, r.event_id, r.duplicate, r.field) for r in first.results] == [
+        (True, "g-1", False, ""), (False, "", False, "loan"), (True, "g-3", False, ""), (True, "g-1", True, "")]
+    assert first.results[1].reason == "field 'loan': -1 is below the minimum 0"
+    assert (first.accepted, first.rejected, first.duplicates) == (3, 1, 1)
+    assert [r.duplicate for r in again.results] == [True, False, True, True]
+
+    rejected = read_topic(ingest.bootstrap, ingest.topics.events_dlq, events_pb2.RejectedRecord,
+                          until=lambda got: sum(r.value.origin.topic == "grpc" for r in got) >= 2)
+    grpc_rejected = [r.value for r in rejected if r.value.origin.topic == "grpc"]
+    assert [(r.origin.offset, r.field) for r in grpc_rejected] == [(1, "loan"), (1, "loan")]
+    events = read_to_end(ingest.bootstrap, ingest.topics.events, events_pb2.Event)
+    assert [e.event_id for e in events if e.event_id.startswith("g-")] == ["g-1", "g-3"]
+
+
+@pytest.mark.parametrize("count, message", [(0, "empty batch"), (6, "batch of 6 records is above the limit of 5")])
+def test_empty_and_oversized_batches_are_invalid_arguments(ingest, count, message):
+    request = ingest_pb2.IngestRequest(records=[
+        ingest_pb2.RawRecord(value=as_json(agrawal(f"x-{i}"))) for i in range(count)])
+    with grpc.insecure_channel(ingest.address) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            ingest_pb2_grpc.IngestStub(channel).IngestBatch(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in caught.value.details()
+
+
+def test_a_restarted_ingest_resumes_after_its_committed_transactions(kafka_bootstrap, tmp_path):
+    prefix = f"t{uuid.uuid4().hex[:12]}."
+    topics = Topics(prefix)
+    port = free_port()
+    env = {"DRIFTLINE_TOPIC_PREFIX": prefix, "DRIFTLINE_GRPC_PORT": str(port)}
+    producer = Producer(kafka_bootstrap)
+
+    def published(count: int) -> list:
+        return read_topic(kafka_bootstrap, topics.events, events_pb2.Event, until=lambda got: len(got) >= count)
+
+    with service_process("services.ingest", env, tmp_path / "first.log") as proc:
+        wait_serving(f"127.0.0.1:{port}")
+        for i in range(3):
+            producer.produce_raw(topics.events_raw, as_json(agrawal(f"r-{i}")))
+        producer.flush()
+        published(3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+    with service_process("services.ingest", env, tmp_path / "second.log"):
+        wait_serving(f"127.0.0.1:{port}")
+        producer.produce_raw(topics.events_raw, as_json(agrawal("r-3")))
+        producer.flush()
+        published(4)
+        events = read_to_end(kafka_bootstrap, topics.events, events_pb2.Event)
+    assert [e.event_id for e in events] == ["r-0", "r-1", "r-2", "r-3"]

@@ -1,0 +1,411 @@
+"""Serving as a real process (`python -m services.serving`) against the real broker and
+object store. The registry is a small real gRPC server inside the test (GetAlias and
+GetModelVersion from a dict), so these tests do not depend on services.registry; its
+ALIAS_MOVED events are real RegistryEvent records on the real topic."""
+
+from __future__ import annotations
+
+import asyncio
+import doctest
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from onnx import TensorProto, helper, numpy_helper
+from prometheus_client import REGISTRY
+
+from driftline.v1 import registry_pb2, registry_pb2_grpc, serving_pb2, serving_pb2_grpc
+from services.common.kafka import Consumer, Producer, ensure_topics
+from services.common.objectstore import MinioObjectStore
+from services.common.settings import Topics
+from services.serving import onnx_model
+from services.serving.prediction_log import PredictionLogger, ServedRequest
+from services.serving.server import PREDICTOR
+
+MODEL = "tiny"
+FEATURES = ["f0", "f1", "f2"]
+# Two versions that disagree on purpose, so an answer tells which one gave it.
+WEIGHTS = {1: [[1.0, -1.0], [0.5, 0.0], [0.0, 0.5]], 2: [[-1.0, 1.0], [0.0, 0.5], [0.5, 0.0]]}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- a tiny real ONNX model, under the model contract --------------------------------------
+
+def tiny_model(weights) -> bytes:
+    """features float32 [N, 3] → softmax(features · W) as probabilities float32 [N, 2]."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "W"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        "tiny", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", len(FEATURES)])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(np.asarray(weights, np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def expected_scores(version: int, rows) -> np.ndarray:
+    logits = np.asarray(rows, np.float64) @ np.asarray(WEIGHTS[version])
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# -- a real gRPC Registry that answers from what the test set ------------------------------
+
+class RegistryStandIn(registry_pb2_grpc.RegistryServicer):
+    def __init__(self) -> None:
+        self.versions: dict[int, registry_pb2.ModelVersion] = {}
+        self.production: int | None = None
+
+    async def GetAlias(self, request, context):
+        if request.name != MODEL or request.alias != "production" or self.production is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"{request.name}@{request.alias} points nowhere")
+        return self.versions[self.production]
+
+    async def GetModelVersion(self, request, context):
+        if request.name != MODEL or request.version not in self.versions:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such version")
+        return self.versions[request.version]
+
+
+class RegistryServer:
+    """Runs the stand-in on its own event loop thread, as a separate service would."""
+
+    def __init__(self) -> None:
+        self.servicer = RegistryStandIn()
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.server = grpc.aio.server()
+            registry_pb2_grpc.add_RegistryServicer_to_server(self.servicer, self.server)
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+            self.loop.run_until_complete(self.server.start())
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+        self.address = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+# -- the loop around one serving process ---------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout: float = 30.0, every: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Loop:
+    bootstrap: str
+    topics: Topics
+    store: MinioObjectStore
+    registry: RegistryServer
+    producer: Producer
+    log_path: Path
+    process: subprocess.Popen | None = None
+    grpc_port: int = 0
+    metrics_port: int = 0
+
+    def publish_version(self, version: int) -> registry_pb2.ModelVersion:
+        """Uploads a version's artifact and registers it with the stand-in (no alias move)."""
+        ref = self.store.put_bytes(f"models/{MODEL}/{version}/model.onnx", tiny_model(WEIGHTS[version]))
+        record = registry_pb2.ModelVersion(name=MODEL, version=version, artifact_uri=ref.uri,
+                                           artifact_sha256=ref.sha256, feature_names=FEATURES)
+        self.registry.servicer.versions[version] = record
+        return record
+
+    def move_production(self, record: registry_pb2.ModelVersion, previous: int = 0,
+                        update_registry: bool = True, alias: str = "production", model: str = MODEL) -> None:
+        """What the registry does on SetAlias/Promote: the alias moves, an event says so."""
+        if update_registry:
+            self.registry.servicer.production = record.version
+        event = registry_pb2.RegistryEvent(
+            event_id=uuid.uuid4().hex, kind=registry_pb2.RegistryEvent.ALIAS_MOVED, model_name=model,
+            model_version=record, alias=alias, previous_version=previous)
+        event.occurred_at.GetCurrentTime()
+        self.producer.produce(self.topics.registry_events, event, key=MODEL)
+        self.producer.flush()
+
+    @contextmanager
+    def serving(self, **env: str):
+        self.grpc_port, self.metrics_port = free_port(), free_port()
+        environment = {
+            **os.environ, "DRIFTLINE_KAFKA_BOOTSTRAP": self.bootstrap,
+            "DRIFTLINE_TOPIC_PREFIX": self.topics.prefix, "DRIFTLINE_BUCKET": self.store.bucket,
+            "DRIFTLINE_MODEL_NAME": MODEL, "DRIFTLINE_REGISTRY_ADDRESS": self.registry.address,
+            "DRIFTLINE_GRPC_PORT": str(self.grpc_port), "DRIFTLINE_METRICS_PORT": str(self.metrics_port),
+            "DRIFTLINE_ALIAS_RETRY_S": "0.2", "DRIFTLINE_LOG_JSON": "false", **env}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "services.serving"], cwd=ROOT,
+                                            env=environment, stdout=log, stderr=subprocess.STDOUT)
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        try:
+            health = health_pb2_grpc.HealthStub(channel)
+            wait_for(lambda: self._answers(health), 30, 0.2, f"serving to start (log: {self.log_path})")
+            yield serving_pb2_grpc.PredictorStub(channel), health
+        finally:
+            channel.close()
+            self.process.terminate()
+            try:
+                assert self.process.wait(20) == 0, f"serving did not exit cleanly (log: {self.log_path})"
+            finally:
+                if self.process.poll() is None:
+                    self.process.kill()
+
+    def _answers(self, health) -> bool:
+        assert self.process.poll() is None, f"serving exited: {self.log_text()[-3000:]}"
+        try:
+            health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            return True
+        except grpc.RpcError:
+            return False
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            match = re.fullmatch(rf"{re.escape(name)}\{{(.*)\}} (\S+)", line)
+            if match and ",".join(sorted(match.group(1).split(","))) == wanted:
+                return float(match.group(2))
+        return 0.0
+
+
+@pytest.fixture
+def loop(kafka_bootstrap, s3, topic_prefix, bucket_name, tmp_path):
+    store = MinioObjectStore(s3.endpoint, s3.access_key, s3.secret_key, bucket_name, s3.secure)
+    store.ensure_bucket()
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, [topics.registry_events, topics.predictions])
+    registry = RegistryServer()
+    running = Loop(kafka_bootstrap, topics, store, registry, Producer(kafka_bootstrap), tmp_path / "serving.log")
+    yield running
+    registry.stop()
+
+
+def predict(stub, rows, event_ids=None, model_name: str = MODEL) -> serving_pb2.PredictResponse:
+    request = serving_pb2.PredictRequest(model_name=model_name)
+    for i, values in enumerate(rows):
+        request.rows.add(values=values, event_id=(event_ids or [""] * len(rows))[i])
+    return stub.Predict(request, timeout=5)
+
+
+def served_version(stub) -> int:
+    return predict(stub, [[0.1, 0.2, 0.3]]).model_version
+
+
+ROWS = [[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]]
+
+
+# -- the tests -------------------------------------------------------------------------------
+
+def test_predict_answers_with_the_production_version_and_health_is_serving(loop):
+    loop.move_production(loop.publish_version(1))
+    with loop.serving() as (stub, health):
+        wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(service=PREDICTOR)).status
+                 == health_pb2.HealthCheckResponse.SERVING, what="Predictor to report SERVING")
+        assert health.Check(health_pb2.HealthCheckRequest(service="")).status == \
+            health_pb2.HealthCheckResponse.SERVING
+
+        response = predict(stub, ROWS)
+        assert (response.model_name, response.model_version, response.variant) == (MODEL, 1, "production")
+        assert response.request_id
+        scores = np.array([p.scores for p in response.predictions])
+        np.testing.assert_allclose(scores, expected_scores(1, ROWS), rtol=1e-5)
+        assert [p.label for p in response.predictions] == list(scores.argmax(axis=1))
+        # A batch too big to run inline goes through a worker thread, with the same answers.
+        many = np.random.default_rng(0).normal(size=(100, 3)).tolist()
+        np.testing.assert_allclose([p.scores for p in predict(stub, many).predictions],
+                                   expected_scores(1, many), rtol=1e-5, atol=1e-7)
+        # An empty model name means "the model this server serves".
+        assert predict(stub, ROWS[:1], model_name="").model_version == 1
+
+
+def test_no_production_version_answers_unavailable_until_one_appears(loop):
+    record = loop.publish_version(1)
+    with loop.serving() as (stub, health):
+        with pytest.raises(grpc.RpcError) as failure:
+            predict(stub, ROWS)
+        assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "no model loaded yet" in failure.value.details()
+        assert health.Check(health_pb2.HealthCheckRequest(service=PREDICTOR)).status == \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+
+        loop.registry.servicer.production = record.version  # no event: the retry loop finds it
+        wait_for(lambda: _answers_version(stub, 1), what="serving to load v1 by polling the alias")
+        assert health.Check(health_pb2.HealthCheckRequest(service=PREDICTOR)).status == \
+            health_pb2.HealthCheckResponse.SERVING
+
+
+def test_invalid_input_is_refused_with_what_was_expected(loop):
+    loop.move_production(loop.publish_version(1))
+    with loop.serving() as (stub, _):
+        wait_for(lambda: _answers_version(stub, 1), what="v1")
+        cases = [
+            (serving_pb2.PredictRequest(model_name=MODEL), grpc.StatusCode.INVALID_ARGUMENT, "no rows"),
+            (serving_pb2.PredictRequest(model_name=MODEL, rows=[serving_pb2.Row(values=[1.0, 2.0])]),
+             grpc.StatusCode.INVALID_ARGUMENT, "row 0 has 2 features; the model expects 3"),
+            (serving_pb2.PredictRequest(model_name=MODEL, rows=[serving_pb2.Row(values=[1, 2, 3]),
+                                                                 serving_pb2.Row(values=[1, 2, 3, 4])]),
+             grpc.StatusCode.INVALID_ARGUMENT, "row 1 has 4 features; the model expects 3"),
+            (serving_pb2.PredictRequest(model_name="nope", rows=[serving_pb2.Row(values=[1, 2, 3])]),
+             grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
+        ]
+        for request, code, message in cases:
+            with pytest.raises(grpc.RpcError) as failure:
+                stub.Predict(request, timeout=5)
+            assert (failure.value.code(), message in failure.value.details()) == (code, True), \
+                failure.value.details()
+
+
+def test_serving_refuses_an_artifact_whose_hash_does_not_match(loop):
+    first = loop.publish_version(1)
+    loop.move_production(first)
+    with loop.serving() as (stub, _):
+        wait_for(lambda: _answers_version(stub, 1), what="v1")
+        second = loop.publish_version(2)
+        # Moves of another alias or of another model are not this server's business.
+        loop.move_production(second, previous=1, update_registry=False, alias="staging")
+        loop.move_production(second, previous=1, update_registry=False, model="another-model")
+        tampered = registry_pb2.ModelVersion()
+        tampered.CopyFrom(second)
+        tampered.artifact_sha256 = "0" * 64  # the registry's word and the bytes disagree
+        loop.move_production(tampered, previous=1, update_registry=False)
+
+        wait_for(lambda: loop.metric("driftline_serving_model_loads_total", model=MODEL,
+                                     outcome="refused_integrity") == 1, what="the refusal to be counted")
+        assert "artifact refused" in loop.log_text()
+        assert served_version(stub) == 1  # the old model keeps serving
+
+        # The follower is still alive: the correct record swaps in.
+        loop.move_production(second, previous=1)
+        wait_for(lambda: _answers_version(stub, 2), what="v2 after the correct event")
+        assert loop.metric("driftline_serving_model_loads_total", model=MODEL, outcome="loaded") == 2
+
+
+def test_hot_swap_while_clients_call_predict_fails_no_call(loop):
+    loop.move_production(loop.publish_version(1))
+    with loop.serving() as (stub, _):
+        wait_for(lambda: _answers_version(stub, 1), what="v1")
+        stop = threading.Event()
+        versions: list[list[int]] = [[], []]
+        failures: list[str] = []
+
+        def client(seen: list[int]) -> None:
+            while not stop.is_set():
+                try:
+                    seen.append(predict(stub, ROWS).model_version)
+                except grpc.RpcError as exc:
+                    failures.append(f"{exc.code().name}: {exc.details()}")
+
+        clients = [threading.Thread(target=client, args=(seen,)) for seen in versions]
+        for thread in clients:
+            thread.start()
+        try:
+            wait_for(lambda: all(len(seen) >= 20 for seen in versions), what="calls on v1")
+            loop.move_production(loop.publish_version(2), previous=1)
+            wait_for(lambda: all(seen.count(2) >= 20 for seen in versions), what="calls on v2")
+        finally:
+            stop.set()
+            for thread in clients:
+                thread.join(10)
+
+        assert failures == []
+        for seen in versions:
+            switch = seen.index(2)
+            assert switch > 0 and set(seen[:switch]) == {1} and set(seen[switch:]) == {2}
+
+
+def test_every_predict_is_logged_to_the_predictions_topic(loop):
+    loop.move_production(loop.publish_version(1))
+    consumer = Consumer(loop.bootstrap, f"test-{uuid.uuid4().hex}", [loop.topics.predictions])
+    try:
+        with loop.serving() as (stub, _):
+            wait_for(lambda: _answers_version(stub, 1), what="v1")
+            answers = [predict(stub, ROWS, event_ids=[f"e{i}-a", f"e{i}-b"]) for i in range(3)]
+
+            wanted = {a.request_id for a in answers}
+            logs = {}
+
+            def all_logged() -> bool:
+                for record in consumer.poll_batch(serving_pb2.PredictionLog, timeout=0.5):
+                    logs[record.value.request_id] = record
+                return wanted <= set(logs)
+
+            wait_for(all_logged, what="the prediction logs")
+    finally:
+        consumer.close()
+    for answer, i in zip(answers, range(3)):
+        record = logs[answer.request_id]
+        entry = record.value
+        assert record.key == MODEL.encode()
+        assert (entry.model_name, entry.model_version, entry.variant) == (MODEL, 1, "production")
+        assert entry.served_at.seconds > 0
+        assert [r.event_id for r in entry.rows] == [f"e{i}-a", f"e{i}-b"]
+        assert [list(r.features) for r in entry.rows] == ROWS
+        assert [list(r.scores) for r in entry.rows] == [list(p.scores) for p in answer.predictions]
+        assert [r.label for r in entry.rows] == [p.label for p in answer.predictions]
+
+
+def test_a_full_prediction_log_queue_drops_and_counts_instead_of_blocking(kafka_bootstrap):
+    logger = PredictionLogger(Producer(kafka_bootstrap), "unused", max_queued=1)  # not started: nothing drains
+    served = ServedRequest("r", MODEL, 1, [], np.zeros((0, 2)), np.zeros(0), 0)
+    before = _dropped_logs()
+    for _ in range(3):
+        logger.submit(served)  # would hang here if a full queue made the request path wait
+    assert logger.dropped == 2
+    assert _dropped_logs() - before == 2
+
+
+def _dropped_logs() -> float:
+    return REGISTRY.get_sample_value("driftline_serving_prediction_logs_total", {"outcome": "dropped"}) or 0.0
+
+
+def test_execution_provider_choice_and_doctests():
+    assert doctest.testmod(onnx_model).failed == 0
+    with pytest.raises(ValueError, match="CUDAExecutionProvider was asked for"):
+        onnx_model.execution_providers("cuda", ["CPUExecutionProvider"])
+
+
+def _answers_version(stub, version: int) -> bool:
+    try:
+        return served_version(stub) == version
+    except grpc.RpcError:
+        return False
