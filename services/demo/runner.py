@@ -44,7 +44,9 @@ def loop_env(run_id: str, endpoints: "devstack.Endpoints", state: Path, options:
 def service_env(state: Path, options: Options) -> dict[str, dict[str, str]]:
     """Per-service settings of the scenario (small windows so a laptop sees the loop in a minute)."""
     return {
-        "registry": {"DRIFTLINE_REGISTRY_DB": str(state / "registry.db")},
+        "registry": {"DRIFTLINE_REGISTRY_DB": str(state / "registry.db"),
+                     # Alias moves reach serving through the outbox relay: poll it often.
+                     "DRIFTLINE_RELAY_INTERVAL_S": "0.2"},
         "feature": {"DRIFTLINE_FEATURE_DATADIR": str(state / "feature")},
         "monitor": {"DRIFTLINE_MONITOR_RETRAIN_MIN_ROWS": str(options.retrain_rows)},
     }

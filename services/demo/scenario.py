@@ -40,7 +40,7 @@ class Options:
     timeout_s: float = 300.0
     model_name: str = "driftline-model"
     stream: str = "default"
-    predict_batch: int = 64
+    predict_batch: int = 16         # rows per Predict call at most
 
 
 @dataclass
@@ -189,7 +189,8 @@ class LoopObserver:
                 try:
                     reply = stub.Predict(request, timeout=10)
                 except grpc.RpcError as exc:
-                    if exc.code() == grpc.StatusCode.UNAVAILABLE and not self.versions_promoted:
+                    # Until serving has answered once, "no model yet" is the expected state.
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE and self.result.first_version is None:
                         if not unavailable_logged:
                             self.say("           serving has no model yet; waiting for v1…")
                             unavailable_logged = True
