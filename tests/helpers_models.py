@@ -1,25 +1,18 @@
 """Shared by the registry and trainer tests: Agrawal rows written as feature segments
 exactly as the storage contract says (so no feature service is needed), small real
-models, and service processes started as `python -m services.<name>`."""
+models, and reading a topic until a condition holds. Processes, ports and polling: support.py."""
 
 from __future__ import annotations
 
 import io
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.kafka import Consumer, Record
 from services.common.objectstore import ObjectStore
@@ -27,7 +20,6 @@ from services.common.objectstore import ObjectStore
 os.environ.setdefault("RIVER_DATA", tempfile.mkdtemp(prefix="river-data-"))  # river must not write to ~
 from river.datasets import synth  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_FIELDS = ["salary", "commission", "age", "elevel", "car", "zipcode", "hvalue", "hyears", "loan"]
 FEATURES = [*SCHEMA_FIELDS, "salary_entity_mean"]
 T0_MS = 1_700_000_000_000  # event times are in the past, so an open window ("up to now") holds them
@@ -114,67 +106,7 @@ def trained_onnx(rows: list[dict], *, shuffle_labels: bool = False, epochs: int 
     return export_onnx(train(x, y, 2, TrainParams(epochs=epochs)).model, len(FEATURES))
 
 
-# -- processes -------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class ServiceRun:
-    """One `python -m services.<name>` child process with its log in a file."""
-
-    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        with open(log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT,
-                                            env={**os.environ, "DRIFTLINE_LOG_JSON": "false", **env},
-                                            stdout=log, stderr=subprocess.STDOUT)
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def assert_running(self) -> None:
-        assert self.process.poll() is None, f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}"
-
-    def wait_serving(self, address: str, service: str, timeout: float = 60.0) -> None:
-        """Waits until the gRPC health check reports `service` SERVING."""
-        with grpc.insecure_channel(address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-
-            def serving() -> bool:
-                self.assert_running()
-                try:
-                    answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
-                except grpc.RpcError:
-                    return False
-                return answer.status == health_pb2.HealthCheckResponse.SERVING
-
-            wait_for(serving, timeout, f"{self.name} to serve (log: {self.log_path})", every=0.2)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, as a deployment would; returns the exit code (killed: -9)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
+# -- topics ----------------------------------------------------------------------------------
 
 def collect(consumer: Consumer, message_type, until: Callable[[list[Record]], bool], timeout: float,
             keep: Callable[[Record], bool] = lambda r: True, alive: Callable[[], None] = lambda: None

@@ -7,20 +7,13 @@ from __future__ import annotations
 import doctest
 import io
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import pyarrow.parquet as pq
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driftline.v1 import events_pb2, features_pb2, features_pb2_grpc
 from services.common.kafka import Consumer, Producer
@@ -31,10 +24,12 @@ from services.feature import transform
 from services.feature.app import apply_event
 from services.feature.segments import SegmentRow, encode_parquet, segment_stem
 from services.feature.transform import EntityState, compute_features, compute_features_offline
+from support import ServiceRun, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema(REPO_ROOT / "config/streams/default.json")
 FEATURES = SCHEMA.feature_names
+FEATURE_STORE = "driftline.v1.FeatureStore"
 
 
 def agrawal_values(i: int) -> dict:
@@ -126,49 +121,6 @@ def test_segments_are_parquet_with_the_contract_columns_and_stable_bytes():
 # -- the worker, as a process -------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def feature_process(env: dict[str, str], log_path: Path):
-    """`python -m services.feature`; SIGTERM on exit, its log printed if the test failed."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "services.feature"], cwd=REPO_ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, env={**os.environ, **env})
-    try:
-        yield proc
-    except BaseException:
-        sys.stderr.write(log_path.read_text()[-5000:])
-        raise
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def wait_serving(address: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                request = health_pb2.HealthCheckRequest(service="driftline.v1.FeatureStore")
-                if stub.Check(request, timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{address} not SERVING after {timeout}s")
-            time.sleep(0.2)
-
-
 def online_features(address: str, entity_ids: list[str]) -> dict[str, list[float] | None]:
     with grpc.insecure_channel(address) as channel:
         response = features_pb2_grpc.FeatureStoreStub(channel).GetOnlineFeatures(
@@ -217,8 +169,8 @@ def test_feature_worker_computes_serves_writes_segments_and_recovers_after_resta
     first_events = [make_event(i, entities[i % 3], None if i % 4 == 3 else i % 2) for i in range(12)]
     labelled_first = [e for e in first_events if e.HasField("label")]
 
-    with feature_process(env, tmp_path / "first.log") as proc:
-        wait_serving(address)
+    with ServiceRun("feature", env, tmp_path / "first.log") as first:
+        first.wait_serving(address, FEATURE_STORE)
         reader = Consumer(kafka_bootstrap, f"test-{uuid.uuid4().hex}", [topics.features])  # the topic exists now
         for event in first_events:
             producer.produce(topics.events, event, key=event.entity_id)
@@ -239,8 +191,7 @@ def test_feature_worker_computes_serves_writes_segments_and_recovers_after_resta
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         assert store.list_keys("datasets/") == []
 
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        assert first.stop(timeout=60) == 0
 
     [sidecar] = sidecars(store, len(labelled_first), timeout=0)
     assert sidecar["rows"] == len(labelled_first) and sidecar["feature_names"] == FEATURES
@@ -255,8 +206,8 @@ def test_feature_worker_computes_serves_writes_segments_and_recovers_after_resta
 
     # A new process with a fresh in-memory store and datadir: the table comes back from its changelog.
     env.update({"DRIFTLINE_FEATURE_SEGMENT_ROWS": "3", "DRIFTLINE_FEATURE_SEGMENT_SECONDS": "1"})
-    with feature_process(env, tmp_path / "second.log"):
-        wait_serving(address)
+    with ServiceRun("feature", env, tmp_path / "second.log") as second:
+        second.wait_serving(address, FEATURE_STORE)
         assert online_features(address, entities) == last
 
         more = [make_event(100 + i, "c-0", 1) for i in range(4)]

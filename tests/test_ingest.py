@@ -4,14 +4,8 @@ process (`python -m services.ingest`) spoken to through Kafka and gRPC only."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +20,7 @@ from services.common.schema import load_schema
 from services.common.settings import Topics
 from services.ingest.dedup import RecentIds
 from services.ingest.validation import ValidationError, validate_record
+from support import ServiceRun, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema(REPO_ROOT / "config/streams/default.json")
@@ -133,49 +128,6 @@ def test_recent_ids_claim_once_release_on_abort_and_forget_the_oldest():
 # -- the service, as a process -----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def service_process(module: str, env: dict[str, str], log_path: Path):
-    """`python -m <module>` with `env`; SIGTERM on exit, its log printed if the test failed."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", module], cwd=REPO_ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, env={**os.environ, **env})
-    try:
-        yield proc
-    except BaseException:
-        sys.stderr.write(log_path.read_text()[-5000:])
-        raise
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def wait_serving(address: str, service: str = "", timeout: float = 45.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{address} not SERVING after {timeout}s")
-            time.sleep(0.2)
-
-
 def read_topic(bootstrap: str, topic: str, message_type, until, timeout: float = 30.0) -> list:
     """Reads committed records from the start of `topic` until `until(records)` holds."""
     consumer = Consumer(bootstrap, f"test-{uuid.uuid4().hex}", [topic], read_committed=True)
@@ -210,7 +162,7 @@ def read_to_end(bootstrap: str, topic: str, message_type) -> list:
 
 @dataclass(frozen=True)
 class RunningIngest:
-    proc: subprocess.Popen
+    run: ServiceRun
     topics: Topics
     address: str
     bootstrap: str
@@ -223,9 +175,9 @@ def ingest(kafka_bootstrap, tmp_path_factory):
     port = free_port()
     env = {"DRIFTLINE_TOPIC_PREFIX": prefix, "DRIFTLINE_GRPC_PORT": str(port), "DRIFTLINE_LOG_JSON": "true",
            "DRIFTLINE_INGEST_MAX_BATCH_RECORDS": "5"}
-    with service_process("services.ingest", env, tmp_path_factory.mktemp("ingest") / "ingest.log") as proc:
-        wait_serving(f"127.0.0.1:{port}")
-        yield RunningIngest(proc, Topics(prefix), f"127.0.0.1:{port}", kafka_bootstrap)
+    with ServiceRun("ingest", env, tmp_path_factory.mktemp("ingest") / "ingest.log") as run:
+        run.wait_serving(f"127.0.0.1:{port}", timeout=45)
+        yield RunningIngest(run, Topics(prefix), f"127.0.0.1:{port}", kafka_bootstrap)
 
 
 def test_health_reports_serving_for_the_ingest_service(ingest):
@@ -318,17 +270,16 @@ def test_a_restarted_ingest_resumes_after_its_committed_transactions(kafka_boots
     def published(count: int) -> list:
         return read_topic(kafka_bootstrap, topics.events, events_pb2.Event, until=lambda got: len(got) >= count)
 
-    with service_process("services.ingest", env, tmp_path / "first.log") as proc:
-        wait_serving(f"127.0.0.1:{port}")
+    with ServiceRun("ingest", env, tmp_path / "first.log") as first:
+        first.wait_serving(f"127.0.0.1:{port}", timeout=45)
         for i in range(3):
             producer.produce_raw(topics.events_raw, as_json(agrawal(f"r-{i}")))
         producer.flush()
         published(3)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert first.stop(timeout=30) == 0
 
-    with service_process("services.ingest", env, tmp_path / "second.log"):
-        wait_serving(f"127.0.0.1:{port}")
+    with ServiceRun("ingest", env, tmp_path / "second.log") as second:
+        second.wait_serving(f"127.0.0.1:{port}", timeout=45)
         producer.produce_raw(topics.events_raw, as_json(agrawal("r-3")))
         producer.flush()
         published(4)

@@ -6,14 +6,8 @@ services.registry."""
 
 from __future__ import annotations
 
-import asyncio
 import doctest
-import os
 import random
-import socket
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,8 +29,7 @@ from services.monitor.joiner import Label, LabelJoin, Predicted
 from services.monitor.policy import DriftPolicy
 from services.monitor.psi import Bins, RollingHistogram, reference_bins
 from services.monitor.tracker import TrackerConfig, VersionTracker
-
-ROOT = Path(__file__).resolve().parents[1]
+from support import GrpcThread, ServiceRun, free_port, wait_for
 
 
 # == the statistics, as units ================================================================
@@ -171,48 +164,6 @@ class RegistryStandIn(registry_pb2_grpc.RegistryServicer):
         return found
 
 
-class GrpcThread:
-    """A real grpc.aio server for one servicer, on its own event loop thread."""
-
-    def __init__(self, servicer, add_to_server) -> None:
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.server = grpc.aio.server()
-            add_to_server(servicer, self.server)
-            self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
-            self.loop.run_until_complete(self.server.start())
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition, timeout: float = 60.0, every: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @dataclass
 class Sample:
     event_id: str
@@ -297,23 +248,21 @@ def scenario(kafka_bootstrap, s3, tmp_path_factory) -> Scenario:
 
     port = free_port()
     log_path = tmp_path_factory.mktemp("monitor") / "monitor.log"
-    env = {**os.environ, "DRIFTLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "DRIFTLINE_TOPIC_PREFIX": prefix,
+    env = {"DRIFTLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "DRIFTLINE_TOPIC_PREFIX": prefix,
            "DRIFTLINE_BUCKET": bucket, "DRIFTLINE_REGISTRY_ADDRESS": registry.address,
            "DRIFTLINE_GRPC_PORT": str(port), "DRIFTLINE_STREAM": STREAM, "DRIFTLINE_LOG_JSON": "false",
            "DRIFTLINE_POLICY_MIN_SAMPLES": str(MIN_SAMPLES), "DRIFTLINE_POLICY_COOLDOWN_S": "1",
            "DRIFTLINE_MONITOR_RETRAIN_MIN_ROWS": str(MIN_ROWS), "DRIFTLINE_ACCURACY_WINDOW": "200",
            "DRIFTLINE_PSI_WINDOW": "400", "DRIFTLINE_PSI_MIN_SAMPLES": "100",
            "DRIFTLINE_REPORT_EVERY_SAMPLES": "200", "DRIFTLINE_REPORT_EVERY_S": "0.5"}
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "services.monitor"], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+    run = ServiceRun("monitor", env, log_path)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = monitor_pb2_grpc.MonitorStub(channel)
     requests_in = Consumer(kafka_bootstrap, f"test-{uuid.uuid4().hex}", [topics.training_requests])
     stats_in = Consumer(kafka_bootstrap, f"test-{uuid.uuid4().hex}", [topics.monitor_stats])
     try:
         def report(model: str) -> monitor_pb2.DriftReport | None:
-            assert process.poll() is None, log_path.read_text()[-3000:]
+            run.assert_running()
             try:
                 found = stub.GetDriftReport(monitor_pb2.GetDriftReportRequest(model_name=model), timeout=2)
             except grpc.RpcError:
@@ -321,22 +270,22 @@ def scenario(kafka_bootstrap, s3, tmp_path_factory) -> Scenario:
             return found.reports[0] if found.reports else None
 
         def answers() -> bool:
-            assert process.poll() is None, log_path.read_text()[-3000:]
+            run.assert_running()
             try:
                 return stub.GetDriftReport(monitor_pb2.GetDriftReportRequest(), timeout=1) is not None
             except grpc.RpcError:
                 return False
 
-        wait_for(answers, 30, what=f"the monitor to answer (log: {log_path})")
+        wait_for(answers, 30, f"the monitor to answer (log: {log_path})", every=0.2)
         producer = Producer(kafka_bootstrap)
         send(producer, topics, "drifting", 1, samples("drifting", SAMPLES, CHANGE, 0.9, 0.2, True, seed=1))
         send(producer, topics, "early", 1,
              samples("early", EARLY_SAMPLES, EARLY_CHANGE, 0.95, 0.1, False, seed=2))
 
-        drifting = wait_for(lambda: (r := report("drifting")) and r.samples == SAMPLES and r,
-                            what="every drifting sample to be joined")
-        early = wait_for(lambda: (r := report("early")) and r.samples == EARLY_SAMPLES and r,
-                         what="every early sample to be joined")
+        drifting = wait_for(lambda: (r := report("drifting")) and r.samples == SAMPLES and r, 60,
+                            "every drifting sample to be joined", every=0.2)
+        early = wait_for(lambda: (r := report("early")) and r.samples == EARLY_SAMPLES and r, 60,
+                         "every early sample to be joined", every=0.2)
         unknown = stub.GetDriftReport(monitor_pb2.GetDriftReportRequest(model_name="never-seen"), timeout=2)
 
         requests: list[training_pb2.TrainingRequest] = []
@@ -348,7 +297,7 @@ def scenario(kafka_bootstrap, s3, tmp_path_factory) -> Scenario:
                 stats.extend(r.value for r in stats_in.poll_batch(monitor_pb2.DriftReport, timeout=0.2))
 
         # Everything is processed; wait a little more so a second request would have time to appear.
-        wait_for(lambda: drain_until(time.monotonic() + 0.5) or requests, 30, 0, "a training request")
+        wait_for(lambda: drain_until(time.monotonic() + 0.5) or requests, 30, "a training request", every=0)
         drain_until(time.monotonic() + 3)
         first_requests = list(requests)
 
@@ -357,18 +306,17 @@ def scenario(kafka_bootstrap, s3, tmp_path_factory) -> Scenario:
                                              status=training_pb2.TrainingResult.FAILED, error="no GPU today")
         producer.produce(topics.training_results, failed, key="drifting")
         producer.flush()
-        wait_for(lambda: "re-armed" in log_path.read_text(), what="the failed result to re-arm the policy")
+        wait_for(lambda: "re-armed" in run.log_text(), 60, "the failed result to re-arm the policy", every=0.2)
         more = samples("drifting", SAMPLES + 50, CHANGE, 0.9, 0.2, True, seed=1)[SAMPLES:]
         send(producer, topics, "drifting", 1, more)
-        wait_for(lambda: drain_until(time.monotonic() + 0.5) or len(requests) > len(first_requests), 30, 0,
-                 "a training request after the re-arm")
+        wait_for(lambda: drain_until(time.monotonic() + 0.5) or len(requests) > len(first_requests), 30,
+                 "a training request after the re-arm", every=0)
         return Scenario(first_requests, stats, drifting, early, unknown, log_path, requests[len(first_requests):])
     finally:
         requests_in.close()
         stats_in.close()
         channel.close()
-        process.terminate()
-        exit_code = process.wait(20)
+        exit_code = run.stop(timeout=20)
         registry.stop()
         assert exit_code == 0, f"monitor did not exit cleanly (log: {log_path})"
 

@@ -12,12 +12,11 @@ import grpc
 import pytest
 
 from driftline.v1 import registry_pb2, registry_pb2_grpc
-from helpers_models import (
-    FEATURES, ServiceRun, accuracy_of, agrawal_rows, collect, feature_table, free_port, parquet_bytes, trained_onnx,
-)
+from helpers_models import FEATURES, accuracy_of, agrawal_rows, collect, feature_table, parquet_bytes, trained_onnx
 from services.common.kafka import Consumer
 from services.common.objectstore import MinioObjectStore, ObjectStore
 from services.common.settings import Topics
+from support import ServiceRun, free_port
 
 Kind = registry_pb2.RegistryEvent.Kind
 REGISTRY = "driftline.v1.Registry"

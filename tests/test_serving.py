@@ -5,15 +5,9 @@ ALIAS_MOVED events are real RegistryEvent records on the real topic."""
 
 from __future__ import annotations
 
-import asyncio
 import doctest
-import os
 import re
-import socket
-import subprocess
-import sys
 import threading
-import time
 import urllib.request
 import uuid
 from contextlib import contextmanager
@@ -35,12 +29,12 @@ from services.common.settings import Topics
 from services.serving import onnx_model
 from services.serving.prediction_log import PredictionLogger, ServedRequest
 from services.serving.server import PREDICTOR
+from support import GrpcThread, ServiceRun, free_port, wait_for
 
 MODEL = "tiny"
 FEATURES = ["f0", "f1", "f2"]
 # Two versions that disagree on purpose, so an answer tells which one gave it.
 WEIGHTS = {1: [[1.0, -1.0], [0.5, 0.0], [0.0, 0.5]], 2: [[-1.0, 1.0], [0.0, 0.5], [0.5, 0.0]]}
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- a tiny real ONNX model, under the model contract --------------------------------------
@@ -83,61 +77,17 @@ class RegistryStandIn(registry_pb2_grpc.RegistryServicer):
         return self.versions[request.version]
 
 
-class RegistryServer:
-    """Runs the stand-in on its own event loop thread, as a separate service would."""
-
-    def __init__(self) -> None:
-        self.servicer = RegistryStandIn()
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.server = grpc.aio.server()
-            registry_pb2_grpc.add_RegistryServicer_to_server(self.servicer, self.server)
-            self.port = self.server.add_insecure_port("127.0.0.1:0")
-            self.loop.run_until_complete(self.server.start())
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
-        self.address = f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
 # -- the loop around one serving process ---------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition, timeout: float = 30.0, every: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
 
 @dataclass
 class Loop:
     bootstrap: str
     topics: Topics
     store: MinioObjectStore
-    registry: RegistryServer
+    registry: GrpcThread
     producer: Producer
     log_path: Path
-    process: subprocess.Popen | None = None
+    run: ServiceRun | None = None
     grpc_port: int = 0
     metrics_port: int = 0
 
@@ -165,35 +115,20 @@ class Loop:
     def serving(self, **env: str):
         self.grpc_port, self.metrics_port = free_port(), free_port()
         environment = {
-            **os.environ, "DRIFTLINE_KAFKA_BOOTSTRAP": self.bootstrap,
+            "DRIFTLINE_KAFKA_BOOTSTRAP": self.bootstrap,
             "DRIFTLINE_TOPIC_PREFIX": self.topics.prefix, "DRIFTLINE_BUCKET": self.store.bucket,
             "DRIFTLINE_MODEL_NAME": MODEL, "DRIFTLINE_REGISTRY_ADDRESS": self.registry.address,
             "DRIFTLINE_GRPC_PORT": str(self.grpc_port), "DRIFTLINE_METRICS_PORT": str(self.metrics_port),
             "DRIFTLINE_ALIAS_RETRY_S": "0.2", "DRIFTLINE_LOG_JSON": "false", **env}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "services.serving"], cwd=ROOT,
-                                            env=environment, stdout=log, stderr=subprocess.STDOUT)
+        self.run = ServiceRun("serving", environment, self.log_path)
         channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
         try:
-            health = health_pb2_grpc.HealthStub(channel)
-            wait_for(lambda: self._answers(health), 30, 0.2, f"serving to start (log: {self.log_path})")
-            yield serving_pb2_grpc.PredictorStub(channel), health
+            # The server as a whole ("") serves at once; the Predictor only once a model is loaded.
+            self.run.wait_serving(f"127.0.0.1:{self.grpc_port}", timeout=30)
+            yield serving_pb2_grpc.PredictorStub(channel), health_pb2_grpc.HealthStub(channel)
         finally:
             channel.close()
-            self.process.terminate()
-            try:
-                assert self.process.wait(20) == 0, f"serving did not exit cleanly (log: {self.log_path})"
-            finally:
-                if self.process.poll() is None:
-                    self.process.kill()
-
-    def _answers(self, health) -> bool:
-        assert self.process.poll() is None, f"serving exited: {self.log_text()[-3000:]}"
-        try:
-            health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            return True
-        except grpc.RpcError:
-            return False
+            assert self.run.stop(timeout=20) == 0, f"serving did not exit cleanly (log: {self.log_path})"
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -214,7 +149,7 @@ def loop(kafka_bootstrap, s3, topic_prefix, bucket_name, tmp_path):
     store.ensure_bucket()
     topics = Topics(topic_prefix)
     ensure_topics(kafka_bootstrap, [topics.registry_events, topics.predictions])
-    registry = RegistryServer()
+    registry = GrpcThread(RegistryStandIn(), registry_pb2_grpc.add_RegistryServicer_to_server)
     running = Loop(kafka_bootstrap, topics, store, registry, Producer(kafka_bootstrap), tmp_path / "serving.log")
     yield running
     registry.stop()
@@ -240,7 +175,7 @@ def test_predict_answers_with_the_production_version_and_health_is_serving(loop)
     loop.move_production(loop.publish_version(1))
     with loop.serving() as (stub, health):
         wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(service=PREDICTOR)).status
-                 == health_pb2.HealthCheckResponse.SERVING, what="Predictor to report SERVING")
+                 == health_pb2.HealthCheckResponse.SERVING, 30, "Predictor to report SERVING")
         assert health.Check(health_pb2.HealthCheckRequest(service="")).status == \
             health_pb2.HealthCheckResponse.SERVING
 
@@ -269,7 +204,7 @@ def test_no_production_version_answers_unavailable_until_one_appears(loop):
             health_pb2.HealthCheckResponse.NOT_SERVING
 
         loop.registry.servicer.production = record.version  # no event: the retry loop finds it
-        wait_for(lambda: _answers_version(stub, 1), what="serving to load v1 by polling the alias")
+        wait_for(lambda: _answers_version(stub, 1), 30, "serving to load v1 by polling the alias")
         assert health.Check(health_pb2.HealthCheckRequest(service=PREDICTOR)).status == \
             health_pb2.HealthCheckResponse.SERVING
 
@@ -277,7 +212,7 @@ def test_no_production_version_answers_unavailable_until_one_appears(loop):
 def test_invalid_input_is_refused_with_what_was_expected(loop):
     loop.move_production(loop.publish_version(1))
     with loop.serving() as (stub, _):
-        wait_for(lambda: _answers_version(stub, 1), what="v1")
+        wait_for(lambda: _answers_version(stub, 1), 30, "v1")
         cases = [
             (serving_pb2.PredictRequest(model_name=MODEL), grpc.StatusCode.INVALID_ARGUMENT, "no rows"),
             (serving_pb2.PredictRequest(model_name=MODEL, rows=[serving_pb2.Row(values=[1.0, 2.0])]),
@@ -299,7 +234,7 @@ def test_serving_refuses_an_artifact_whose_hash_does_not_match(loop):
     first = loop.publish_version(1)
     loop.move_production(first)
     with loop.serving() as (stub, _):
-        wait_for(lambda: _answers_version(stub, 1), what="v1")
+        wait_for(lambda: _answers_version(stub, 1), 30, "v1")
         second = loop.publish_version(2)
         # Moves of another alias or of another model are not this server's business.
         loop.move_production(second, previous=1, update_registry=False, alias="staging")
@@ -310,20 +245,20 @@ def test_serving_refuses_an_artifact_whose_hash_does_not_match(loop):
         loop.move_production(tampered, previous=1, update_registry=False)
 
         wait_for(lambda: loop.metric("driftline_serving_model_loads_total", model=MODEL,
-                                     outcome="refused_integrity") == 1, what="the refusal to be counted")
+                                     outcome="refused_integrity") == 1, 30, "the refusal to be counted")
         assert "artifact refused" in loop.log_text()
         assert served_version(stub) == 1  # the old model keeps serving
 
         # The follower is still alive: the correct record swaps in.
         loop.move_production(second, previous=1)
-        wait_for(lambda: _answers_version(stub, 2), what="v2 after the correct event")
+        wait_for(lambda: _answers_version(stub, 2), 30, "v2 after the correct event")
         assert loop.metric("driftline_serving_model_loads_total", model=MODEL, outcome="loaded") == 2
 
 
 def test_hot_swap_while_clients_call_predict_fails_no_call(loop):
     loop.move_production(loop.publish_version(1))
     with loop.serving() as (stub, _):
-        wait_for(lambda: _answers_version(stub, 1), what="v1")
+        wait_for(lambda: _answers_version(stub, 1), 30, "v1")
         stop = threading.Event()
         versions: list[list[int]] = [[], []]
         failures: list[str] = []
@@ -339,9 +274,9 @@ def test_hot_swap_while_clients_call_predict_fails_no_call(loop):
         for thread in clients:
             thread.start()
         try:
-            wait_for(lambda: all(len(seen) >= 20 for seen in versions), what="calls on v1")
+            wait_for(lambda: all(len(seen) >= 20 for seen in versions), 30, "calls on v1")
             loop.move_production(loop.publish_version(2), previous=1)
-            wait_for(lambda: all(seen.count(2) >= 20 for seen in versions), what="calls on v2")
+            wait_for(lambda: all(seen.count(2) >= 20 for seen in versions), 30, "calls on v2")
         finally:
             stop.set()
             for thread in clients:
@@ -358,7 +293,7 @@ def test_every_predict_is_logged_to_the_predictions_topic(loop):
     consumer = Consumer(loop.bootstrap, f"test-{uuid.uuid4().hex}", [loop.topics.predictions])
     try:
         with loop.serving() as (stub, _):
-            wait_for(lambda: _answers_version(stub, 1), what="v1")
+            wait_for(lambda: _answers_version(stub, 1), 30, "v1")
             answers = [predict(stub, ROWS, event_ids=[f"e{i}-a", f"e{i}-b"]) for i in range(3)]
 
             wanted = {a.request_id for a in answers}
@@ -369,7 +304,7 @@ def test_every_predict_is_logged_to_the_predictions_topic(loop):
                     logs[record.value.request_id] = record
                 return wanted <= set(logs)
 
-            wait_for(all_logged, what="the prediction logs")
+            wait_for(all_logged, 30, "the prediction logs")
     finally:
         consumer.close()
     for answer, i in zip(answers, range(3)):

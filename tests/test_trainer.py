@@ -14,12 +14,11 @@ import grpc
 import pytest
 
 from driftline.v1 import registry_pb2, registry_pb2_grpc, training_pb2
-from helpers_models import (
-    FEATURES, STEP_MS, T0_MS, ServiceRun, accuracy_of, agrawal_rows, collect, free_port, wait_for, write_segments,
-)
+from helpers_models import FEATURES, STEP_MS, T0_MS, accuracy_of, agrawal_rows, collect, write_segments
 from services.common.kafka import Consumer, Producer, Record, ensure_topics
 from services.common.objectstore import MinioObjectStore, ObjectStore, split_uri
 from services.common.settings import Topics
+from support import ServiceRun, free_port, wait_for
 
 SUCCEEDED, FAILED = training_pb2.TrainingResult.SUCCEEDED, training_pb2.TrainingResult.FAILED
 # An MLP on Agrawal function 0 scores about 0.97 on unseen rows; 0.85 leaves room for seeds and platforms.

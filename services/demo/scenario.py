@@ -292,35 +292,45 @@ class LoopObserver:
         request.requested_at.GetCurrentTime()
         return request
 
+    def publish(self, topic: str, message) -> None:
+        """Produces one record; the producer is gone when this returns, so none outlives the stack."""
+        producer = Producer(self.bootstrap)
+        producer.produce(topic, message, key=self.options.model_name)
+        producer.flush()
+
     def run(self) -> Result:
         ensure_topics(self.bootstrap, self.topics.all())
         actors = [threading.Thread(target=self._guard(f), name=f.__name__, daemon=True)
                   for f in (self.watch, self.predict, self.replay)]
         for actor in actors:
             actor.start()
-        producer = Producer(self.bootstrap)
-        producer.produce(self.topics.training_requests, self.bootstrap_request(), key=self.options.model_name)
-        producer.flush()
+        self.publish(self.topics.training_requests, self.bootstrap_request())
         self.mark(f"bootstrap training requested ({self.options.bootstrap_rows:,} rows)")
-        last_progress = 0.0
-        while not self.done.wait(1.0):
-            if self.now() > self.options.timeout_s:
-                self.result.failures.append(f"the loop did not recover within {self.options.timeout_s:.0f}s")
-                break
-            if self.now() - last_progress >= 10:
-                last_progress = self.now()
-                production = f"v{self.versions_promoted[-1]}" if self.versions_promoted else "none"
-                self.say(f"           … {self.sent:,} events sent, {self.result.predict_calls:,} Predict calls, "
-                         f"production: {production}")
-        self.done.set()
-        for actor in actors:
-            actor.join(15)
+        try:
+            self._wait_until_recovered()
+        finally:
+            # Also on Ctrl-C: close the actors' Kafka clients before the stack goes away.
+            self.done.set()
+            for actor in actors:
+                actor.join(15)
         self.result.events_sent = self.sent
         for phase in ("before", "after_drift", "recovered"):
             buckets = [s for (p, _), s in self.scores.items() if p == phase]
             total = sum(s.total for s in buckets)
             self.result.accuracy[phase] = sum(s.correct for s in buckets) / total if total else None
         return self.result
+
+    def _wait_until_recovered(self) -> None:
+        last_progress = 0.0
+        while not self.done.wait(1.0):
+            if self.now() > self.options.timeout_s:
+                self.result.failures.append(f"the loop did not recover within {self.options.timeout_s:.0f}s")
+                return
+            if self.now() - last_progress >= 10:
+                last_progress = self.now()
+                production = f"v{self.versions_promoted[-1]}" if self.versions_promoted else "none"
+                self.say(f"           … {self.sent:,} events sent, {self.result.predict_calls:,} Predict calls, "
+                         f"production: {production}")
 
     def _guard(self, actor: Callable[[], None]) -> Callable[[], None]:
         def guarded() -> None:

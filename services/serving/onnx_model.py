@@ -7,7 +7,7 @@ request that picked one up finishes on it even while a newer one is installed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnxruntime as ort
@@ -55,6 +55,13 @@ class LoadedModel:
     # None when the graph leaves the feature dimension symbolic and the registry named no features.
     feature_count: int | None
     providers: tuple[str, ...]
+    # Output columns (classes); None when the graph leaves it symbolic and no warm-up ran.
+    class_count: int | None = None
+
+    @property
+    def provider(self) -> str:
+        """The execution provider doing the work (the first the session took)."""
+        return self.providers[0] if self.providers else CPU
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Class probabilities, float32 [N, C], for float32 rows [N, F]."""
@@ -82,8 +89,10 @@ def load_model(artifact: bytes, *, name: str, version: int, sha256: str,
     feature_count = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
     if feature_count is None and feature_names:
         feature_count = len(feature_names)
+    out_shape = {o.name: o.shape for o in session.get_outputs()}[OUTPUT_NAME]
+    class_count = out_shape[1] if len(out_shape) == 2 and isinstance(out_shape[1], int) else None
     model = LoadedModel(name, version, sha256, session, feature_count,
-                        tuple(session.get_providers()))
+                        tuple(session.get_providers()), class_count)
     if feature_count:
         try:
             probabilities = model.predict(np.zeros((2, feature_count), np.float32))
@@ -92,4 +101,6 @@ def load_model(artifact: bytes, *, name: str, version: int, sha256: str,
         if probabilities.ndim != 2 or probabilities.shape[0] != 2:
             raise InvalidModel(f"{name} v{version} answered shape {probabilities.shape} "
                                "for 2 rows; expected [2, classes]")
+        if class_count is None:
+            model = replace(model, class_count=int(probabilities.shape[1]))
     return model

@@ -32,7 +32,8 @@ class ServedRequest:
     request_id: str
     model_name: str
     model_version: int
-    rows: Sequence[serving_pb2.Row]
+    # Predict's rows (with event ids), or ModelInfer's float32 [N, F] matrix (no event ids).
+    rows: Sequence[serving_pb2.Row] | np.ndarray
     probabilities: np.ndarray
     labels: np.ndarray
     served_at_ns: int
@@ -41,6 +42,12 @@ class ServedRequest:
 def to_log(served: ServedRequest) -> serving_pb2.PredictionLog:
     served_at = Timestamp()
     served_at.FromNanoseconds(served.served_at_ns)
+    if isinstance(served.rows, np.ndarray):
+        rows = [serving_pb2.PredictedRow(features=features.tolist(), scores=scores.tolist(), label=int(label))
+                for features, scores, label in zip(served.rows, served.probabilities, served.labels)]
+        return serving_pb2.PredictionLog(
+            request_id=served.request_id, model_name=served.model_name,
+            model_version=served.model_version, variant=VARIANT, served_at=served_at, rows=rows)
     return serving_pb2.PredictionLog(
         request_id=served.request_id, model_name=served.model_name,
         model_version=served.model_version, variant=VARIANT, served_at=served_at,
