@@ -30,14 +30,17 @@ class ConsumerWorker(threading.Thread):
     before it returns; a batch whose handler raises is rewound to the last
     commit and retried after a back-off, so a failure never skips a record.
     Records that can never succeed are the handler's to dead-letter.
+    A handler that commits its offsets itself (inside a Kafka transaction)
+    passes `commits_offsets=True`, and the worker then does not commit again.
     """
 
     def __init__(self, name: str, consumer: Consumer, handle: Callable[[Sequence[Message]], None],
                  *, max_records: int = 500, poll_timeout: float = 0.5,
-                 on_idle: Callable[[], None] | None = None) -> None:
+                 on_idle: Callable[[], None] | None = None, commits_offsets: bool = False) -> None:
         super().__init__(name=name, daemon=True)
         self.consumer = consumer
         self.handle = handle
+        self.commits_offsets = commits_offsets
         self.max_records = max_records
         self.poll_timeout = poll_timeout
         self.on_idle = on_idle
@@ -52,12 +55,17 @@ class ConsumerWorker(threading.Thread):
                 messages = self.consumer.poll_messages(self.max_records, self.poll_timeout)
                 if messages:
                     self.handle(messages)
-                    self.consumer.commit()
+                    if not self.commits_offsets:
+                        self.consumer.commit()
                     self.processed += len(messages)
                 elif self.on_idle:
                     self.on_idle()
                 backoff = 0.5
             except Exception:
+                if self._stopping.is_set():
+                    # A handler cut short by the stop: the batch is uncommitted and will be redelivered.
+                    log.info("batch interrupted by the stop; left uncommitted", extra={"worker": self.name})
+                    break
                 self.failures += 1
                 log.exception("batch failed; rewinding to the last commit", extra={"worker": self.name})
                 self._rewind()

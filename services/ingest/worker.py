@@ -33,6 +33,5 @@ def build_raw_worker(settings: IngestSettings, pipeline: IngestPipeline) -> Cons
     def handle(messages: Sequence[Message]) -> None:
         pipeline.process([raw_input(msg) for msg in messages], consumer=consumer)
 
-    # ConsumerWorker commits after `handle` as well; the offsets are the ones the transaction
-    # already committed, so that second commit is a no-op for correctness.
-    return ConsumerWorker("ingest-raw", consumer, handle, max_records=settings.ingest_poll_max_records)
+    return ConsumerWorker("ingest-raw", consumer, handle, max_records=settings.ingest_poll_max_records,
+                          commits_offsets=True)
