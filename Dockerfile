@@ -6,6 +6,7 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml README.md ./
 COPY services ./services
 COPY driftline ./driftline
+COPY inference ./inference
 COPY config ./config
 RUN pip install .
 USER nobody
