@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from services.demo.runner import run_closed_loop
+from services.demo.runner import run_closed_loop, stop_on_sigterm
 from services.demo.scenario import Options
 
 
@@ -26,6 +26,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--verbose", action="store_true", help="print the timeline of each run")
     args = parser.parse_args()
+    stop_on_sigterm()
 
     rows, failed = [], False
     for seed in args.seeds:

@@ -12,7 +12,7 @@ import sys
 
 from services import devstack
 
-from .runner import run_closed_loop, stopped_components
+from .runner import run_closed_loop, stop_on_sigterm, stopped_components
 from .scenario import Options
 
 
@@ -74,6 +74,7 @@ def report(result, options: Options, log_dir) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args, options = parse_options(argv)
+    stop_on_sigterm()
     if args.stack_only:
         return stack_only()
     try:

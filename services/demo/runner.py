@@ -4,6 +4,7 @@ the observed scenario, and a clean stop of everything that was started."""
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import time
 import uuid
@@ -17,6 +18,13 @@ from services.common.settings import Topics
 
 from .scenario import LoopObserver, Options, Result
 from .supervisor import LoopProcesses
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a supervisor, `timeout`) unwinds like Ctrl-C, so whatever was started is stopped."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def stopped_components() -> list[str]:

@@ -124,6 +124,7 @@ class LoopObserver:
         self.stream = DriftingStream(options.drift_at, options.seed)
         self.done = threading.Event()
         self.v1_serving = threading.Event()
+        self.v1_waiting_logged = False
         self.sent = 0
         self.last_scored_event = -1
         self.scores: dict[tuple[str, int], Scored] = {}
@@ -177,32 +178,37 @@ class LoopObserver:
         consumer = Consumer(self.bootstrap, f"demo-client-{uuid.uuid4().hex[:8]}", [self.topics.features])
         channel = grpc.insecure_channel(self.serving_address)
         stub = serving_pb2_grpc.PredictorStub(channel)
-        unavailable_logged = False
         try:
             while not self.done.is_set():
                 records = consumer.poll_batch(features_pb2.FeatureRecord, self.options.predict_batch, 0.1)
                 records = [r.value for r in records if r.value.HasField("label")]
-                if not records:
-                    continue
-                request = serving_pb2.PredictRequest(model_name=self.options.model_name, rows=[
-                    serving_pb2.Row(values=r.values, event_id=r.event_id) for r in records])
-                try:
-                    reply = stub.Predict(request, timeout=10)
-                except grpc.RpcError as exc:
-                    # Until serving has answered once, "no model yet" is the expected state.
-                    if exc.code() == grpc.StatusCode.UNAVAILABLE and self.result.first_version is None:
-                        if not unavailable_logged:
-                            self.say("           serving has no model yet; waiting for v1…")
-                            unavailable_logged = True
-                        continue
-                    self.result.predict_failures += 1
-                    self.result.failures.append(f"{exc.code().name}: {exc.details()}")
-                    continue
-                self.result.predict_calls += 1
-                self.score(records, reply)
+                if records:
+                    self.predict_until_answered(stub, records)
         finally:
             consumer.close()
             channel.close()
+
+    def predict_until_answered(self, stub: serving_pb2_grpc.PredictorStub, records) -> None:
+        """Calls Predict once; before serving's first answer, "no model yet" is expected and
+        the same rows are retried, so the rows that arrive before v1 are scored by v1."""
+        request = serving_pb2.PredictRequest(model_name=self.options.model_name, rows=[
+            serving_pb2.Row(values=r.values, event_id=r.event_id) for r in records])
+        while not self.done.is_set():
+            try:
+                reply = stub.Predict(request, timeout=10)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and self.result.first_version is None:
+                    if not self.v1_waiting_logged:
+                        self.say("           serving has no model yet; waiting for v1…")
+                        self.v1_waiting_logged = True
+                    self.done.wait(0.2)
+                    continue
+                self.result.predict_failures += 1
+                self.result.failures.append(f"{exc.code().name}: {exc.details()}")
+                return
+            self.result.predict_calls += 1
+            self.score(records, reply)
+            return
 
     def score(self, records, reply: serving_pb2.PredictResponse) -> None:
         version = reply.model_version
