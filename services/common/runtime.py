@@ -93,10 +93,11 @@ class ServiceProcess:
     """A gRPC server plus background workers, started and stopped as one."""
 
     def __init__(self, name: str, settings: CommonSettings, services: Iterable[Service] = (),
-                 workers: Iterable[threading.Thread] = (), on_stop: Iterable[Callable[[], None]] = ()) -> None:
+                 workers: Iterable[threading.Thread] = (), on_stop: Iterable[Callable[[], None]] = (),
+                 grpc_options: Iterable[tuple[str, object]] = ()) -> None:
         self.name = name
         self.settings = settings
-        self.grpc = GrpcServer(name, services, port=settings.grpc_port) if services else None
+        self.grpc = GrpcServer(name, services, port=settings.grpc_port, options=grpc_options) if services else None
         self.workers = list(workers)
         self.on_stop = list(on_stop)
         self._stop_requested = asyncio.Event()

@@ -48,3 +48,24 @@ BATCH_REQUESTS = Histogram(
     "Requests per ONNX Runtime call: above 1 when dynamic batching merged requests.",
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+
+# -- variants (production, canary, shadow) and the lifecycle of each alias -------------------------
+VARIANT_INFO = Gauge(
+    "driftline_serving_variant_info",
+    "1 for the version each variant (production, canary, shadow) serves now, with its execution "
+    "provider; 0 for earlier ones. A variant whose alias points nowhere has no series at 1.",
+    ["model", "variant", "version", "provider"])
+ALIAS_LOADS = Counter(
+    "driftline_serving_alias_loads_total",
+    "Attempts to install the version an alias points at, by alias and outcome: loaded, reused "
+    "(a recently served version, e.g. a rollback), cleared (the alias points nowhere), "
+    "refused_integrity, refused_missing, refused_invalid (the old version keeps serving), failed (retried).",
+    ["model", "alias", "outcome"])
+VARIANT_REQUESTS = Counter(
+    "driftline_serving_variant_requests_total",
+    "Requests answered, by the variant that answered (production or canary).",
+    ["model", "variant"])
+SHADOW_REQUESTS = Counter(
+    "driftline_serving_shadow_requests_total",
+    "Requests mirrored to the shadow variant, by outcome: ok, skipped (its queue was full), error.",
+    ["model", "outcome"])

@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import grpc
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from driftline.v1 import registry_pb2, registry_pb2_grpc
 from services.common.kafka import Consumer, DecodeFailure, decode
 from services.common.objectstore import IntegrityError, MinioObjectStore, ObjectNotFound, split_uri
 
-from .metrics import MODEL_LOADS, MODEL_VERSION
-from .onnx_model import InvalidModel, LoadedModel, load_model
+from .metrics import ALIAS_LOADS, MODEL_LOADS, MODEL_VERSION
+from .onnx_model import CPU, InvalidModel, LoadedModel, SessionConfig, load_model
 
 log = logging.getLogger(__name__)
 
@@ -89,94 +90,197 @@ class ArtifactFetcher:
         return store.get_bytes(key, expected_sha256=sha256)
 
 
+class ModelCache:
+    """Recently served `LoadedModel`s by (version, sha256), shared by the aliases of one process.
+
+    A rollback (an alias moved back), or a canary promoted to production, finds its
+    model here and swaps at once: no download, no load, no second session of the same
+    bytes. Models still serving are always found; `keep` more recently replaced ones stay.
+    """
+
+    def __init__(self, keep: int = 1) -> None:
+        self.keep = max(0, keep)
+        self._serving: dict[str, LoadedModel] = {}  # alias → its current model
+        self._replaced: list[LoadedModel] = []  # most recent last
+        self._lock = threading.Lock()
+
+    def find(self, version: int, sha256: str) -> LoadedModel | None:
+        with self._lock:
+            for model in (*self._serving.values(), *reversed(self._replaced)):
+                if (model.version, model.sha256) == (version, sha256):
+                    return model
+        return None
+
+    def serving(self, alias: str, model: LoadedModel | None) -> None:
+        with self._lock:
+            previous = self._serving.pop(alias, None)
+            if model is not None:
+                self._serving[alias] = model
+                self._replaced = [m for m in self._replaced if m is not model]
+            if previous is not None and previous is not model and previous not in self._serving.values():
+                self._replaced.append(previous)
+            del self._replaced[:max(0, len(self._replaced) - self.keep)]
+
+
 class ModelManager:
-    """Holds the serving `LoadedModel` and replaces it, one load at a time.
+    """Holds the `LoadedModel` one alias points at and replaces it, one load at a time.
 
     `current` is read without a lock: replacing it is one reference assignment,
     so a request sees either the old model or the new one, never a mixture.
+
+    A new version is downloaded, verified against the registry's sha256, loaded and
+    warmed up before `current` changes; anything wrong with it (hash mismatch, missing
+    object, a model onnxruntime cannot load or run) is refused, counted and logged,
+    and the old version keeps serving. An `optional` alias (canary, shadow) may point
+    nowhere: then `current` is None.
     """
 
     def __init__(self, name: str, alias: str, source: ModelSource,
-                 fetch_artifact: Callable[[str, str], bytes], providers: Sequence[str]) -> None:
+                 fetch_artifact: Callable[[str, str], bytes], providers: Sequence[str] = (CPU,), *,
+                 config: SessionConfig | None = None, variant: str = "production", optional: bool = False,
+                 warmup_rows: Sequence[int] = (2,), cache: ModelCache | None = None) -> None:
         self.name = name
         self.alias = alias
+        self.variant = variant
+        self.optional = optional
         self.source = source
         self._fetch = fetch_artifact
-        self._providers = list(providers)
+        self._config = config or SessionConfig(providers=tuple(providers))
+        self._warmup_rows = tuple(warmup_rows)
+        self._cache = cache if cache is not None else ModelCache(0)
         self.current: LoadedModel | None = None
         self._lock = threading.Lock()  # one download/load at a time, in arrival order
         # Bumped by every event; a GetAlias answer that raced an event is older than it.
         self._generation = 0
-        self._listeners: list[Callable[[LoadedModel], None]] = []
-        MODEL_VERSION.labels(name).set(0)
+        # Artifacts onnxruntime refused: the same bytes fail the same way, so not loaded again.
+        self._refused: set[tuple[int, str]] = set()
+        self._listeners: list[Callable[[ModelManager, LoadedModel | None], None]] = []
+        if not optional:
+            MODEL_VERSION.labels(name).set(0)
 
-    def on_change(self, listener: Callable[[LoadedModel], None]) -> None:
+    def on_change(self, listener: Callable[[ModelManager, LoadedModel | None], None]) -> None:
         self._listeners.append(listener)
 
     def follow_event(self, version: ModelVersion) -> bool:
         """Installs the version an ALIAS_MOVED event named; True when it now serves."""
         with self._lock:
             self._generation += 1
+            if not version.version:  # the alias points nowhere now
+                return self._clear("the registry event says the alias points nowhere")
             if not version.artifact_uri:  # an event without the full record: ask for it
-                version = self.source.version(self.name, version.version)
+                try:
+                    version = self.source.version(self.name, version.version)
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.NOT_FOUND:
+                        raise  # transient: the worker retries
+                    self._count("refused_missing")
+                    log.error("the registry does not know the version an event named; the current model "
+                              "keeps serving", extra={"model": self.name, "alias": self.alias,
+                                                      "version": version.version})
+                    return False
             return self._install(version)
 
     def reconcile(self) -> bool:
         """Installs whatever the registry says the alias points at now."""
         generation = self._generation
         version = self.source.alias(self.name, self.alias)
-        if version is None:
-            return False
         with self._lock:
             if generation != self._generation:
                 return False  # an event arrived while we asked; it is the newer word
+            if version is None:
+                return self._clear("the registry says the alias points nowhere")
             return self._install(version)
+
+    def _count(self, outcome: str) -> None:
+        if outcome not in ("reused", "cleared"):
+            MODEL_LOADS.labels(self.name, outcome).inc()
+        ALIAS_LOADS.labels(self.name, self.alias, outcome).inc()
+
+    def _clear(self, why: str) -> bool:
+        if not self.optional or self.current is None:
+            return False  # the serving alias never unloads: a model that answers beats none
+        previous = self.current
+        self.current = None
+        self._cache.serving(self.alias, None)
+        self._count("cleared")
+        log.info("alias cleared; its variant is off", extra={"model": self.name, "alias": self.alias,
+                                                             "previous_version": previous.version, "why": why})
+        self._notify(None)
+        return True
 
     def _install(self, version: ModelVersion) -> bool:
         current = self.current
-        if current and (current.version, current.sha256) == (version.version, version.artifact_sha256):
+        key = (version.version, version.artifact_sha256)
+        if current and (current.version, current.sha256) == key:
             return False
-        where = {"model": self.name, "version": version.version, "artifact": version.artifact_uri}
-        try:
-            artifact = self._fetch(version.artifact_uri, version.artifact_sha256)
-            model = load_model(artifact, name=self.name, version=version.version,
-                               sha256=version.artifact_sha256, feature_names=version.feature_names,
-                               providers=self._providers)
-        except (IntegrityError, ObjectNotFound, InvalidModel, ValueError) as exc:
-            # Permanent for this artifact: retrying cannot help, and serving it would be wrong.
-            outcome = {IntegrityError: "refused_integrity", ObjectNotFound: "refused_missing"}.get(
-                type(exc), "refused_invalid")
-            MODEL_LOADS.labels(self.name, outcome).inc()
-            log.error("artifact refused; the current model keeps serving",
-                      extra={**where, "reason": str(exc), "outcome": outcome,
-                             "serving_version": current.version if current else None})
+        where = {"model": self.name, "alias": self.alias, "version": version.version,
+                 "artifact": version.artifact_uri, "serving_version": current.version if current else None}
+        if key in self._refused:
+            log.warning("the alias points at an artifact refused before; the current model keeps serving",
+                        extra=where)
             return False
-        except Exception:
-            MODEL_LOADS.labels(self.name, "failed").inc()
-            raise  # transient (object store unreachable, ...): the caller retries
+        model = self._cache.find(*key)
+        outcome = "reused"
+        if model is None:
+            outcome = "loaded"
+            started = time.perf_counter()
+            try:
+                artifact = self._fetch(version.artifact_uri, version.artifact_sha256)
+                model = load_model(artifact, name=self.name, version=version.version,
+                                   sha256=version.artifact_sha256, feature_names=version.feature_names,
+                                   config=self._config, warmup_rows=self._warmup_rows)
+            except (IntegrityError, ObjectNotFound, InvalidModel, ValueError) as exc:
+                # Permanent for this artifact: retrying cannot help, and serving it would be wrong.
+                outcome = {IntegrityError: "refused_integrity", ObjectNotFound: "refused_missing"}.get(
+                    type(exc), "refused_invalid")
+                if outcome == "refused_invalid":
+                    self._refused.add(key)
+                self._count(outcome)
+                log.error("artifact refused; the current model keeps serving",
+                          extra={**where, "reason": str(exc), "outcome": outcome})
+                return False
+            except Exception:
+                self._count("failed")
+                raise  # transient (object store unreachable, ...): the caller retries
+            where["load_s"] = round(time.perf_counter() - started, 3)
         self.current = model
-        MODEL_LOADS.labels(self.name, "loaded").inc()
-        MODEL_VERSION.labels(self.name).set(model.version)
-        log.info("model swapped in", extra={**where, "previous_version": current.version if current else None,
-                                            "providers": model.providers})
-        for listener in self._listeners:
-            listener(model)
+        self._cache.serving(self.alias, model)
+        self._count(outcome)
+        if not self.optional:
+            MODEL_VERSION.labels(self.name).set(model.version)
+        log.info("model swapped in", extra={**where, "previous_version": where.pop("serving_version"),
+                                            "outcome": outcome, "providers": model.providers})
+        self._notify(model)
         return True
+
+    def _notify(self, model: LoadedModel | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(self, model)
+            except Exception:
+                log.exception("a model-change listener failed", extra={"model": self.name, "alias": self.alias})
 
 
 class AliasEventHandler:
     """A ConsumerWorker handler for `driftline.registry.events`.
 
-    Only the last ALIAS_MOVED of a batch for our model and alias matters: it is
-    where the alias points now. A transient failure raises, so the worker
-    rewinds and retries the batch.
+    For each alias followed (production, canary, shadow), only the last ALIAS_MOVED of a
+    batch for our model matters: it is where the alias points now. A transient failure
+    raises, so the worker rewinds and retries the batch (installs are idempotent); a
+    refused artifact does not raise, so the consumer keeps going.
     """
 
-    def __init__(self, manager: ModelManager) -> None:
-        self.manager = manager
+    def __init__(self, managers: ModelManager | Sequence[ModelManager]) -> None:
+        managers = [managers] if isinstance(managers, ModelManager) else list(managers)
+        self.managers = {m.alias: m for m in managers}
+        self.name = managers[0].name
+
+    @property
+    def manager(self) -> ModelManager:
+        return next(iter(self.managers.values()))
 
     def __call__(self, messages: Sequence[Message]) -> None:
-        latest = None
+        latest: dict[str, registry_pb2.RegistryEvent] = {}
         for msg in messages:
             try:
                 event = decode(msg.value(), registry_pb2.RegistryEvent)
@@ -185,10 +289,11 @@ class AliasEventHandler:
                             extra={"partition": msg.partition(), "offset": msg.offset()})
                 continue
             if (event.kind == registry_pb2.RegistryEvent.ALIAS_MOVED
-                    and event.model_name == self.manager.name and event.alias == self.manager.alias):
-                latest = event
-        if latest is not None:
-            self.manager.follow_event(latest.model_version)
+                    and event.model_name == self.name and event.alias in self.managers):
+                latest.pop(event.alias, None)
+                latest[event.alias] = event  # in arrival order of each alias's last move
+        for alias, event in latest.items():
+            self.managers[alias].follow_event(event.model_version)
 
 
 def position_at_end(consumer: Consumer, topic: str, timeout: float = 10.0) -> None:
@@ -200,30 +305,58 @@ def position_at_end(consumer: Consumer, topic: str, timeout: float = 10.0) -> No
     """
     raw = consumer.raw
     raw.unsubscribe()  # the group's own partitions, not a share of them: every instance sees every move
-    partitions = raw.list_topics(topic, timeout=timeout).topics[topic].partitions
-    ends = [TopicPartition(topic, p, raw.get_watermark_offsets(TopicPartition(topic, p), timeout)[1])
-            for p in sorted(partitions)]
-    raw.assign(ends)
-    raw.commit(offsets=ends, asynchronous=False)
+    # A topic created a moment ago may have no leader yet (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE,
+    # UNKNOWN_TOPIC_OR_PART): retry until `timeout`, rather than fail the start of the process.
+    deadline = time.monotonic() + timeout
+    pause = 0.1
+    while True:
+        try:
+            metadata = raw.list_topics(topic, timeout=timeout).topics[topic]
+            if metadata.error is not None:
+                raise KafkaException(metadata.error)
+            ends = [TopicPartition(topic, p, raw.get_watermark_offsets(TopicPartition(topic, p), timeout)[1])
+                    for p in sorted(metadata.partitions)]
+            if not ends:
+                raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"{topic} has no partitions yet"))
+            raw.assign(ends)
+            raw.commit(offsets=ends, asynchronous=False)
+            return
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            retriable = error is not None and (error.retriable() or error.code() in _NOT_READY)
+            if not retriable or time.monotonic() + pause > deadline:
+                raise
+            log.info("the registry events topic is not ready yet; retrying",
+                     extra={"topic": topic, "error": str(exc)})
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+
+_NOT_READY = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+              KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
+              KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+              KafkaError.COORDINATOR_LOAD_IN_PROGRESS}
 
 
 class AliasPoller(threading.Thread):
-    """Asks the registry where the alias points: often until a model loads, rarely after."""
+    """Asks the registry where the aliases point: often until the serving model loads, rarely after."""
 
-    def __init__(self, manager: ModelManager, retry_s: float, resync_s: float) -> None:
+    def __init__(self, managers: ModelManager | Sequence[ModelManager], retry_s: float, resync_s: float) -> None:
         super().__init__(name="alias-poller", daemon=True)
-        self.manager = manager
+        self.managers = [managers] if isinstance(managers, ModelManager) else list(managers)
+        self.manager = self.managers[0]  # the serving alias; the others are optional
         self.retry_s = retry_s
         self.resync_s = resync_s
         self._stopping = threading.Event()
 
     def run(self) -> None:
         while not self._stopping.is_set():
-            try:
-                self.manager.reconcile()
-            except Exception as exc:  # registry or object store not reachable yet
-                log.warning("cannot reach the registry's alias yet; retrying",
-                            extra={"model": self.manager.name, "error": str(exc)})
+            for manager in self.managers:
+                try:
+                    manager.reconcile()
+                except Exception as exc:  # registry or object store not reachable yet
+                    log.warning("cannot reach the registry's alias yet; retrying",
+                                extra={"model": manager.name, "alias": manager.alias, "error": str(exc)})
             loaded = self.manager.current is not None
             if loaded and not self.resync_s:
                 self._stopping.wait()  # events alone keep it current from here

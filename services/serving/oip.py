@@ -20,6 +20,7 @@ from inference import grpc_service_pb2_grpc as pb_grpc
 
 from .onnx_model import INPUT_NAME, OUTPUT_NAME, LoadedModel
 from .prediction_log import ServedRequest
+from .traffic import Route
 
 PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "driftline"
@@ -86,6 +87,26 @@ def input_matrix(request: pb.ModelInferRequest, model: LoadedModel, max_rows: in
     return matrix
 
 
+def check_size(request, max_bytes: int) -> None:
+    """Refuses a message over `max_bytes` (gRPC's own receive limit is set above it, so it arrives
+    here and the caller learns what was wrong, not a bare RESOURCE_EXHAUSTED)."""
+    if max_bytes:
+        size = request.ByteSize()
+        if size > max_bytes:
+            raise invalid(f"the request message is {size} bytes; at most {max_bytes} are accepted "
+                          "(send fewer rows per request)")
+
+
+def request_key(request: pb.ModelInferRequest) -> str:
+    """What routes a ModelInfer call between variants: the parameter "request_key", else the request id."""
+    parameter = request.parameters.get("request_key") if request.parameters else None
+    if parameter is not None:
+        kind = parameter.WhichOneof("parameter_choice")
+        if kind is not None:
+            return str(getattr(parameter, kind))
+    return request.id
+
+
 def check_finite(matrix: np.ndarray) -> None:
     if not np.isfinite(matrix).all():
         row, column = (int(i) for i in np.argwhere(~np.isfinite(matrix))[0])
@@ -111,9 +132,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self.predictor.models.current is not None)
 
     async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
-        model = self.predictor.models.current
-        ready = (request.name == self.model_name and model is not None
-                 and request.version in ("", str(model.version)))
+        router = self.predictor.router
+        ready = (request.name == self.model_name and router.current is not None
+                 and (not request.version or router.by_version(request.version) is not None))
         return pb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
@@ -121,22 +142,36 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request, context) -> pb.ModelMetadataResponse:
         try:
-            model = self._model(request.name, request.version)
+            route = self._route(request.name, request.version, "")
         except Refusal as refusal:
             await context.abort(refusal.code, refusal.message)
+        model = route.model
         features = model.feature_count if model.feature_count is not None else -1
         classes = model.class_count if model.class_count is not None else -1
         tensor = pb.ModelMetadataResponse.TensorMetadata
+        versions = [str(model.version)]
+        served = self.predictor.router.served_versions()
+        if not request.version:  # every version this name answers with: production first, then the canary
+            versions = [str(m.version) for m in served]
+        # The OIP ModelMetadataResponse has no parameters field (and its field numbers are kept to the
+        # spec), so what runs the model travels as gRPC response metadata beside it.
+        metadata = [("driftline-execution-provider", model.provider), ("driftline-variant", route.variant)]
+        if len(served) > 1:
+            metadata.append(("driftline-canary-version", str(served[1].version)))
+        context.set_trailing_metadata(tuple(metadata))
         return pb.ModelMetadataResponse(
-            name=model.name, versions=[str(model.version)], platform=PLATFORM,
+            name=model.name, versions=versions, platform=PLATFORM,
             inputs=[tensor(name=INPUT_NAME, datatype="FP32", shape=[-1, features])],
             outputs=[tensor(name=OUTPUT_NAME, datatype="FP32", shape=[-1, classes])])
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
         started = time.perf_counter()
         predictor = self.predictor
+        request_id = request.id or uuid.uuid4().hex
         try:
-            model = self._model(request.model_name, request.model_version)
+            check_size(request, predictor.max_message_bytes)
+            route = self._route(request.model_name, request.model_version, request_key(request) or request_id)
+            model = route.model
             for wanted in request.outputs:
                 if wanted.name != OUTPUT_NAME:
                     raise invalid(f"unknown output {wanted.name!r}; the model has output {OUTPUT_NAME!r}")
@@ -146,25 +181,34 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(refusal.code, refusal.message)
         probabilities = await predictor.run(model, rows, context, "infer", started)
         probabilities = np.ascontiguousarray(probabilities, dtype="<f4")
-        request_id = request.id or uuid.uuid4().hex
         predictor.log(ServedRequest(request_id, self.model_name, model.version, rows, probabilities,
-                                    probabilities.argmax(axis=1), time.time_ns()))
+                                    probabilities.argmax(axis=1), time.time_ns(), route.variant))
+        predictor.mirror(route, rows, rows, request_id)
         predictor.count("infer", grpc.StatusCode.OK, started)
         return pb.ModelInferResponse(
             model_name=self.model_name, model_version=str(model.version), id=request.id,
-            parameters={"execution_provider": pb.InferParameter(string_param=model.provider)},
+            parameters={"execution_provider": pb.InferParameter(string_param=model.provider),
+                        "variant": pb.InferParameter(string_param=route.variant)},
             outputs=[pb.ModelInferResponse.InferOutputTensor(
                 name=OUTPUT_NAME, datatype="FP32", shape=list(probabilities.shape))],
             raw_output_contents=[probabilities.tobytes()])
 
-    def _model(self, name: str, version: str) -> LoadedModel:
+    def _route(self, name: str, version: str, key: str) -> Route:
+        """The variant and model for this request, read once: a swap meanwhile does not touch the call."""
         if name != self.model_name:
             raise Refusal(grpc.StatusCode.NOT_FOUND,
                           f"unknown model {name!r}; this server serves {self.model_name!r}")
-        model = self.predictor.models.current  # one reference for the whole request
-        if model is None:
+        router = self.predictor.router
+        if router.current is None:
             raise Refusal(grpc.StatusCode.UNAVAILABLE, "no model loaded yet")
-        if version and version != str(model.version):
-            raise Refusal(grpc.StatusCode.NOT_FOUND,
-                          f"version {version!r} of {name!r} is not served; version {model.version} is")
-        return model
+        if version:
+            route = router.by_version(version)
+            if route is None:
+                served = ", ".join(str(m.version) for m in router.served_versions())
+                raise Refusal(grpc.StatusCode.NOT_FOUND,
+                              f"version {version!r} of {name!r} is not served; version {served} is")
+            return route
+        route = router.route(key)
+        if route is None:
+            raise Refusal(grpc.StatusCode.UNAVAILABLE, "no model loaded yet")
+        return route

@@ -16,8 +16,12 @@ import onnxruntime as ort
 INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
 
+TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+# Best first: what "auto" takes from whatever onnxruntime offers.
+PREFERENCE = (TENSORRT, CUDA, CPU)
+_SHORT = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "cpu": CPU}
 
 
 class InvalidModel(ValueError):
@@ -28,22 +32,89 @@ def execution_providers(preference: str = "auto",
                         available: Sequence[str] | None = None) -> list[str]:
     """The providers to open a session with, best first; CPU is always the fallback.
 
+    `preference` is "auto" (TensorRT, then CUDA, then CPU: whichever onnxruntime offers),
+    one of "tensorrt", "cuda", "cpu" (that one, with what is below it as fallback), or an
+    explicit comma-separated list of provider names or short names.
+
     >>> execution_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    >>> execution_providers("auto", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    ['TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider']
     >>> execution_providers("auto", ["AzureExecutionProvider", "CPUExecutionProvider"])
     ['CPUExecutionProvider']
     >>> execution_providers("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     ['CPUExecutionProvider']
+    >>> execution_providers("cuda", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    >>> execution_providers("cuda,cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    ['CUDAExecutionProvider', 'CPUExecutionProvider']
     """
     available = list(ort.get_available_providers() if available is None else available)
-    preference = preference.lower()
-    if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"execution provider must be auto, cpu or cuda, not {preference!r}")
-    if preference == "cuda" and CUDA not in available:
-        raise ValueError(f"{CUDA} was asked for but onnxruntime offers only {available}")
-    if preference != "cpu" and CUDA in available:
-        return [CUDA, CPU]
-    return [CPU]
+    preference = preference.strip()
+    lowered = preference.lower()
+    if lowered == "auto":
+        return [p for p in PREFERENCE if p in available] or [CPU]
+    names = [_SHORT.get(part.strip().lower(), part.strip()) for part in preference.split(",") if part.strip()]
+    if not names:
+        raise ValueError("execution provider must be auto, tensorrt, cuda, cpu or a list of provider names")
+    for name in names:
+        if name not in available and name != CPU:
+            if name not in PREFERENCE and not name.endswith("ExecutionProvider"):
+                raise ValueError(f"execution provider must be auto, tensorrt, cuda, cpu or provider names, "
+                                 f"not {preference!r}")
+            raise ValueError(f"{name} was asked for but onnxruntime offers only {available}")
+    if len(names) == 1 and names[0] in PREFERENCE:
+        # One of the known ones: take it, then the rest of the preference order below it.
+        names = list(PREFERENCE[PREFERENCE.index(names[0]):])
+        names = [names[0], *(p for p in names[1:] if p in available)]
+    if CPU not in names:
+        names.append(CPU)
+    return names
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How sessions are opened: providers (best first) and onnxruntime's thread settings."""
+
+    providers: tuple[str, ...] = (CPU,)
+    intra_op_threads: int = 0  # 0: onnxruntime's default (one per physical core)
+    inter_op_threads: int = 0
+    # Options per provider name, e.g. TensorRT's engine cache.
+    provider_options: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+
+    def session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        if self.intra_op_threads:
+            options.intra_op_num_threads = self.intra_op_threads
+        if self.inter_op_threads:
+            options.inter_op_num_threads = self.inter_op_threads
+        return options
+
+    def options_for(self, provider: str) -> dict[str, str]:
+        return dict(dict(self.provider_options).get(provider, ()))
+
+
+def open_session(artifact: bytes, config: SessionConfig) -> ort.InferenceSession:
+    """A session on the best provider that opens; a provider that fails (TensorRT without its
+    libraries, a CUDA build without a device) is dropped and the next one tried."""
+    providers = list(config.providers) or [CPU]
+    errors = []
+    while providers:
+        try:
+            return ort.InferenceSession(artifact, sess_options=config.session_options(),
+                                        providers=[(p, config.options_for(p)) for p in providers])
+        except Exception as exc:  # onnxruntime raises its own exception types per failure
+            errors.append(f"{providers[0]}: {exc}")
+            if len(providers) == 1 or _is_model_error(exc):
+                raise
+            providers = providers[1:]
+    raise RuntimeError("; ".join(errors))  # not reached
+
+
+def _is_model_error(exc: Exception) -> bool:
+    """Errors about the model itself, which no other provider would fix."""
+    text = str(exc)
+    return any(mark in text for mark in ("INVALID_PROTOBUF", "INVALID_GRAPH", "NO_MODEL", "Protobuf parsing failed"))
 
 
 @dataclass(frozen=True)
@@ -69,15 +140,18 @@ class LoadedModel:
 
 
 def load_model(artifact: bytes, *, name: str, version: int, sha256: str,
-               feature_names: Sequence[str] = (), providers: Sequence[str] = (CPU,)) -> LoadedModel:
+               feature_names: Sequence[str] = (), providers: Sequence[str] = (CPU,),
+               config: SessionConfig | None = None, warmup_rows: Sequence[int] = (2,)) -> LoadedModel:
     """Opens a session on verified artifact bytes, checks the contract and warms it up.
 
-    Warm-up runs one real batch so the first request after a swap does not pay for
-    onnxruntime's lazy initialisation (and a model that cannot run is refused here,
-    before it replaces one that can).
+    Warm-up runs real batches (of each size in `warmup_rows`) so the first requests after
+    a swap do not pay for onnxruntime's lazy initialisation (on CUDA/TensorRT: kernel
+    selection, engine builds), and a model that cannot run is refused here, before it
+    replaces one that can.
     """
+    config = config or SessionConfig(providers=tuple(providers))
     try:
-        session = ort.InferenceSession(artifact, providers=list(providers))
+        session = open_session(artifact, config)
     except Exception as exc:  # onnxruntime raises its own exception types per failure
         raise InvalidModel(f"onnxruntime cannot load {name} v{version}: {exc}") from exc
     inputs = {i.name: i for i in session.get_inputs()}
@@ -85,6 +159,9 @@ def load_model(artifact: bytes, *, name: str, version: int, sha256: str,
     if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
         raise InvalidModel(f"{name} v{version} must have input {INPUT_NAME!r} and output "
                            f"{OUTPUT_NAME!r}; it has {sorted(inputs)} → {sorted(outputs)}")
+    if inputs[INPUT_NAME].type != "tensor(float)":
+        raise InvalidModel(f"{name} v{version} input {INPUT_NAME!r} is {inputs[INPUT_NAME].type}; "
+                           "the model contract is float32")
     shape = inputs[INPUT_NAME].shape
     feature_count = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
     if feature_count is None and feature_names:
@@ -94,13 +171,15 @@ def load_model(artifact: bytes, *, name: str, version: int, sha256: str,
     model = LoadedModel(name, version, sha256, session, feature_count,
                         tuple(session.get_providers()), class_count)
     if feature_count:
-        try:
-            probabilities = model.predict(np.zeros((2, feature_count), np.float32))
-        except Exception as exc:
-            raise InvalidModel(f"{name} v{version} failed its warm-up batch: {exc}") from exc
-        if probabilities.ndim != 2 or probabilities.shape[0] != 2:
-            raise InvalidModel(f"{name} v{version} answered shape {probabilities.shape} "
-                               "for 2 rows; expected [2, classes]")
-        if class_count is None:
-            model = replace(model, class_count=int(probabilities.shape[1]))
+        for rows in sorted({max(1, int(n)) for n in warmup_rows} or {2}):
+            try:
+                probabilities = model.predict(np.zeros((rows, feature_count), np.float32))
+            except Exception as exc:
+                raise InvalidModel(f"{name} v{version} failed its warm-up batch of {rows} rows: {exc}") from exc
+            if probabilities.ndim != 2 or probabilities.shape[0] != rows:
+                raise InvalidModel(f"{name} v{version} answered shape {probabilities.shape} "
+                                   f"for {rows} rows; expected [{rows}, classes]")
+            if class_count is None:
+                class_count = int(probabilities.shape[1])
+                model = replace(model, class_count=class_count)
     return model

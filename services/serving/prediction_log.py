@@ -37,6 +37,8 @@ class ServedRequest:
     probabilities: np.ndarray
     labels: np.ndarray
     served_at_ns: int
+    # production, canary or shadow: which variant gave these scores.
+    variant: str = VARIANT
 
 
 def to_log(served: ServedRequest) -> serving_pb2.PredictionLog:
@@ -47,10 +49,10 @@ def to_log(served: ServedRequest) -> serving_pb2.PredictionLog:
                 for features, scores, label in zip(served.rows, served.probabilities, served.labels)]
         return serving_pb2.PredictionLog(
             request_id=served.request_id, model_name=served.model_name,
-            model_version=served.model_version, variant=VARIANT, served_at=served_at, rows=rows)
+            model_version=served.model_version, variant=served.variant, served_at=served_at, rows=rows)
     return serving_pb2.PredictionLog(
         request_id=served.request_id, model_name=served.model_name,
-        model_version=served.model_version, variant=VARIANT, served_at=served_at,
+        model_version=served.model_version, variant=served.variant, served_at=served_at,
         rows=[serving_pb2.PredictedRow(event_id=row.event_id, features=row.values,
                                        scores=scores.tolist(), label=int(label))
               for row, scores, label in zip(served.rows, served.probabilities, served.labels)])

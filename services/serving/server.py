@@ -21,14 +21,19 @@ from services.common.kafka import Consumer, Producer, ensure_topics
 from services.common.runtime import ConsumerWorker, ServiceProcess
 
 from .batcher import Batcher, DeadlineExpired, QueueFull
-from .metrics import MODEL_INFO, PREDICTED_ROWS, REQUEST_LATENCY, REQUESTS
-from .models import (
-    AliasEventHandler, AliasPoller, ArtifactFetcher, ModelManager, RegistryModelSource, position_at_end,
+from .guard import guarded
+from .metrics import (
+    MODEL_INFO, PREDICTED_ROWS, REQUEST_LATENCY, REQUESTS, SHADOW_REQUESTS, VARIANT_INFO, VARIANT_REQUESTS,
 )
-from .oip import InferenceService, Refusal, check_finite
-from .onnx_model import LoadedModel, execution_providers
-from .prediction_log import VARIANT, PredictionLogger, ServedRequest
+from .models import (
+    AliasEventHandler, AliasPoller, ArtifactFetcher, ModelCache, ModelManager, RegistryModelSource,
+    position_at_end,
+)
+from .oip import InferenceService, Refusal, check_finite, check_size
+from .onnx_model import TENSORRT, LoadedModel, SessionConfig, execution_providers
+from .prediction_log import PredictionLogger, ServedRequest
 from .settings import ServingSettings
+from .traffic import CANARY, PRODUCTION, SHADOW, Route, Router
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +60,41 @@ def rows_to_matrix(rows: Sequence[serving_pb2.Row], feature_count: int | None,
 
 
 class Predictor(serving_pb2_grpc.PredictorServicer):
-    def __init__(self, model_name: str, models: ModelManager, prediction_log: PredictionLogger,
+    def __init__(self, model_name: str, models: ModelManager | Router, prediction_log: PredictionLogger,
                  inline_max_rows: int = 64, batcher: Batcher | None = None,
-                 max_request_rows: int = 65_536) -> None:
+                 max_request_rows: int = 65_536, *, shadow_batcher: Batcher | None = None,
+                 max_message_bytes: int = 0) -> None:
         self.model_name = model_name
-        self.models = models
+        self.router = models if isinstance(models, Router) else Router(models)
+        self.models = self.router.production
         self.prediction_log = prediction_log
         self.inline_max_rows = inline_max_rows  # kept for compatibility; the batcher runs every batch
         self.batcher = batcher or Batcher(model_name=model_name)
+        # Mirrored requests queue apart, so the shadow can never fill the callers' queue.
+        self.shadow_batcher = shadow_batcher
         self.max_request_rows = max_request_rows
+        self.max_message_bytes = max_message_bytes
         self._predicted_rows = PREDICTED_ROWS.labels(model_name)
         self._latency = {api: REQUEST_LATENCY.labels(model_name, api) for api in ("predict", "infer")}
+        self._variant_requests = {v: VARIANT_REQUESTS.labels(model_name, v) for v in (PRODUCTION, CANARY)}
+        self._shadow_outcomes = {o: SHADOW_REQUESTS.labels(model_name, o) for o in ("ok", "skipped", "error")}
+        self._mirrors: set[asyncio.Task] = set()
 
     async def Predict(self, request: serving_pb2.PredictRequest, context) -> serving_pb2.PredictResponse:
         started = time.perf_counter()
+        try:
+            check_size(request, self.max_message_bytes)
+        except Refusal as refusal:
+            await self._refuse(context, "predict", started, refusal.code, refusal.message)
         if request.model_name and request.model_name != self.model_name:
             await self._refuse(context, "predict", started, grpc.StatusCode.NOT_FOUND,
                                f"unknown model {request.model_name!r}; this server serves {self.model_name!r}")
+        request_id = uuid.uuid4().hex
         # One reference for the whole request: a swap meanwhile does not touch this call.
-        model = self.models.current
-        if model is None:
+        route = self.router.route(request.request_key or request_id)
+        if route is None:
             await self._refuse(context, "predict", started, grpc.StatusCode.UNAVAILABLE, "no model loaded yet")
+        model = route.model
         try:
             rows = rows_to_matrix(request.rows, model.feature_count, self.max_request_rows)
             check_finite(rows)
@@ -85,12 +104,12 @@ class Predictor(serving_pb2_grpc.PredictorServicer):
             await self._refuse(context, "predict", started, refusal.code, refusal.message)
         probabilities = await self.run(model, rows, context, "predict", started)
         labels = probabilities.argmax(axis=1)
-        request_id = uuid.uuid4().hex
-        self.log(ServedRequest(
-            request_id, self.model_name, model.version, request.rows, probabilities, labels, time.time_ns()))
+        self.log(ServedRequest(request_id, self.model_name, model.version, request.rows, probabilities, labels,
+                               time.time_ns(), route.variant))
+        self.mirror(route, rows, request.rows, request_id)
         self.count("predict", grpc.StatusCode.OK, started)
         return serving_pb2.PredictResponse(
-            model_name=self.model_name, model_version=model.version, variant=VARIANT,
+            model_name=self.model_name, model_version=model.version, variant=route.variant,
             request_id=request_id,
             predictions=[serving_pb2.Prediction(scores=scores.tolist(), label=int(label))
                          for scores, label in zip(probabilities, labels)])
@@ -119,7 +138,53 @@ class Predictor(serving_pb2_grpc.PredictorServicer):
 
     def log(self, served: ServedRequest) -> None:
         self._predicted_rows.inc(len(served.probabilities))
+        counter = self._variant_requests.get(served.variant)
+        if counter is not None:
+            counter.inc()
         self.prediction_log.submit(served)
+
+    def mirror(self, route: Route, rows: np.ndarray, logged_rows, request_id: str) -> None:
+        """Sends an answered request to the shadow variant, if there is one, without waiting for it.
+
+        The shadow's answer goes only to the prediction log (variant "shadow", same request id)."""
+        if self.shadow_batcher is None:
+            return
+        shadow = self.router.shadow_for(route.model)
+        if shadow is None:
+            return
+        if self.shadow_batcher.queued >= self.shadow_batcher.max_queued:
+            self._shadow_outcomes["skipped"].inc()
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(shadow, rows, logged_rows, request_id))
+        self._mirrors.add(task)
+        task.add_done_callback(self._mirrors.discard)
+
+    async def _shadow(self, model: LoadedModel, rows: np.ndarray, logged_rows, request_id: str) -> None:
+        try:
+            probabilities = await self.shadow_batcher.predict(model, rows)
+        except QueueFull:
+            self._shadow_outcomes["skipped"].inc()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._shadow_outcomes["error"].inc()
+            log.warning("the shadow model failed on a mirrored request", exc_info=True,
+                        extra={"model": model.name, "version": model.version, "request_id": request_id})
+            return
+        self._shadow_outcomes["ok"].inc()
+        self.prediction_log.submit(ServedRequest(
+            request_id, self.model_name, model.version, logged_rows, probabilities, probabilities.argmax(axis=1),
+            time.time_ns(), SHADOW))
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Lets mirrored requests finish (bounded), then stops the shadow queue."""
+        if self._mirrors:
+            await asyncio.wait(list(self._mirrors), timeout=timeout)
+        for task in list(self._mirrors):
+            task.cancel()
+        if self.shadow_batcher is not None:
+            await self.shadow_batcher.close()
 
     def count(self, api: str, code: grpc.StatusCode | str, started: float) -> None:
         outcome = code if isinstance(code, str) else code.name.lower()
@@ -142,30 +207,50 @@ def server_version() -> str:
 class ServingProcess(ServiceProcess):
     """Reports Predictor NOT_SERVING to health checks until a model is loaded."""
 
-    def __init__(self, *args, models: ModelManager, batcher: Batcher | None = None, **kwargs) -> None:
+    def __init__(self, *args, models: ModelManager, batcher: Batcher | None = None,
+                 variants: list[ModelManager] = (), predictor: Predictor | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.models = models
         self.batcher = batcher
+        self.predictor = predictor
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._info: tuple[str, str, str] | None = None
-        models.on_change(self._model_changed)
+        self._info: dict[str, tuple[str, ...]] = {}
+        for manager in {id(m): m for m in (models, *variants)}.values():
+            manager.on_change(self._model_changed)
 
     async def stop(self) -> None:
-        await super().stop()  # in-flight calls finish (through the batcher) first
+        # In-flight calls finish (through the batcher) first, then mirrored shadow requests,
+        # and only then the workers stop: the prediction log flushes what all of them logged.
+        if self.grpc:
+            await self.grpc.stop(self.settings.shutdown_grace_s)
+        if self.predictor is not None:
+            await self.predictor.close()
         if self.batcher is not None:
             await self.batcher.close()
+        for worker in self.workers:
+            await asyncio.to_thread(worker.stop)
+        for callback in self.on_stop:
+            await asyncio.to_thread(callback)
+        log.info("stopped", extra={"service": self.name})
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await super().start()
         await self._report_readiness()
 
-    def _model_changed(self, model: LoadedModel) -> None:  # on a lifecycle thread
-        if self._info is not None:
-            MODEL_INFO.labels(*self._info).set(0)
-        self._info = (model.name, str(model.version), model.provider)
-        MODEL_INFO.labels(*self._info).set(1)
-        if self._loop is not None:
+    def _model_changed(self, manager: ModelManager, model: LoadedModel | None) -> None:  # on a lifecycle thread
+        variant = manager.variant
+        previous = self._info.pop(variant, None)
+        if previous is not None:
+            VARIANT_INFO.labels(*previous).set(0)
+            if variant == PRODUCTION:
+                MODEL_INFO.labels(previous[0], *previous[2:]).set(0)
+        if model is not None:
+            self._info[variant] = (model.name, variant, str(model.version), model.provider)
+            VARIANT_INFO.labels(*self._info[variant]).set(1)
+            if variant == PRODUCTION:
+                MODEL_INFO.labels(model.name, str(model.version), model.provider).set(1)
+        if variant == PRODUCTION and self._loop is not None:
             asyncio.run_coroutine_threadsafe(self._report_readiness(), self._loop)
 
     async def _report_readiness(self) -> None:
@@ -176,20 +261,50 @@ class ServingProcess(ServiceProcess):
             await self.grpc.health.set(name, status)
 
 
+def session_config(settings: ServingSettings) -> SessionConfig:
+    providers = tuple(execution_providers(settings.execution_provider))
+    options = []
+    if TENSORRT in providers:
+        trt = {"trt_fp16_enable": "True" if settings.trt_fp16 else "False"}
+        if settings.trt_engine_cache_dir:
+            trt.update(trt_engine_cache_enable="True", trt_engine_cache_path=settings.trt_engine_cache_dir)
+        options.append((TENSORRT, tuple(trt.items())))
+    return SessionConfig(providers=providers, intra_op_threads=settings.intra_op_threads,
+                         inter_op_threads=settings.inter_op_threads, provider_options=tuple(options))
+
+
+def warmup_rows(settings: ServingSettings) -> tuple[int, ...]:
+    sizes = {int(part) for part in settings.warmup_rows.replace(" ", "").split(",") if part}
+    return tuple(sorted({*sizes, settings.max_batch_rows} - {0}))
+
+
 async def build(settings: ServingSettings) -> ServingProcess:
     topics = settings.topics
     ensure_topics(settings.kafka_bootstrap, [topics.registry_events, topics.predictions],
                   partitions=settings.topic_partitions, replication=settings.topic_replication)
     source = RegistryModelSource(settings.registry_address, settings.registry_timeout_s)
-    models = ModelManager(settings.model_name, settings.alias, source, ArtifactFetcher(settings).fetch,
-                          execution_providers(settings.execution_provider))
+    config = session_config(settings)
+    cache = ModelCache(settings.keep_previous_models)
+    fetch = ArtifactFetcher(settings).fetch
+
+    def manager(alias: str, variant: str) -> ModelManager:
+        return ModelManager(settings.model_name, alias, source, fetch, config=config, variant=variant,
+                            optional=variant != PRODUCTION, warmup_rows=warmup_rows(settings), cache=cache)
+
+    models = manager(settings.alias, PRODUCTION)
+    canary = manager(settings.canary_alias, CANARY) if settings.canary_alias else None
+    shadow = manager(settings.shadow_alias, SHADOW) if settings.shadow_alias else None
+    managers = [m for m in (models, canary, shadow) if m is not None]
+    if len({m.alias for m in managers}) != len(managers):
+        raise ValueError(f"the serving, canary and shadow aliases must differ: {[m.alias for m in managers]}")
+    router = Router(models, canary, shadow, settings.canary_weight)
 
     # Position on the events topic before the first GetAlias (the poller's), so no move is missed.
     events = Consumer(settings.kafka_bootstrap, f"serving-{uuid.uuid4().hex}", [topics.registry_events],
                       from_beginning=False)
     position_at_end(events, topics.registry_events)
-    follower = ConsumerWorker("registry-events", events, AliasEventHandler(models), max_records=100)
-    poller = AliasPoller(models, settings.alias_retry_s, settings.alias_resync_s)
+    follower = ConsumerWorker("registry-events", events, AliasEventHandler(managers), max_records=100)
+    poller = AliasPoller(managers, settings.alias_retry_s, settings.alias_resync_s)
 
     prediction_log = PredictionLogger(Producer(settings.kafka_bootstrap), topics.predictions,
                                       settings.prediction_log_queue)
@@ -197,21 +312,39 @@ async def build(settings: ServingSettings) -> ServingProcess:
                       max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
                       max_queued=settings.max_queued_requests, workers=settings.batch_workers,
                       model_name=settings.model_name)
-    predictor = Predictor(settings.model_name, models, prediction_log, settings.inline_max_rows,
-                          batcher, settings.max_request_rows)
+    shadow_batcher = None
+    if shadow is not None:
+        shadow_batcher = Batcher(max_batch_rows=settings.max_batch_rows,
+                                 max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
+                                 max_queued=max(1, settings.shadow_max_queued), workers=1,
+                                 model_name=settings.model_name)
+    predictor = Predictor(settings.model_name, router, prediction_log, settings.inline_max_rows,
+                          batcher, settings.max_request_rows, shadow_batcher=shadow_batcher,
+                          max_message_bytes=settings.max_message_bytes)
     inference = InferenceService(predictor, server_version())
+    receive_limit = max(settings.receive_limit, settings.max_message_bytes)
     log.info("serving configured", extra={"model": settings.model_name, "alias": settings.alias,
+                                           "canary_alias": settings.canary_alias,
+                                           "canary_weight": settings.canary_weight,
+                                           "shadow_alias": settings.shadow_alias,
                                            "registry": settings.registry_address,
-                                           "providers": execution_providers(settings.execution_provider),
+                                           "providers": list(config.providers),
+                                           "intra_op_threads": settings.intra_op_threads,
+                                           "inter_op_threads": settings.inter_op_threads,
                                            "max_batch_rows": settings.max_batch_rows,
                                            "max_queue_delay_ms": settings.max_queue_delay_ms,
-                                           "max_queued_requests": settings.max_queued_requests})
+                                           "max_queued_requests": settings.max_queued_requests,
+                                           "max_message_bytes": settings.max_message_bytes})
     return ServingProcess(
         "serving", settings,
-        services=[Service(predictor, serving_pb2_grpc.add_PredictorServicer_to_server, PREDICTOR),
-                  Service(inference, grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+        services=[Service(predictor, guarded(serving_pb2_grpc.add_PredictorServicer_to_server), PREDICTOR),
+                  Service(inference, guarded(grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server),
                           INFERENCE)],
         # Stopped in this order: no more swaps, then the last prediction logs are flushed.
         workers=[follower, poller, prediction_log],
         on_stop=[source.close],
-        models=models, batcher=batcher)
+        # gRPC reads messages up to this size, so a message over max_message_bytes is refused by the
+        # servicer with a reason (INVALID_ARGUMENT), not by gRPC with a bare RESOURCE_EXHAUSTED.
+        grpc_options=[("grpc.max_receive_message_length", receive_limit),
+                      ("grpc.max_send_message_length", receive_limit)],
+        models=models, batcher=batcher, variants=managers, predictor=predictor)

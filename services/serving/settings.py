@@ -9,8 +9,35 @@ class ServingSettings(CommonSettings):
     grpc_port: int = 50054
     # The registry alias this instance serves.
     alias: str = "production"
-    # "auto" takes CUDAExecutionProvider when onnxruntime offers it; "cpu" or "cuda" force one.
+    # "auto": TensorrtExecutionProvider, then CUDAExecutionProvider, then CPU, whichever onnxruntime
+    # offers; "tensorrt", "cuda" or "cpu" force one (with the ones below it as fallback); or an explicit
+    # comma-separated list of provider names.
     execution_provider: str = "auto"
+    # onnxruntime threads per session (0: its default). Intra-op parallelises one operator,
+    # inter-op runs independent operators at once (only with a parallel execution mode).
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    # TensorRT EP: where built engines are cached (empty: not cached) and whether FP16 is allowed.
+    trt_engine_cache_dir: str = ""
+    trt_fp16: bool = False
+    # Warm-up batches (rows) run on a new version before it takes traffic; the largest batch the
+    # batcher forms (max_batch_rows) is always added.
+    warmup_rows: str = "1,8"
+    # Recently replaced versions kept loaded (per alias), so moving an alias back (a rollback)
+    # swaps at once instead of downloading again.
+    keep_previous_models: int = 1
+
+    # -- traffic: optional canary and shadow aliases, followed like the serving alias ---------------
+    # A request goes to the canary version with this probability (0..1), decided by its request key
+    # (Predict's request_key; ModelInfer's parameter "request_key", else its id) so one caller sticks
+    # to one variant. No key: the split is by a random request id. 0, or no canary alias: no canary.
+    canary_alias: str = "canary"
+    canary_weight: float = 0.0
+    # Every answered request is mirrored to the shadow version asynchronously; its answer is only logged.
+    shadow_alias: str = "shadow"
+    # Mirrored requests waiting at most; beyond it mirroring is skipped (counted), never the caller slowed.
+    shadow_max_queued: int = 256
+    # Empty canary_alias / shadow_alias turns that variant off entirely (no GetAlias, no events).
     # How often to ask the registry for the alias while no model is loaded, and (to heal a
     # missed event) how often once one is; 0 turns the second off.
     alias_retry_s: float = 2.0
@@ -34,3 +61,12 @@ class ServingSettings(CommonSettings):
     batch_workers: int = 1
     # Rows one request may carry; more is INVALID_ARGUMENT.
     max_request_rows: int = 65_536
+    # Bytes one request message may have; more is INVALID_ARGUMENT saying so. gRPC's own receive
+    # limit is set above it (grpc_max_receive_bytes, 0: twice this plus 1 MiB), so messages up to
+    # that are read and refused with a reason; beyond it gRPC itself answers RESOURCE_EXHAUSTED.
+    max_message_bytes: int = 64 * 1024 * 1024
+    grpc_max_receive_bytes: int = 0
+
+    @property
+    def receive_limit(self) -> int:
+        return self.grpc_max_receive_bytes or 2 * self.max_message_bytes + (1 << 20)

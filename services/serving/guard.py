@@ -1,0 +1,72 @@
+"""Undecodable requests are INVALID_ARGUMENT, saying so — not gRPC's "UNKNOWN: Unexpected DecodeError".
+
+gRPC's asyncio server turns an exception in a request deserializer into UNKNOWN. Serving
+registers its servicers through `guarded(add_XServicer_to_server)` instead: each method's
+deserializer hands back an `Undecodable` marker on failure, and the method answers it with
+INVALID_ARGUMENT before the servicer sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+
+class Undecodable:
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    if handler.unary_unary is None or handler.request_deserializer is None:
+        return handler
+    decode = handler.request_deserializer
+    behavior = handler.unary_unary
+
+    def deserialize(data: bytes):
+        try:
+            return decode(data)
+        except Exception as exc:  # DecodeError, and whatever else malformed bytes raise
+            return Undecodable(exc)
+
+    async def guarded(request, context):
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the request is not a valid {method} message: {request.error}")
+        return await behavior(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        guarded, request_deserializer=deserialize, response_serializer=handler.response_serializer)
+
+
+class _Capture:
+    """Stands in for the server while a generated add_*_to_server function registers its handlers."""
+
+    def __init__(self) -> None:
+        self.service: str | None = None
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass  # the same handlers come again through add_registered_method_handlers
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+def guarded(add_to_server: Callable[[object, object], None]) -> Callable[[object, object], None]:
+    """`add_to_server` with every unary method's decoding failure answered as INVALID_ARGUMENT."""
+
+    def add(servicer, server) -> None:
+        capture = _Capture()
+        add_to_server(servicer, capture)
+        if capture.service is None:  # generated code of another shape: register it unchanged
+            add_to_server(servicer, server)
+            return
+        handlers = {name: _guard(h, f"{capture.service}.{name}") for name, h in capture.handlers.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
+        server.add_registered_method_handlers(capture.service, handlers)
+
+    return add

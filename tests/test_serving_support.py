@@ -1,0 +1,213 @@
+"""Shared by tests/test_serving_{swap,traffic,errors,triton}.py (this module holds no tests):
+a registry stand-in that keeps several aliases (production, canary, shadow) and publishes
+real ALIAS_MOVED events on the real topic, and `python -m services.serving` around it.
+
+The broker, the object store, the serving process and the ONNX models are real; the
+registry is a small real gRPC server inside the test (tests/support.GrpcThread)."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from driftline.v1 import registry_pb2, registry_pb2_grpc, serving_pb2, serving_pb2_grpc
+from inference import grpc_service_pb2 as pb
+from inference import grpc_service_pb2_grpc as pb_grpc
+from services.common.kafka import Producer, ensure_topics
+from services.common.objectstore import MinioObjectStore
+from services.common.settings import Topics
+from support import GrpcThread, ServiceRun, free_port, wait_for
+
+MODEL = "tiny-traffic"
+FEATURES = ["f0", "f1", "f2"]
+# Versions that disagree on purpose, so an answer's scores tell which one gave it.
+WEIGHTS = {
+    1: [[1.0, -1.0], [0.5, 0.0], [0.0, 0.5]],
+    2: [[-1.0, 1.0], [0.0, 0.5], [0.5, 0.0]],
+    3: [[0.2, -0.3], [-0.4, 0.1], [0.9, 0.0]],
+    4: [[0.0, 1.0], [1.0, 0.0], [-0.5, 0.5]],
+}
+
+
+def tiny_model(weights) -> bytes:
+    """features float32 [N, 3] → softmax(features · W) as probabilities float32 [N, 2]."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "W"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        "tiny", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", len(FEATURES)])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(np.asarray(weights, np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def expected_scores(version: int, rows) -> np.ndarray:
+    logits = np.asarray(rows, np.float64) @ np.asarray(WEIGHTS[version])
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Registry(registry_pb2_grpc.RegistryServicer):
+    """GetAlias / GetModelVersion from dicts the test sets; aliases are kept apart."""
+
+    def __init__(self) -> None:
+        self.versions: dict[int, registry_pb2.ModelVersion] = {}
+        self.aliases: dict[str, int] = {}
+
+    async def GetAlias(self, request, context):
+        version = self.aliases.get(request.alias) if request.name == MODEL else None
+        if not version:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"alias {request.alias!r} points nowhere")
+        return self.versions[version]
+
+    async def GetModelVersion(self, request, context):
+        if request.name != MODEL or request.version not in self.versions:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such version")
+        return self.versions[request.version]
+
+
+@dataclass
+class Stack:
+    bootstrap: str
+    topics: Topics
+    store: MinioObjectStore
+    registry: GrpcThread
+    producer: Producer
+    tmp: Path
+    run: ServiceRun | None = None
+    grpc_port: int = 0
+    metrics_port: int = 0
+    channels: list = field(default_factory=list)
+
+    @property
+    def aliases(self) -> dict[str, int]:
+        return self.registry.servicer.aliases
+
+    def publish(self, version: int, artifact: bytes | None = None) -> registry_pb2.ModelVersion:
+        """Uploads a version's artifact (the tiny model of WEIGHTS[version] unless given) and
+        registers it with the stand-in, with the sha256 of the bytes uploaded."""
+        data = tiny_model(WEIGHTS[version]) if artifact is None else artifact
+        ref = self.store.put_bytes(f"models/{MODEL}/{version}/model.onnx", data)
+        record = registry_pb2.ModelVersion(name=MODEL, version=version, artifact_uri=ref.uri,
+                                           artifact_sha256=ref.sha256, feature_names=FEATURES)
+        self.registry.servicer.versions[version] = record
+        return record
+
+    def move(self, alias: str, version: int) -> None:
+        """What the registry does on SetAlias: the alias moves (0: points nowhere), an event says so."""
+        previous = self.aliases.get(alias, 0)
+        if version:
+            self.aliases[alias] = version
+            target = self.registry.servicer.versions[version]
+        else:
+            self.aliases.pop(alias, None)
+            target = registry_pb2.ModelVersion(name=MODEL)
+        event = registry_pb2.RegistryEvent(
+            event_id=uuid.uuid4().hex, kind=registry_pb2.RegistryEvent.ALIAS_MOVED, model_name=MODEL,
+            model_version=target, alias=alias, previous_version=previous)
+        event.occurred_at.GetCurrentTime()
+        self.producer.produce(self.topics.registry_events, event, key=MODEL)
+        self.producer.flush()
+
+    @contextmanager
+    def serving(self, **settings: str):
+        """`python -m services.serving` for MODEL; settings are DRIFTLINE_<NAME> values."""
+        self.grpc_port, self.metrics_port = free_port(), free_port()
+        environment = {
+            "DRIFTLINE_KAFKA_BOOTSTRAP": self.bootstrap,
+            "DRIFTLINE_TOPIC_PREFIX": self.topics.prefix, "DRIFTLINE_BUCKET": self.store.bucket,
+            "DRIFTLINE_MODEL_NAME": MODEL, "DRIFTLINE_REGISTRY_ADDRESS": self.registry.address,
+            "DRIFTLINE_GRPC_PORT": str(self.grpc_port), "DRIFTLINE_METRICS_PORT": str(self.metrics_port),
+            "DRIFTLINE_ALIAS_RETRY_S": "0.2", "DRIFTLINE_LOG_JSON": "false",
+            **{f"DRIFTLINE_{k.upper()}": str(v) for k, v in settings.items()}}
+        self.run = ServiceRun("serving", environment, self.tmp / f"serving-{self.grpc_port}.log")
+        try:
+            with self.run:
+                self.run.wait_serving(self.address, timeout=30)
+                yield self
+                assert self.run.stop(timeout=20) == 0, f"serving did not exit cleanly:\n{self.run.log_tail()}"
+        finally:
+            for channel in self.channels:
+                channel.close()
+            self.channels.clear()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def channel(self, **options) -> grpc.Channel:
+        channel = grpc.insecure_channel(self.address, options=list(options.items()))
+        self.channels.append(channel)
+        return channel
+
+    def stubs(self, channel: grpc.Channel | None = None):
+        channel = channel or self.channel()
+        return serving_pb2_grpc.PredictorStub(channel), pb_grpc.GRPCInferenceServiceStub(channel)
+
+    def log_text(self) -> str:
+        return self.run.log_text()
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            match = re.fullmatch(rf"{re.escape(name)}\{{(.*)\}} (\S+)", line)
+            if match and ",".join(sorted(match.group(1).split(","))) == wanted:
+                return float(match.group(2))
+        return 0.0
+
+    def wait_version(self, predictor, version: int, variant: str = "production", timeout: float = 30) -> None:
+        def answers() -> bool:
+            try:
+                answer = predict(predictor, [[0.1, 0.2, 0.3]])
+            except grpc.RpcError:
+                return False
+            return (answer.model_version, answer.variant) == (version, variant)
+
+        wait_for(answers, timeout, f"{variant} to answer with v{version}")
+
+
+@pytest.fixture
+def stack(kafka_bootstrap, s3, topic_prefix, bucket_name, tmp_path):
+    store = MinioObjectStore(s3.endpoint, s3.access_key, s3.secret_key, bucket_name, s3.secure)
+    store.ensure_bucket()
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, [topics.registry_events, topics.predictions])
+    registry = GrpcThread(Registry(), registry_pb2_grpc.add_RegistryServicer_to_server)
+    try:
+        yield Stack(kafka_bootstrap, topics, store, registry, Producer(kafka_bootstrap), tmp_path)
+    finally:
+        registry.stop()
+
+
+def predict(stub, rows, key: str = "", timeout: float = 10) -> serving_pb2.PredictResponse:
+    return stub.Predict(serving_pb2.PredictRequest(
+        model_name=MODEL, request_key=key, rows=[serving_pb2.Row(values=r) for r in rows]), timeout=timeout)
+
+
+def infer_request(rows, *, request_id: str = "", key: str | None = None) -> pb.ModelInferRequest:
+    matrix = np.asarray(rows, np.float32)
+    request = pb.ModelInferRequest(model_name=MODEL, id=request_id, inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="features", datatype="FP32", shape=list(matrix.shape))])
+    request.raw_input_contents.append(matrix.astype("<f4").tobytes())
+    if key is not None:
+        request.parameters["request_key"].string_param = key
+    return request
+
+
+def as_numpy(response: pb.ModelInferResponse) -> np.ndarray:
+    """What tritonclient's as_numpy does for FP32: raw_output_contents only."""
+    output = response.outputs[0]
+    return np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(list(output.shape))
