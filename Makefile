@@ -18,10 +18,14 @@ setup: $(STAMP)
 
 ## The whole loop on the local stack: events → features → model → drift → retrain → swap.
 demo: setup
+	$(PY) -m services.devstack install
 	$(PY) -m services.demo $(DEMO_ARGS)
 
 ## Every test, against a real Kafka broker and a real S3 server (started if none is configured).
+## The stack's downloads and builds come first, outside the tests' time limits.
 test: setup
+	@if [ -z "$$DRIFTLINE_KAFKA_BOOTSTRAP" ] || [ -z "$$DRIFTLINE_S3_ENDPOINT" ]; then \
+		$(PY) -m services.devstack install; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 proto: setup

@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 from . import config, kafka, s3
 from .process import DevstackError, ManagedProcess
 
-__all__ = ["DevstackError", "Endpoints", "down", "endpoints", "status", "up"]
+__all__ = ["DevstackError", "Endpoints", "down", "endpoints", "install", "status", "up"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,17 @@ def _locked(say) -> Iterator[None]:
 def _line(proc: ManagedProcess, pid: int | None, state: str, note: str = "") -> str:
     pid_text = f"pid {pid}" if pid else "-"
     return f"{proc.name:<6} {proc.address:<16} {state:<9} {pid_text:<10} {note}".rstrip()
+
+
+def install(quiet: bool = False) -> None:
+    """Download Kafka's jars and build the S3 server into the cache, without starting anything.
+
+    `make test` runs this before pytest, so a first run's minutes of building are not
+    charged to the first test's time limit.
+    """
+    say = _printer(quiet)
+    kafka.install(say)
+    s3.install(say)
 
 
 def up(quiet: bool = False) -> Endpoints:
@@ -144,13 +155,16 @@ def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.devstack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("install", help="only download and build what the stack runs (cached; no-op when done)")
     sub.add_parser("up", help="start Kafka and the S3 server (no-op if running)")
     sub.add_parser("status", help="report each component; exit code 3 if any is not healthy")
     down_parser = sub.add_parser("down", help="stop everything")
     down_parser.add_argument("--wipe", action="store_true", help="also delete Kafka and S3 data")
     args = parser.parse_args(argv)
     try:
-        if args.command == "up":
+        if args.command == "install":
+            install()
+        elif args.command == "up":
             up()
         elif args.command == "down":
             down(wipe=args.wipe)
