@@ -12,8 +12,9 @@ import numpy as np
 from driftline.v1 import serving_pb2
 from inference import grpc_service_pb2 as pb
 from test_serving_support import (  # noqa: F401  (stack is a fixture)
-    MODEL, as_numpy, expected_scores, infer_request, predict, stack,
+    MODEL, as_numpy, infer_request, predict, stack,
 )
+from tiny_models import expected_scores
 
 ROWS = [[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]]
 LIMIT = 200_000  # DRIFTLINE_MAX_MESSAGE_BYTES for these tests

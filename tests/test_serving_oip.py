@@ -23,11 +23,9 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
 from driftline.v1 import registry_pb2, registry_pb2_grpc, serving_pb2, serving_pb2_grpc
@@ -39,30 +37,12 @@ from services.common.settings import Topics
 from services.serving.batcher import Batcher, DeadlineExpired, QueueFull
 from services.serving.onnx_model import load_model
 from services.serving.server import INFERENCE
+from tiny_models import FEATURES, WEIGHTS, expected_scores, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny-oip"
-FEATURES = ["f0", "f1", "f2"]
-WEIGHTS = {1: [[1.0, -1.0], [0.5, 0.0], [0.0, 0.5]], 2: [[-1.0, 1.0], [0.0, 0.5], [0.5, 0.0]]}
 
 
-def tiny_model(weights) -> bytes:
-    """features float32 [N, 3] → softmax(features · W) as probabilities float32 [N, 2]."""
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["features", "W"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
-        "tiny", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", len(FEATURES)])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])],
-        [numpy_helper.from_array(np.asarray(weights, np.float32), "W")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    return model.SerializeToString()
-
-
-def expected_scores(version: int, rows) -> np.ndarray:
-    logits = np.asarray(rows, np.float64) @ np.asarray(WEIGHTS[version])
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def loaded(version: int):

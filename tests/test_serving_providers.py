@@ -16,7 +16,7 @@ from services.serving.onnx_model import (
 from services.serving.server import session_config, warmup_rows
 from services.serving.settings import ServingSettings
 from support import ROOT
-from test_serving_support import FEATURES, WEIGHTS, tiny_model
+from tiny_models import FEATURES, WEIGHTS, tiny_model
 
 ALL = [TENSORRT, CUDA, CPU]
 

@@ -22,8 +22,9 @@ import numpy as np
 
 from support import wait_for
 from test_serving_support import (  # noqa: F401  (stack is a fixture)
-    MODEL, as_numpy, expected_scores, infer_request, predict, stack,
+    MODEL, as_numpy, infer_request, predict, stack,
 )
+from tiny_models import expected_scores
 
 ROWS = [[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]]
 CLIENTS_PER_API = 3

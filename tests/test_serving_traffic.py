@@ -16,8 +16,9 @@ from services.common.kafka import Consumer
 from services.serving.traffic import bucket
 from support import wait_for
 from test_serving_support import (  # noqa: F401  (stack is a fixture)
-    MODEL, as_numpy, expected_scores, infer_request, predict, stack,
+    MODEL, as_numpy, infer_request, predict, stack,
 )
+from tiny_models import expected_scores
 
 WEIGHT = 0.2
 CALLS = 2000

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from support import ROOT
-from test_serving_support import MODEL, expected_scores, stack  # noqa: F401  (stack is a fixture)
+from test_serving_support import MODEL, stack  # noqa: F401  (stack is a fixture)
+from tiny_models import expected_scores
 
 VENV = ROOT / ".cache" / "venvs" / "tritonclient"
 PYTHON = VENV / "bin" / "python"
