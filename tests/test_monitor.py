@@ -254,7 +254,9 @@ def scenario(kafka_bootstrap, s3, tmp_path_factory) -> Scenario:
            "DRIFTLINE_POLICY_MIN_SAMPLES": str(MIN_SAMPLES), "DRIFTLINE_POLICY_COOLDOWN_S": "1",
            "DRIFTLINE_MONITOR_RETRAIN_MIN_ROWS": str(MIN_ROWS), "DRIFTLINE_ACCURACY_WINDOW": "200",
            "DRIFTLINE_PSI_WINDOW": "400", "DRIFTLINE_PSI_MIN_SAMPLES": "100",
-           "DRIFTLINE_REPORT_EVERY_SAMPLES": "200", "DRIFTLINE_REPORT_EVERY_S": "0.5"}
+           "DRIFTLINE_REPORT_EVERY_SAMPLES": "200", "DRIFTLINE_REPORT_EVERY_S": "0.5",
+           "DRIFTLINE_ERROR_REFERENCE_SAMPLES": str(MIN_SAMPLES), "DRIFTLINE_WINDOW_STEP": "100",
+           "DRIFTLINE_DASHBOARD_PORT": "0"}
     run = ServiceRun("monitor", env, log_path)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = monitor_pb2_grpc.MonitorStub(channel)
@@ -326,7 +328,9 @@ def test_concept_drift_asks_for_training_once_starting_at_the_change(scenario):
     request = scenario.requests[0]
     assert (request.model_name, request.stream, request.min_rows) == ("drifting", STREAM, MIN_ROWS)
     assert uuid.UUID(request.request_id)
-    assert "concept drift" in request.reason and "ADWIN" in request.reason
+    # The alert is named: signal, statistic and calibrated threshold, the change's offsets.
+    assert "concept drift" in request.reason and "CUSUM" in request.reason and "> threshold" in request.reason
+    assert "offset" in request.reason and "labelled sample" in request.reason
     change_ms = T0_MS + 1000 * CHANGE
     # ADWIN places the change within a few of its 32-sample checks of the truth.
     assert abs(request.window_start.ToMilliseconds() - change_ms) <= 100_000, \

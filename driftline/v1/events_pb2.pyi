@@ -69,3 +69,15 @@ class RejectedRecord(_message.Message):
     content_type: str
     rejected_at: _timestamp_pb2.Timestamp
     def __init__(self, reason: _Optional[str] = ..., field: _Optional[str] = ..., origin: _Optional[_Union[RecordOrigin, _Mapping]] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., rejected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Label(_message.Message):
+    __slots__ = ("event_id", "label", "labelled_at", "event_time")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_AT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    label: int
+    labelled_at: _timestamp_pb2.Timestamp
+    event_time: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., label: _Optional[int] = ..., labelled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

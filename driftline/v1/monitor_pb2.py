@@ -25,21 +25,27 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64riftline/v1/monitor.proto\x12\x0c\x64riftline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0b\n\x03psi\x18\x02 \x01(\x01\x12\x0f\n\x07\x64rifted\x18\x03 \x01(\x08\"\xbe\x02\n\x0b\x44riftReport\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x0f\n\x07samples\x18\x03 \x01(\x03\x12\x18\n\x10rolling_accuracy\x18\x04 \x01(\x01\x12\x15\n\rconcept_drift\x18\x05 \x01(\x08\x12/\n\x0b\x63hange_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rchange_sample\x18\x07 \x01(\x03\x12,\n\x08\x66\x65\x61tures\x18\x08 \x03(\x0b\x32\x1a.driftline.v1.FeatureDrift\x12/\n\x0b\x63omputed_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13training_request_id\x18\n \x01(\t\"B\n\x15GetDriftReportRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"D\n\x16GetDriftReportResponse\x12*\n\x07reports\x18\x01 \x03(\x0b\x32\x19.driftline.v1.DriftReport2f\n\x07Monitor\x12[\n\x0eGetDriftReport\x12#.driftline.v1.GetDriftReportRequest\x1a$.driftline.v1.GetDriftReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64riftline/v1/monitor.proto\x12\x0c\x64riftline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0b\n\x03psi\x18\x02 \x01(\x01\x12\x0f\n\x07\x64rifted\x18\x03 \x01(\x08\x12\n\n\x02ks\x18\x04 \x01(\x01\x12\x15\n\rpsi_threshold\x18\x05 \x01(\x01\x12\x14\n\x0cks_threshold\x18\x06 \x01(\x01\x12\x0e\n\x06window\x18\x07 \x01(\x03\"\x99\x03\n\x05\x41lert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0e\n\x06signal\x18\x02 \x01(\t\x12\x11\n\tstatistic\x18\x03 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x04 \x03(\t\x12\r\n\x05value\x18\x05 \x01(\x01\x12\x11\n\tthreshold\x18\x06 \x01(\x01\x12\x15\n\rchange_sample\x18\x07 \x01(\x03\x12\x17\n\x0f\x64\x65tected_sample\x18\x08 \x01(\x03\x12/\n\x0b\x63hange_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65tected_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05topic\x18\x0b \x01(\t\x12\x11\n\tpartition\x18\x0c \x01(\x05\x12\x15\n\rchange_offset\x18\r \x01(\x03\x12\x17\n\x0f\x64\x65tected_offset\x18\x0e \x01(\x03\x12\x11\n\tconfirmed\x18\x0f \x01(\x08\x12\x1b\n\x13training_request_id\x18\x10 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x11 \x01(\t\"\xb8\x01\n\nJoinCounts\x12\x0e\n\x06joined\x18\x01 \x01(\x03\x12\x16\n\x0epending_labels\x18\x02 \x01(\x03\x12\x1b\n\x13pending_predictions\x18\x03 \x01(\x03\x12\x13\n\x0blate_labels\x18\x04 \x01(\x03\x12\x17\n\x0ftoo_late_labels\x18\x05 \x01(\x03\x12\x18\n\x10unmatched_labels\x18\x06 \x01(\x03\x12\x1d\n\x15unmatched_predictions\x18\x07 \x01(\x03\"\xd5\x04\n\x0b\x44riftReport\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x0f\n\x07samples\x18\x03 \x01(\x03\x12\x18\n\x10rolling_accuracy\x18\x04 \x01(\x01\x12\x15\n\rconcept_drift\x18\x05 \x01(\x08\x12/\n\x0b\x63hange_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rchange_sample\x18\x07 \x01(\x03\x12,\n\x08\x66\x65\x61tures\x18\x08 \x03(\x0b\x32\x1a.driftline.v1.FeatureDrift\x12/\n\x0b\x63omputed_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13training_request_id\x18\n \x01(\t\x12\x16\n\x0epredicted_rows\x18\x0b \x01(\x03\x12#\n\x06\x61lerts\x18\x0c \x03(\x0b\x32\x13.driftline.v1.Alert\x12&\n\x04join\x18\r \x01(\x0b\x32\x18.driftline.v1.JoinCounts\x12\x13\n\x0b\x65rror_cusum\x18\x0e \x01(\x01\x12\x1d\n\x15\x65rror_cusum_threshold\x18\x0f \x01(\x01\x12\x1c\n\x14reference_error_rate\x18\x10 \x01(\x01\x12\x13\n\x0b\x61\x64win_delta\x18\x11 \x01(\x01\x12\x18\n\x10prediction_drift\x18\x12 \x01(\x08\x12\x1b\n\x13\x65xpected_run_length\x18\x13 \x01(\x01\x12\x12\n\nproduction\x18\x14 \x01(\x08\"E\n\x16WatchDriftStatsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x17\n\x0finclude_current\x18\x02 \x01(\x08\"B\n\x15GetDriftReportRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"D\n\x16GetDriftReportResponse\x12*\n\x07reports\x18\x01 \x03(\x0b\x32\x19.driftline.v1.DriftReport2\xbc\x01\n\x07Monitor\x12[\n\x0eGetDriftReport\x12#.driftline.v1.GetDriftReportRequest\x1a$.driftline.v1.GetDriftReportResponse\x12T\n\x0fWatchDriftStats\x12$.driftline.v1.WatchDriftStatsRequest\x1a\x19.driftline.v1.DriftReport0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'driftline.v1.monitor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEATUREDRIFT']._serialized_start=77
-  _globals['_FEATUREDRIFT']._serialized_end=138
-  _globals['_DRIFTREPORT']._serialized_start=141
-  _globals['_DRIFTREPORT']._serialized_end=459
-  _globals['_GETDRIFTREPORTREQUEST']._serialized_start=461
-  _globals['_GETDRIFTREPORTREQUEST']._serialized_end=527
-  _globals['_GETDRIFTREPORTRESPONSE']._serialized_start=529
-  _globals['_GETDRIFTREPORTRESPONSE']._serialized_end=597
-  _globals['_MONITOR']._serialized_start=599
-  _globals['_MONITOR']._serialized_end=701
+  _globals['_FEATUREDRIFT']._serialized_start=78
+  _globals['_FEATUREDRIFT']._serialized_end=212
+  _globals['_ALERT']._serialized_start=215
+  _globals['_ALERT']._serialized_end=624
+  _globals['_JOINCOUNTS']._serialized_start=627
+  _globals['_JOINCOUNTS']._serialized_end=811
+  _globals['_DRIFTREPORT']._serialized_start=814
+  _globals['_DRIFTREPORT']._serialized_end=1411
+  _globals['_WATCHDRIFTSTATSREQUEST']._serialized_start=1413
+  _globals['_WATCHDRIFTSTATSREQUEST']._serialized_end=1482
+  _globals['_GETDRIFTREPORTREQUEST']._serialized_start=1484
+  _globals['_GETDRIFTREPORTREQUEST']._serialized_end=1550
+  _globals['_GETDRIFTREPORTRESPONSE']._serialized_start=1552
+  _globals['_GETDRIFTREPORTRESPONSE']._serialized_end=1620
+  _globals['_MONITOR']._serialized_start=1623
+  _globals['_MONITOR']._serialized_end=1811
 # @@protoc_insertion_point(module_scope)

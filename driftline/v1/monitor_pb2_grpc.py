@@ -39,6 +39,11 @@ class MonitorStub:
                 request_serializer=driftline_dot_v1_dot_monitor__pb2.GetDriftReportRequest.SerializeToString,
                 response_deserializer=driftline_dot_v1_dot_monitor__pb2.GetDriftReportResponse.FromString,
                 _registered_method=True)
+        self.WatchDriftStats = channel.unary_stream(
+                '/driftline.v1.Monitor/WatchDriftStats',
+                request_serializer=driftline_dot_v1_dot_monitor__pb2.WatchDriftStatsRequest.SerializeToString,
+                response_deserializer=driftline_dot_v1_dot_monitor__pb2.DriftReport.FromString,
+                _registered_method=True)
 
 
 class MonitorServicer:
@@ -50,6 +55,13 @@ class MonitorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchDriftStats(self, request, context):
+        """Every DriftReport the monitor publishes, as it publishes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +69,11 @@ def add_MonitorServicer_to_server(servicer, server):
                     servicer.GetDriftReport,
                     request_deserializer=driftline_dot_v1_dot_monitor__pb2.GetDriftReportRequest.FromString,
                     response_serializer=driftline_dot_v1_dot_monitor__pb2.GetDriftReportResponse.SerializeToString,
+            ),
+            'WatchDriftStats': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDriftStats,
+                    request_deserializer=driftline_dot_v1_dot_monitor__pb2.WatchDriftStatsRequest.FromString,
+                    response_serializer=driftline_dot_v1_dot_monitor__pb2.DriftReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +103,33 @@ class Monitor:
             '/driftline.v1.Monitor/GetDriftReport',
             driftline_dot_v1_dot_monitor__pb2.GetDriftReportRequest.SerializeToString,
             driftline_dot_v1_dot_monitor__pb2.GetDriftReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDriftStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/driftline.v1.Monitor/WatchDriftStats',
+            driftline_dot_v1_dot_monitor__pb2.WatchDriftStatsRequest.SerializeToString,
+            driftline_dot_v1_dot_monitor__pb2.DriftReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,8 +1,12 @@
 """Pairs each served prediction with its true label, by event_id.
 
-Labels come from `driftline.features` and predictions from
-`driftline.predictions`, in no particular order: whichever side arrives first
-waits for the other. Waiting is bounded twice — by time (`ttl_s`, on the
+Labels come from `driftline.labels` (a label known only later: a delayed label)
+and from labelled `driftline.features` records; predictions from
+`driftline.predictions`; in no particular order: whichever side arrives first
+waits for the other. A label that arrives after its prediction is a *late*
+label and joins; one whose prediction already left the join (past the
+time-to-live) is *too late* and is counted and dropped; one that never meets a
+prediction is *unmatched* once it expires. None of them is an error. Waiting is bounded twice — by time (`ttl_s`, on the
 monitor's clock: a label that never gets predicted must not wait forever) and
 by count (`max_pending` per side, oldest out first) — and everything that
 leaves unmatched is counted, so a join that silently stops working shows up.
@@ -10,27 +14,27 @@ leaves unmatched is counted, so a join that silently stops working shows up.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
+
+# Plain tuples: one is made per record on the monitor's hot path.
 
 
-@dataclass(frozen=True, slots=True)
-class Label:
+class Label(NamedTuple):
     value: int
     event_time_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Predicted:
+class Predicted(NamedTuple):
     model_name: str
     model_version: int
     label: int
+    served_at_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Joined:
+class Joined(NamedTuple):
     event_id: str
     prediction: Predicted
     label: Label
@@ -41,25 +45,43 @@ class Joined:
 
 
 class _Waiting:
-    """One side's pending entries in arrival order, so the oldest are first out."""
+    """One side's pending entries in arrival order (dicts keep it), so the oldest are first out."""
 
-    def __init__(self) -> None:
-        self.entries: OrderedDict[str, tuple[float, object]] = OrderedDict()
+    def __init__(self, remember_gone: int = 0) -> None:
+        self.entries: dict[str, tuple[float, object]] = {}
         self.expired = 0
         self.evicted = 0
+        # The ids that left unmatched most recently (bounded), to tell "too late" from "unknown".
+        self.gone: dict[str, None] = {}
+        self._remember_gone = remember_gone
+
+    def _left(self, event_id: str) -> None:
+        if self._remember_gone:
+            gone = self.gone
+            gone[event_id] = None
+            if len(gone) > self._remember_gone * 1.1:  # trimmed in one pass, as in bound()
+                for old in list(itertools.islice(gone, len(gone) - self._remember_gone)):
+                    del gone[old]
 
     def expire(self, deadline: float) -> None:
-        while self.entries:
-            event_id, (arrived, _) = next(iter(self.entries.items()))
-            if arrived > deadline:
-                break
-            del self.entries[event_id]
-            self.expired += 1
+        entries = self.entries
+        victims = list(itertools.takewhile(lambda event_id: entries[event_id][0] <= deadline, entries))
+        for event_id in victims:
+            del entries[event_id]
+            self._left(event_id)
+        self.expired += len(victims)
 
     def bound(self, max_pending: int) -> None:
-        while len(self.entries) > max_pending:
-            self.entries.popitem(last=False)
-            self.evicted += 1
+        """Evicts the oldest down to 90 % of `max_pending`, in one pass: a dict keeps deleted
+        slots at its front until it resizes, so evicting one at a time would rescan them."""
+        entries = self.entries
+        if len(entries) <= max_pending:
+            return
+        victims = list(itertools.islice(entries, len(entries) - int(max_pending * 0.9)))
+        for event_id in victims:
+            del entries[event_id]
+            self._left(event_id)
+        self.evicted += len(victims)
 
 
 class LabelJoin:
@@ -76,33 +98,80 @@ class LabelJoin:
     """
 
     def __init__(self, ttl_s: float = 600.0, max_pending: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 read_time: Callable[[object], int] | None = None) -> None:
         self.ttl_s = ttl_s
         self.max_pending = max_pending
         self._clock = clock
         self._labels = _Waiting()
-        self._predictions = _Waiting()
+        self._predictions = _Waiting(remember_gone=max_pending)
+        self._read_time = read_time  # (value, raw) pairs from add_labels: raw → event time ms
+        self._recently_joined: dict[str, None] = {}  # bounded like the rest
         self.joined = 0
+        self.late_labels = 0       # labels that found their prediction waiting
+        self.too_late_labels = 0   # labels whose prediction had already expired or been evicted
+        self.duplicate_labels = 0  # labels for an event already joined (a redelivery)
 
     def add_label(self, event_id: str, label: Label) -> Joined | None:
+        if event_id in self._recently_joined:
+            self.duplicate_labels += 1
+            return None
+        if event_id in self._predictions.gone:
+            del self._predictions.gone[event_id]
+            self.too_late_labels += 1
+            return None
+        if event_id in self._predictions.entries:
+            self.late_labels += 1
         prediction = self._take_or_wait(self._predictions, self._labels, event_id, label)
         return None if prediction is None else self._join(event_id, prediction, label)
 
+    def add_labels(self, event_ids: list[str], labels: list) -> list | None:
+        """Many labels at once, for the hot path: each a `Label` or a (value, raw) pair whose event
+        time the join's `read_time(raw)` reads only if it ever joins (raw: the record's bytes,
+        small and cheap to keep, where a parsed record would hold far more memory).
+        When none of them meets a prediction, is a duplicate or too late — the usual case for
+        labels that come with the event, before its prediction — they wait, in one dict update,
+        and [] is returned. Otherwise nothing is done and None says "add them one by one"."""
+        ids = set(event_ids)
+        predictions = self._predictions
+        if (len(ids) != len(event_ids) or not ids.isdisjoint(predictions.entries)
+                or not ids.isdisjoint(self._recently_joined) or not ids.isdisjoint(predictions.gone)):
+            return None
+        entries = self._labels.entries
+        now = self._clock()
+        entries.update({event_id: (now, label) for event_id, label in zip(event_ids, labels)
+                        if event_id not in entries})
+        if len(entries) > self.max_pending:
+            self._labels.bound(self.max_pending)
+        return []
+
     def add_prediction(self, event_id: str, prediction: Predicted) -> Joined | None:
         label = self._take_or_wait(self._labels, self._predictions, event_id, prediction)
-        return None if label is None else self._join(event_id, prediction, label)
+        if label is None:
+            return None
+        if not isinstance(label, Label):
+            label = Label(label[0], self._read_time(label[1]))
+        return self._join(event_id, prediction, label)
 
     def _take_or_wait(self, other: _Waiting, mine: _Waiting, event_id: str, item: object):
         found = other.entries.pop(event_id, None)
         if found is not None:
             return found[1]
         # A redelivered duplicate keeps the first arrival's place (and deadline).
-        mine.entries.setdefault(event_id, (self._clock(), item))
-        mine.bound(self.max_pending)
+        entries = mine.entries
+        if event_id not in entries:
+            entries[event_id] = (self._clock(), item)
+            if len(entries) > self.max_pending:
+                mine.bound(self.max_pending)
         return None
 
     def _join(self, event_id: str, prediction: Predicted, label: Label) -> Joined:
         self.joined += 1
+        recent = self._recently_joined
+        recent[event_id] = None
+        if len(recent) > self.max_pending * 1.1:  # trimmed in one pass, as in bound()
+            for old in list(itertools.islice(recent, len(recent) - self.max_pending)):
+                del recent[old]
         return Joined(event_id, prediction, label)
 
     def expire(self) -> None:
@@ -124,4 +193,6 @@ class LabelJoin:
         return {"joined": self.joined, "pending_labels": len(self._labels.entries),
                 "pending_predictions": len(self._predictions.entries),
                 "expired_labels": self._labels.expired, "expired_predictions": self._predictions.expired,
-                "evicted_labels": self._labels.evicted, "evicted_predictions": self._predictions.evicted}
+                "evicted_labels": self._labels.evicted, "evicted_predictions": self._predictions.evicted,
+                "late_labels": self.late_labels, "too_late_labels": self.too_late_labels,
+                "duplicate_labels": self.duplicate_labels}

@@ -1,37 +1,51 @@
 """The monitor's stream processing: records in, DriftReports and TrainingRequests out.
 
-One consumer reads features (true labels), predictions and training results;
-`DriftMonitor.handle` is its ConsumerWorker handler and everything it publishes
-is flushed before the batch is committed. State lives in memory: a restarted
-monitor starts its statistics afresh from its committed offsets.
+One consumer reads features (labels carried by feature records), labels (delayed
+labels on `driftline.labels`), predictions, training results and the registry's
+events; `DriftMonitor.handle` is its ConsumerWorker handler and everything it
+publishes is flushed before the batch is committed. State lives in memory and is
+bounded: a restarted monitor starts its statistics afresh from its committed offsets.
+Reports and markers (alerts, requests, promotions) also go to live watchers through
+a `Hub`, and into a bounded history the dashboard draws.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
+import numpy as np
 from confluent_kafka import Message
+from google.protobuf.message import DecodeError
 
-from driftline.v1 import features_pb2, monitor_pb2, serving_pb2, training_pb2
+from driftline.v1 import events_pb2, features_pb2, monitor_pb2, registry_pb2, serving_pb2, training_pb2
 from services.common.kafka import DecodeFailure, Producer, decode
 from services.common.settings import Topics
 
+from .hub import Hub
 from .joiner import Joined, Label, LabelJoin, Predicted
 from .metrics import (
-    CHANGES, FEATURE_PSI, JOIN_STATE, ROLLING_ACCURACY, SAMPLES, TRAINING_REQUESTS, UNDECODABLE,
+    ACTIVE_ALERTS, ALERTS, CHANGES, CONCEPT_DRIFT, ERROR_CUSUM, ERROR_CUSUM_THRESHOLD, ERROR_RATE,
+    FEATURE_DRIFTED, FEATURE_KS, FEATURE_PSI, FEATURE_THRESHOLD, JOIN_STATE, POLICY_BLOCKED,
+    PREDICTED_ROWS, PREDICTION_DRIFT, PROMOTIONS, RECORDS, REFERENCE_ERROR_RATE, ROLLING_ACCURACY,
+    SAMPLES, TRAINING_REQUESTS, UNDECODABLE,
 )
 from .policy import DriftPolicy
 from .references import RegistryReferences
-from .tracker import TrackerConfig, VersionTracker
+from .detectors import ChangePoint
+from .tracker import CONCEPT, DATA, PREDICTION, Position, TrackerConfig, VersionTracker
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]  # (model name, version)
+SIGNALS = (CONCEPT, DATA, PREDICTION)
 
 
 class DriftMonitor:
@@ -39,7 +53,8 @@ class DriftMonitor:
                  references: RegistryReferences, policy: DriftPolicy, join: LabelJoin,
                  tracker_config: TrackerConfig, report_every_samples: int, report_every_s: float,
                  training_min_rows: int, max_versions_per_model: int = 5,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, hub: Hub | None = None,
+                 history: int = 2000) -> None:
         self.topics = topics
         self.stream = stream
         self.producer = producer
@@ -57,31 +72,84 @@ class DriftMonitor:
         self._last_report: dict[Key, tuple[int, int, float]] = {}
         self._requested_by: dict[str, Key] = {}  # training request id → the version that asked
         self._blocked_by: dict[Key, str] = {}  # the policy rule that last said "not yet"
-        self._lock = threading.Lock()  # the worker writes, gRPC reads
+        self._lock = threading.Lock()  # the worker writes, gRPC and the dashboard read
+        self.hub = hub or Hub()
+        # What the dashboard draws: compact reports and markers, bounded.
+        self.history: deque[dict] = deque(maxlen=history)
+        self.markers: deque[dict] = deque(maxlen=history)
+        self._production: dict[str, int] = {}  # model → version the `production` alias points at
+        self._touched: set[Key] = set()
         self._handlers = {
-            topics.features: (features_pb2.FeatureRecord, self._on_features),
-            topics.predictions: (serving_pb2.PredictionLog, self._on_predictions),
-            topics.training_results: (training_pb2.TrainingResult, self._on_training_result),
+            topics.features: (features_pb2.FeatureRecord, self._on_features, "features"),
+            topics.labels: (events_pb2.Label, self._on_label, "labels"),
+            topics.predictions: (serving_pb2.PredictionLog, self._on_predictions, "predictions"),
+            topics.training_results: (training_pb2.TrainingResult, self._on_training_result, "training_results"),
+            topics.registry_events: (registry_pb2.RegistryEvent, self._on_registry_event, "registry_events"),
         }
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self._handlers)
 
     # -- input ---------------------------------------------------------------------------
 
     def handle(self, messages: Sequence[Message]) -> None:
+        handlers = self._handlers
+        counts: dict[str, int] = {}
         with self._lock:
-            for msg in messages:
-                message_type, on_record = self._handlers[msg.topic()]
-                try:
-                    record = decode(msg.value(), message_type)
-                except DecodeFailure as exc:
-                    # A poison record must not stall the monitor; it is counted and skipped.
-                    UNDECODABLE.labels(msg.topic()).inc()
-                    log.warning("skipping an undecodable record", extra={
-                        "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
-                        "error": str(exc)})
+            # Runs of records from one topic, in order: the feature records (one per event, the
+            # bulk of the input) are decoded and their labels joined a run at a time.
+            for topic, run in itertools.groupby(messages, key=_topic):
+                run = list(run)
+                counts[topic] = counts.get(topic, 0) + len(run)
+                if topic == self.topics.features:
+                    self._on_feature_run(run)
                     continue
-                on_record(record)
+                message_type, on_record, _ = handlers[topic]
+                for msg in run:
+                    try:
+                        record = decode(msg.value(), message_type)
+                    except DecodeFailure as exc:
+                        self._undecodable(msg, exc)
+                        continue
+                    on_record(record, Position(topic, msg.partition(), msg.offset()))
+            for topic, n in counts.items():
+                RECORDS.labels(handlers[topic][2]).inc(n)
+            self._after_batch()
             self._housekeeping()
         self.producer.flush()
+
+    def _on_feature_run(self, run: list[Message]) -> None:
+        # One record at a time, each dropped as soon as its fields are read: the allocator reuses
+        # its memory (a list of a batch's parsed records costs several times the parsing).
+        parse = features_pb2.FeatureRecord.FromString
+        ids: list[str] = []
+        pending: list[tuple[int, bytes]] = []  # (label, the record's bytes: its event time is read only on a join)
+        where: list[int] = []
+        add_id, add_pending, add_where = ids.append, pending.append, where.append
+        for i, value in enumerate(map(_value, run)):
+            try:
+                record = parse(value or b"")
+            except DecodeError as exc:
+                self._undecodable(run[i], exc)
+                continue
+            if record.HasField("label"):  # unlabelled events have nothing to join
+                add_id(record.event_id)
+                add_pending((record.label, value))
+                add_where(i)
+        if not ids or self.join.add_labels(ids, pending) is not None:
+            return  # nothing labelled, or they all wait for their predictions
+        for i, event_id, (label, raw) in zip(where, ids, pending):
+            joined = self.join.add_label(event_id, Label(label, event_time_ms(raw)))
+            if joined:
+                m = run[i]
+                self._on_outcome(joined, Position(m.topic(), m.partition(), m.offset()))
+
+    def _undecodable(self, msg: Message, exc: Exception) -> None:
+        # A poison record must not stall the monitor; it is counted and skipped.
+        UNDECODABLE.labels(msg.topic()).inc()
+        log.warning("skipping an undecodable record", extra={
+            "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "error": str(exc)})
 
     def tick(self) -> None:
         """Called when no records came: time-based reports and join expiry still happen."""
@@ -89,24 +157,70 @@ class DriftMonitor:
             self._housekeeping()
         self.producer.flush()
 
-    def _on_features(self, record: features_pb2.FeatureRecord) -> None:
+    def _on_features(self, record: features_pb2.FeatureRecord, at: Position) -> None:
         if not record.HasField("label"):
             return  # nothing to join: an unlabelled event
         joined = self.join.add_label(record.event_id, Label(record.label, record.event_time.ToMilliseconds()))
         if joined:
-            self._on_outcome(joined)
+            self._on_outcome(joined, at)
 
-    def _on_predictions(self, prediction_log: serving_pb2.PredictionLog) -> None:
+    def _on_label(self, record: events_pb2.Label, at: Position) -> None:
+        """A delayed label: joins a waiting prediction, waits for one, or is counted as too late."""
+        event_ms = record.event_time.ToMilliseconds() if record.HasField("event_time") else 0
+        joined = self.join.add_label(record.event_id, Label(record.label, event_ms))
+        if joined:
+            self._on_outcome(joined, at)
+
+    def _on_predictions(self, prediction_log: serving_pb2.PredictionLog, at: Position) -> None:
         name, version = prediction_log.model_name, prediction_log.model_version
         tracker = self._tracker(name, version)
-        for row in prediction_log.rows:
-            tracker.add_prediction(row.features, row.scores)
+        rows = prediction_log.rows
+        n = len(rows)
+        if not n:
+            return
+        PREDICTED_ROWS.labels(name).inc(n)
+        served_ms = prediction_log.served_at.ToMilliseconds() if prediction_log.HasField("served_at") else 0
+        if tracker.window is not None:  # only then are the values needed, as one (n, F) array
+            width = len(rows[0].features)
+            if all(len(r.features) == width for r in rows):
+                features = np.fromiter(itertools.chain.from_iterable(r.features for r in rows),
+                                       np.float64, n * width).reshape(n, width)
+            else:
+                features = np.full((n, 0), np.nan)
+            scores = np.fromiter((r.scores[1] if len(r.scores) >= 2 else np.nan for r in rows), np.float64, n)
+        else:
+            features, scores = np.empty((n, 0)), np.empty(0)
+        tracker.add_predictions(features, scores, served_ms, at)
+        self._touched.add((name, version))
+        for row in rows:
             if row.event_id:
-                joined = self.join.add_prediction(row.event_id, Predicted(name, version, row.label))
+                joined = self.join.add_prediction(row.event_id, Predicted(name, version, row.label, served_ms))
                 if joined:
-                    self._on_outcome(joined)
+                    self._on_outcome(joined, at)
 
-    def _on_training_result(self, result: training_pb2.TrainingResult) -> None:
+    def _on_registry_event(self, event: registry_pb2.RegistryEvent, at: Position) -> None:
+        """Promotions and registrations: markers on the dashboard's timeline."""
+        version = event.model_version.version
+        when = event.occurred_at.ToMilliseconds() if event.HasField("occurred_at") else int(time.time() * 1000)
+        if event.kind == registry_pb2.RegistryEvent.ALIAS_MOVED:
+            PROMOTIONS.labels(event.model_name, event.alias).inc()
+            if event.alias == "production":
+                self._production[event.model_name] = version
+                for (name, v), tracker in self._trackers.items():
+                    if name == event.model_name:
+                        tracker.production = v == version
+            text = f"{event.alias} → v{version}" + (f" (was v{event.previous_version})" if event.previous_version else "")
+            self._mark("promotion", event.model_name, version, text, when)
+        elif event.kind == registry_pb2.RegistryEvent.VERSION_REGISTERED:
+            self._mark("registered", event.model_name, version, f"v{version} registered", when)
+        elif event.kind == registry_pb2.RegistryEvent.GATE_DECIDED:
+            d = event.decision
+            self._mark("gate", event.model_name, version,
+                       f"gate: {'promoted' if d.promoted else 'kept'} v{d.candidate_version} "
+                       f"({d.candidate_accuracy:.3f} vs {d.baseline_accuracy:.3f}) {d.reason}",
+                       when)
+
+    def _on_training_result(self, result: training_pb2.TrainingResult, at: Position) -> None:
         # A retrain that failed or was not promoted leaves the drifted version serving:
         # let it ask again once the cooldown has passed.
         key = self._requested_by.get(result.request_id)
@@ -116,9 +230,10 @@ class DriftMonitor:
                 "model": key[0], "version": key[1], "request_id": result.request_id,
                 "status": training_pb2.TrainingResult.Status.Name(result.status), "error": result.error})
 
-    def _on_outcome(self, joined: Joined) -> None:
+    def _on_outcome(self, joined: Joined, at: Position) -> None:
         tracker = self._tracker(joined.prediction.model_name, joined.prediction.model_version)
-        change = tracker.add_outcome(joined)
+        change = tracker.add_outcome(joined, at)
+        self._touched.add((tracker.model_name, tracker.version))
         SAMPLES.labels(tracker.model_name).inc()
         if change is not None:
             direction = "worse" if change.worse else "better"
@@ -127,42 +242,93 @@ class DriftMonitor:
                 "model": tracker.model_name, "version": tracker.version, "direction": direction,
                 "error_before": round(change.error_before, 4), "error_after": round(change.error_after, 4),
                 "change_sample": change.sample, "change_time_ms": change.event_time_ms})
-        if tracker.drift is not None:
-            self._maybe_request_training(tracker)
 
     # -- decisions and output ------------------------------------------------------------
 
+    def _after_batch(self) -> None:
+        """Vectorised statistics over the batch, then alerts, then the policy."""
+        touched, self._touched = self._touched, set()
+        for key in touched:
+            tracker = self._trackers.get(key)
+            if tracker is None:
+                continue
+            tracker.flush()
+            for alert in tracker.new_alerts:
+                ALERTS.labels(tracker.model_name, alert.signal, alert.statistic).inc()
+                log.warning("alert", extra={"model": key[0], "version": key[1], "signal": alert.signal,
+                                            "statistic": alert.statistic, "features": alert.features,
+                                            "value": round(alert.value, 4), "threshold": round(alert.threshold, 4),
+                                            "change_sample": alert.change_sample,
+                                            "detected_sample": alert.detected_sample,
+                                            "detected_offset": alert.detected_at.offset})
+                self._mark("alert", key[0], key[1], alert.description, int(alert.detected_wall * 1000),
+                           signal=alert.signal, statistic=alert.statistic, features=alert.features)
+            tracker.new_alerts.clear()
+            self._maybe_request_training(tracker)
+
     def _maybe_request_training(self, tracker: VersionTracker) -> None:
         key = (tracker.model_name, tracker.version)
-        decision = self.policy.decide(tracker.model_name, tracker.version, tracker.samples)
+        candidates = [a for a in tracker.active_alerts() if self.policy.allows(a.signal, a.statistic)]
+        if not candidates:
+            return
+        alert = min(candidates, key=lambda a: (a.signal != CONCEPT, a.change_time_ms or 1 << 62))
+        count = tracker.samples if alert.signal == CONCEPT else tracker.predicted_rows
+        decision = self.policy.decide(tracker.model_name, tracker.version, count)
         if not decision.retrain:
             if self._blocked_by.get(key) != decision.rule:  # once per rule, not once per sample
+                POLICY_BLOCKED.labels(key[0], decision.rule).inc()
                 log.info("drift detected; not retraining yet", extra={
                     "model": key[0], "version": key[1], "why": decision.why})
             self._blocked_by[key] = decision.rule
             return
+        self._blocked_by.pop(key, None)
+        if alert.signal == CONCEPT and alert.change_time_ms and (
+                tracker.drift is None or tracker.drift.sample != alert.change_sample):
+            # The training window starts where the alert that asked located the change.
+            tracker.drift = ChangePoint(alert.change_sample, alert.change_time_ms,
+                                        tracker.cusum.p0 if tracker.cusum else 0.0,
+                                        tracker.error_rate_since(alert.change_sample))
         drift = tracker.drift
+        if alert.signal == CONCEPT and drift is not None:
+            start_ms, where = drift.event_time_ms, (
+                f"the error rate went from {drift.error_before:.3f} to {drift.error_after:.3f} starting at "
+                f"labelled sample {drift.sample}")
+        else:
+            start_ms, where = alert.change_time_ms, f"the change began at row {alert.change_sample}"
+        features = f" in {', '.join(alert.features)}" if alert.features else ""
         request = training_pb2.TrainingRequest(
             request_id=str(uuid.uuid4()), model_name=tracker.model_name, stream=self.stream,
             min_rows=self.training_min_rows,
-            reason=(f"concept drift in {tracker.model_name} v{tracker.version}: ADWIN saw the error rate "
-                    f"go from {drift.error_before:.3f} to {drift.error_after:.3f} starting at labelled "
-                    f"sample {drift.sample} (event time {_iso(drift.event_time_ms)}); rolling accuracy "
+            reason=(f"{alert.signal.replace('_', ' ')}{features} [alert {alert.alert_id}] in {tracker.model_name} v{tracker.version}: "
+                    f"{alert.statistic.upper()} {alert.value:.4g} > threshold {alert.threshold:.4g}; {where} "
+                    f"(event time {_iso(start_ms)}, offset {alert.change_at.offset} of {alert.change_at.topic or '-'}"
+                    f"/{alert.change_at.partition}; detected at offset {alert.detected_at.offset}); rolling accuracy "
                     f"{tracker.accuracy.value:.3f} over {tracker.accuracy.count}"))
-        request.window_start.FromMilliseconds(drift.event_time_ms)
+        # (params are the trainer's hyperparameters: the alert is named in the reason, not there)
+        if start_ms:
+            request.window_start.FromMilliseconds(start_ms)
         request.requested_at.GetCurrentTime()
         self.producer.produce(self.topics.training_requests, request, key=tracker.model_name)
         self.policy.requested(tracker.model_name, tracker.version)
         self._requested_by[request.request_id] = key
+        alert.confirmed, alert.training_request_id = True, request.request_id
         TRAINING_REQUESTS.labels(tracker.model_name).inc()
         log.warning("drift confirmed; training requested", extra={
             "model": key[0], "version": key[1], "request_id": request.request_id, "reason": request.reason})
+        self._mark("training_request", key[0], key[1], request.reason, int(time.time() * 1000),
+                   request_id=request.request_id, signal=alert.signal)
         self._publish_report(tracker, training_request_id=request.request_id)
+
+    def _mark(self, kind: str, model: str, version: int, text: str, at_ms: int, **extra) -> None:
+        marker = {"kind": kind, "model": model, "version": version, "text": text, "at_ms": at_ms, **extra}
+        self.markers.append(marker)
+        self.hub.publish(("marker", marker))
 
     def _housekeeping(self) -> None:
         self.join.expire()
         for kind, count in self.join.counts().items():
             JOIN_STATE.labels(kind).set(count)
+        JOIN_STATE.labels("unmatched").set(self.join.unmatched)
         now = self._clock()
         for key, tracker in self._trackers.items():
             samples, rows, at = self._last_report.get(key, (0, 0, float("-inf")))
@@ -171,15 +337,46 @@ class DriftMonitor:
                          or now - at >= self.report_every_s):
                 self._publish_report(tracker)
 
+    def _join_counts(self) -> monitor_pb2.JoinCounts:
+        c = self.join.counts()
+        return monitor_pb2.JoinCounts(
+            joined=c["joined"], pending_labels=c["pending_labels"], pending_predictions=c["pending_predictions"],
+            late_labels=c["late_labels"], too_late_labels=c["too_late_labels"],
+            unmatched_labels=c["expired_labels"] + c["evicted_labels"],
+            unmatched_predictions=c["expired_predictions"] + c["evicted_predictions"])
+
+    def _report(self, tracker: VersionTracker, now_ns: int, training_request_id: str = "") -> monitor_pb2.DriftReport:
+        report = tracker.report(now_ns, training_request_id)
+        report.join.CopyFrom(self._join_counts())
+        return report
+
     def _publish_report(self, tracker: VersionTracker, training_request_id: str = "") -> None:
-        report = tracker.report(time.time_ns(), training_request_id)
+        report = self._report(tracker, time.time_ns(), training_request_id)
         self.producer.produce(self.topics.monitor_stats, report, key=tracker.model_name)
         self._last_report[(tracker.model_name, tracker.version)] = (
             tracker.samples, tracker.predicted_rows, self._clock())
-        version = str(tracker.version)
-        ROLLING_ACCURACY.labels(tracker.model_name, version).set(report.rolling_accuracy)
+        self._export(tracker, report)
+        self.history.append(compact(report))
+        self.hub.publish(("report", report))
+
+    def _export(self, tracker: VersionTracker, report: monitor_pb2.DriftReport) -> None:
+        name, version = tracker.model_name, str(tracker.version)
+        ROLLING_ACCURACY.labels(name, version).set(report.rolling_accuracy)
+        CONCEPT_DRIFT.labels(name, version).set(int(report.concept_drift))
+        PREDICTION_DRIFT.labels(name, version).set(int(report.prediction_drift))
+        ERROR_RATE.labels(name, version).set(tracker.errors.error_rate)
+        if tracker.cusum is not None:
+            ERROR_CUSUM.labels(name, version).set(report.error_cusum)
+            ERROR_CUSUM_THRESHOLD.labels(name, version).set(report.error_cusum_threshold)
+            REFERENCE_ERROR_RATE.labels(name, version).set(report.reference_error_rate)
         for feature in report.features:
-            FEATURE_PSI.labels(tracker.model_name, version, feature.feature).set(feature.psi)
+            FEATURE_PSI.labels(name, version, feature.feature).set(feature.psi)
+            FEATURE_KS.labels(name, version, feature.feature).set(feature.ks)
+            FEATURE_DRIFTED.labels(name, version, feature.feature).set(int(feature.drifted))
+            FEATURE_THRESHOLD.labels(name, version, feature.feature, "ks").set(feature.ks_threshold)
+            FEATURE_THRESHOLD.labels(name, version, feature.feature, "psi").set(feature.psi_threshold)
+        for signal in SIGNALS:
+            ACTIVE_ALERTS.labels(name, version, signal).set(sum(a.signal == signal for a in report.alerts))
 
     # -- state ---------------------------------------------------------------------------
 
@@ -188,7 +385,9 @@ class DriftMonitor:
         tracker = self._trackers.get(key)
         if tracker is None:
             tracker = self._trackers[key] = VersionTracker(model_name, version, self.tracker_config)
+            tracker.production = self._production.get(model_name) == version
             log.info("tracking a new model version", extra={"model": model_name, "version": version})
+            self._mark("version", model_name, version, f"v{version} first seen", int(time.time() * 1000))
             self._forget_old_versions(model_name)
         if tracker.reference is None:
             reference = self.references.get(model_name, version)  # cached; retried only now and then
@@ -208,15 +407,56 @@ class DriftMonitor:
         """Current reports, for `model_name` (all when empty) and `version` (all when 0)."""
         now_ns = time.time_ns()
         with self._lock:
-            return [tracker.report(now_ns) for (name, v), tracker in sorted(self._trackers.items())
+            return [self._report(tracker, now_ns) for (name, v), tracker in sorted(self._trackers.items())
                     if (not model_name or name == model_name) and (not version or v == version)]
+
+    def snapshot(self) -> dict:
+        """What the dashboard loads first: the history so far and the current reports."""
+        with self._lock:
+            return {"history": list(self.history), "markers": list(self.markers),
+                    "current": [compact(self._report(t, time.time_ns())) for _, t in sorted(self._trackers.items())]}
+
+
+_topic, _value = operator.methodcaller("topic"), operator.methodcaller("value")
+
+
+def event_time_ms(raw: bytes) -> int:
+    """The event time of a feature record's bytes (the join keeps bytes, not parsed records)."""
+    ts = features_pb2.FeatureRecord.FromString(raw).event_time
+    return ts.seconds * 1000 + ts.nanos // 1_000_000
+
+
+
+
+def compact(report: monitor_pb2.DriftReport) -> dict:
+    """A DriftReport as the dashboard draws it (JSON-friendly, short keys)."""
+    return {
+        "t": report.computed_at.ToMilliseconds(), "model": report.model_name, "version": report.model_version,
+        "samples": report.samples, "rows": report.predicted_rows, "accuracy": round(report.rolling_accuracy, 4),
+        "concept": report.concept_drift, "prediction_drift": report.prediction_drift,
+        "cusum": round(report.error_cusum, 3), "cusum_threshold": round(report.error_cusum_threshold, 3),
+        "production": report.production, "request": report.training_request_id,
+        "features": {f.feature: {"ks": round(f.ks, 4), "psi": round(f.psi, 4), "ks_thr": round(f.ks_threshold, 4),
+                                 "psi_thr": round(f.psi_threshold, 4), "drifted": f.drifted}
+                     for f in report.features},
+        "alerts": [{"signal": a.signal, "statistic": a.statistic, "features": list(a.features),
+                    "value": round(a.value, 4), "threshold": round(a.threshold, 4), "confirmed": a.confirmed,
+                    "change_offset": a.change_offset, "detected_offset": a.detected_offset,
+                    "description": a.description} for a in report.alerts],
+        "join": {"joined": report.join.joined, "late": report.join.late_labels,
+                 "too_late": report.join.too_late_labels, "unmatched": report.join.unmatched_labels},
+    }
 
 
 def _remove_gauges(tracker: VersionTracker) -> None:
     """A forgotten version's gauges would otherwise be scraped forever at their last value."""
     labels = (tracker.model_name, str(tracker.version))
-    series = [(ROLLING_ACCURACY, labels)] + [
-        (FEATURE_PSI, (*labels, drift.feature)) for drift in tracker.feature_drift()]
+    series = [(g, labels) for g in (ROLLING_ACCURACY, CONCEPT_DRIFT, PREDICTION_DRIFT, ERROR_RATE, ERROR_CUSUM,
+                                     ERROR_CUSUM_THRESHOLD, REFERENCE_ERROR_RATE)]
+    series += [(ACTIVE_ALERTS, (*labels, s)) for s in SIGNALS]
+    for drift in tracker.feature_drift():
+        series += [(g, (*labels, drift.feature)) for g in (FEATURE_PSI, FEATURE_KS, FEATURE_DRIFTED)]
+        series += [(FEATURE_THRESHOLD, (*labels, drift.feature, s)) for s in ("ks", "psi")]
     for gauge, values in series:
         try:
             gauge.remove(*values)

@@ -9,12 +9,18 @@ serving model, so the policy asks three more questions first:
   (the retrain already requested needs time to land)
 * has this version already asked? Once per version, unless `rearm()` — e.g.
   when the retrain it asked for failed or was not promoted.
+
+Which signals may ask at all is configuration too (`signals`: concept_drift,
+data_drift, prediction_drift); the rest only alert. Thresholds (run length) and
+hysteresis live with the detectors (tracker.TrackerConfig); together these are
+the policy. A drift that keeps firing refreshes its alert and is stopped here by
+"once per version" and the cooldown: it never floods training requests.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 
@@ -42,9 +48,11 @@ class DriftPolicy:
     """
 
     def __init__(self, min_samples: int, cooldown_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 signals: Iterable[str] = ("concept_drift:cusum",)) -> None:
         self.min_samples = min_samples
         self.cooldown_s = cooldown_s
+        self.signals = frozenset(signals)
         self._clock = clock
         self._last_request: dict[str, float] = {}  # model → when it last asked
         self._asked: set[tuple[str, int]] = set()  # versions that asked and were not re-armed
@@ -59,6 +67,17 @@ class DriftPolicy:
             return Decision(False, "cooldown", f"cooling down: last request {self._clock() - last:.0f}s ago, "
                                    f"cooldown {self.cooldown_s:.0f}s")
         return Decision(True, "confirmed", "drift confirmed")
+
+    def allows(self, signal: str, statistic: str = "") -> bool:
+        """Whether alerts of this signal (and statistic) may ask for training: the policy names
+        a signal ("data_drift": any of its statistics) or a signal and statistic.
+
+        >>> DriftPolicy(1, 1).allows("concept_drift", "cusum"), DriftPolicy(1, 1).allows("concept_drift", "adwin")
+        (True, False)
+        >>> DriftPolicy(1, 1, signals=["concept_drift", "data_drift:ks"]).allows("data_drift", "ks")
+        True
+        """
+        return signal in self.signals or f"{signal}:{statistic}" in self.signals
 
     def requested(self, model_name: str, version: int) -> None:
         """Records that a training request went out for this version."""

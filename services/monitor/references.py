@@ -29,13 +29,26 @@ class ModelReference:
     feature_names: tuple[str, ...]
     features: Mapping[str, Bins]   # features without a reference are simply not compared
     scores: Bins | None            # the positive-class score's bins, when recorded
+    # The error rate on the held-out evaluation slice (1 - metrics.accuracy) and its size: the
+    # model's error on data it did not train on. The first labelled predictions of a version
+    # may be of its own training rows (a backlog scored after the model came up), whose error
+    # is lower; the error-stream reference is never taken as better than this.
+    eval_error: float | None = None
+    eval_rows: int = 0
+    # Rows the reference bins were counted on (metrics.train_rows), for the bootstrap; 0 = unknown.
+    reference_rows: int = 0
 
     @classmethod
     def from_metadata(cls, metadata: Mapping) -> "ModelReference":
+        metrics = metadata.get("metrics") or {}
+        accuracy = metrics.get("accuracy")
         return cls(
             feature_names=tuple(metadata.get("feature_names") or ()),
             features={name: Bins.from_json(bins) for name, bins in (metadata.get("reference") or {}).items()},
-            scores=Bins.from_json(metadata["scores_reference"]) if metadata.get("scores_reference") else None)
+            scores=Bins.from_json(metadata["scores_reference"]) if metadata.get("scores_reference") else None,
+            eval_error=None if accuracy is None else max(0.0, 1.0 - float(accuracy)),
+            eval_rows=int(metrics.get("eval_rows") or 0),
+            reference_rows=int(metrics.get("train_rows") or 0))
 
 
 class RegistryReferences:

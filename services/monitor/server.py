@@ -10,8 +10,10 @@ from services.common.grpc_server import Service, service_name
 from services.common.kafka import Consumer, Producer, ensure_topics
 from services.common.runtime import ConsumerWorker, ServiceProcess
 
+from .dashboard import Dashboard
+from .hub import Hub
 from .joiner import LabelJoin
-from .monitor import DriftMonitor
+from .monitor import DriftMonitor, event_time_ms
 from .policy import DriftPolicy
 from .references import ObjectStoreJson, RegistryReferences
 from .settings import MonitorSettings
@@ -32,10 +34,26 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServicer):
         reports = await asyncio.to_thread(self.monitor.reports, request.model_name, request.model_version)
         return monitor_pb2.GetDriftReportResponse(reports=reports)
 
+    async def WatchDriftStats(self, request, context):
+        """Every DriftReport as it is published (after the current ones, if asked), until the
+        client goes away or the server stops."""
+        queue = self.monitor.hub.subscribe()
+        try:
+            if request.include_current:
+                for report in await asyncio.to_thread(self.monitor.reports, request.model_name, 0):
+                    yield report
+            while True:
+                kind, item = await queue.get()
+                if kind == "report" and (not request.model_name or item.model_name == request.model_name):
+                    yield item
+        finally:
+            self.monitor.hub.unsubscribe(queue)
+
 
 def build(settings: MonitorSettings) -> ServiceProcess:
     topics = settings.topics
-    inputs = [topics.features, topics.predictions, topics.training_results]
+    inputs = [topics.features, topics.labels, topics.predictions, topics.training_results,
+              topics.registry_events]
     ensure_topics(settings.kafka_bootstrap, [*inputs, topics.monitor_stats, topics.training_requests],
                   partitions=settings.topic_partitions, replication=settings.topic_replication)
     producer = Producer(settings.kafka_bootstrap)
@@ -43,20 +61,51 @@ def build(settings: MonitorSettings) -> ServiceProcess:
                                     timeout_s=settings.registry_timeout_s, retry_s=settings.reference_retry_s)
     monitor = DriftMonitor(
         topics=topics, stream=settings.stream, producer=producer, references=references,
-        policy=DriftPolicy(settings.policy_min_samples, settings.policy_cooldown_s),
-        join=LabelJoin(settings.join_ttl_s, settings.join_max_pending),
-        tracker_config=TrackerConfig(
-            accuracy_window=settings.accuracy_window, adwin_delta=settings.adwin_delta,
-            psi_window=settings.psi_window, psi_min_samples=settings.psi_min_samples,
-            psi_threshold=settings.psi_threshold),
+        policy=DriftPolicy(settings.policy_min_samples, settings.policy_cooldown_s,
+                           signals=_names(settings.policy_signals)),
+        join=LabelJoin(settings.join_ttl_s, settings.join_max_pending, read_time=event_time_ms),
+        tracker_config=tracker_config(settings),
         report_every_samples=settings.report_every_samples, report_every_s=settings.report_every_s,
         training_min_rows=settings.monitor_retrain_min_rows,
-        max_versions_per_model=settings.max_versions_per_model)
+        max_versions_per_model=settings.max_versions_per_model, hub=Hub(), history=settings.history)
+    assert set(monitor.inputs) == set(inputs)
     consumer = Consumer(settings.kafka_bootstrap, f"{settings.topic_prefix}{settings.consumer_group}", inputs)
-    worker = ConsumerWorker("monitor", consumer, monitor.handle, on_idle=monitor.tick)
-    log.info("monitor configured", extra={"inputs": inputs, "min_samples": settings.policy_min_samples,
-                                           "cooldown_s": settings.policy_cooldown_s})
+    # Offsets are committed asynchronously after each batch (a synchronous commit costs a broker
+    # round trip per batch, more than the batch's work) and synchronously when idle. The state is
+    # in memory either way: a restart re-reads from the last commit (at least once).
+    def handle(messages) -> None:
+        monitor.handle(messages)
+        consumer.commit(asynchronous=True)
+
+    def idle() -> None:
+        monitor.tick()
+        consumer.commit()
+
+    worker = ConsumerWorker("monitor", consumer, handle, max_records=settings.max_poll_records,
+                            on_idle=idle, commits_offsets=True)
+    workers = [worker]
+    if settings.dashboard_port:
+        workers.append(Dashboard(monitor, settings.dashboard_host, settings.dashboard_port))
+    log.info("monitor configured", extra={
+        "inputs": inputs, "min_samples": settings.policy_min_samples, "cooldown_s": settings.policy_cooldown_s,
+        "signals": settings.policy_signals, "expected_run_length": settings.expected_run_length,
+        "dashboard_port": settings.dashboard_port})
     return ServiceProcess(
         "monitor", settings,
         services=[Service(MonitorServicer(monitor), monitor_pb2_grpc.add_MonitorServicer_to_server, MONITOR)],
-        workers=[worker], on_stop=[producer.flush, references.close])
+        workers=workers, on_stop=[producer.flush, references.close])
+
+
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def tracker_config(settings: MonitorSettings) -> TrackerConfig:
+    return TrackerConfig(
+        accuracy_window=settings.accuracy_window, adwin_delta=settings.adwin_delta,
+        calibrate_adwin=settings.calibrate_adwin, psi_window=settings.psi_window,
+        window_step=settings.window_step, window_confirm=settings.window_confirm,
+        window_clear_ratio=settings.window_clear_ratio, expected_run_length=settings.expected_run_length,
+        error_reference_samples=settings.error_reference_samples,
+        cusum_shifts=tuple(float(v) for v in _names(settings.cusum_shifts)),
+        calibration_streams=settings.calibration_streams)

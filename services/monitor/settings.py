@@ -10,17 +10,31 @@ class MonitorSettings(CommonSettings):
     # The group is prefixed with the topic prefix, so isolated loops never share offsets.
     consumer_group: str = "driftline-monitor"
     registry_timeout_s: float = 2.0
+    max_poll_records: int = 500
 
     # Join of predictions with labels: how long and how many may wait for a partner.
     join_ttl_s: float = 600.0
     join_max_pending: int = 100_000
 
-    # Statistics per model version.
+    # Statistics per model version (see tracker.py, signals.py, calibration.py).
     accuracy_window: int = 500
+    # Expected run length: events between two false alarms, per version and signal family.
+    # Every threshold is bootstrapped for it; none is a hand-picked constant.
+    expected_run_length: float = 20_000
+    # Labelled predictions a version's error-stream reference is built from.
+    error_reference_samples: int = 500
+    cusum_shifts: str = "0.05,0.1,0.2,0.4"
+    # ADWIN's delta until the reference is complete; then bootstrapped (unless calibrate_adwin is off).
     adwin_delta: float = 0.002
+    calibrate_adwin: bool = True
+    # Data and prediction drift: sliding windows of this many rows, tested every window_step rows;
+    # window_confirm consecutive tests over the threshold raise an alert, as many under
+    # window_clear_ratio × threshold clear it (hysteresis).
     psi_window: int = 1000
-    psi_min_samples: int = 200
-    psi_threshold: float = 0.25
+    window_step: int = 100
+    window_confirm: int = 2
+    window_clear_ratio: float = 0.8
+    calibration_streams: int = 128
     # Versions tracked per model; older ones are forgotten.
     max_versions_per_model: int = 5
     # A version whose metadata.json could not be read is asked for again after this.
@@ -30,9 +44,17 @@ class MonitorSettings(CommonSettings):
     report_every_samples: int = 500
     report_every_s: float = 10.0
 
-    # Drift policy (see policy.py).
+    # Drift policy (see policy.py): the signals that may ask for training, comma-separated, each
+    # a signal (concept_drift, data_drift, prediction_drift) or signal:statistic (concept_drift:cusum,
+    # concept_drift:adwin, data_drift:ks, data_drift:psi, ...); then min samples and cooldown.
+    policy_signals: str = "concept_drift:cusum"
     policy_min_samples: int = 500
     policy_cooldown_s: float = 600.0
+
+    # The ops dashboard (HTTP, server-sent events); 0 = off. Binds dashboard_host.
+    dashboard_port: int = 8055
+    dashboard_host: str = "127.0.0.1"
+    history: int = 2000
     # The fewest labelled rows a training request asks the trainer for
     # (DRIFTLINE_MONITOR_RETRAIN_MIN_ROWS, the name the demo sets).
     monitor_retrain_min_rows: int = 1000

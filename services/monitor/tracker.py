@@ -1,30 +1,103 @@
-"""Everything the monitor knows about one model version, and its DriftReport."""
+"""Everything the monitor knows about one model version, its alerts and its DriftReport.
+
+Signals per version:
+
+* concept drift on the 0/1 error stream of labelled predictions — a bank of
+  Bernoulli CUSUMs against the error rate of the version's first
+  `error_reference_samples` labelled predictions (numpy, per batch), with its
+  threshold bootstrapped for the expected run length; and river's ADWIN, whose
+  delta is bootstrapped on the same reference. ADWIN is the river detector of
+  choice because it assumes nothing about the error rate's level or trend (DDM
+  assumes a learner whose error only falls and misfires on a fixed, deployed
+  model; HDDM's bounds need the same warm-up and add nothing to a calibrated
+  CUSUM) and because the window it keeps locates the change and tells when the
+  error rate is back down, which clears the drift;
+* data drift per feature and prediction (score) drift: sliding-window PSI and
+  KS against the reference bins in metadata.json (`signals.WindowDrift`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
+import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from driftline.v1 import monitor_pb2
 
+from .calibration import calibrate_adwin, calibrate_cusum, calibrate_windows
 from .detectors import ChangePoint, ErrorRateChange, RollingAccuracy
 from .joiner import Joined
-from .psi import RollingHistogram
 from .references import ModelReference
+from .signals import ErrorCusum, WindowDrift
+
+log = logging.getLogger(__name__)
 
 # The positive-class score is compared like a feature, under this name.
 SCORE = "_score"
+CONCEPT, DATA, PREDICTION = "concept_drift", "data_drift", "prediction_drift"
 
 
 @dataclass(frozen=True)
 class TrackerConfig:
     accuracy_window: int = 500
-    adwin_delta: float = 0.002
-    psi_window: int = 1000
-    psi_min_samples: int = 200
-    psi_threshold: float = 0.25
+    adwin_delta: float = 0.002           # until the reference is complete; then calibrated
+    calibrate_adwin: bool = True
+    psi_window: int = 1000               # rows in the data-drift window
+    window_step: int = 100               # rows between two tests of the window
+    window_confirm: int = 2              # consecutive tests over the threshold to raise an alert
+    window_clear_ratio: float = 0.8      # ... and under ratio × threshold to clear it
+    expected_run_length: float = 20_000  # events between false alarms, per version and signal
+    error_reference_samples: int = 500
+    cusum_shifts: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
+    calibration_streams: int = 128
+    psi_min_samples: int = 0             # kept for old configurations; the window must be full
+
+
+class Position(NamedTuple):
+    """Where a record was read from."""
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+
+@dataclass
+class Alert:
+    signal: str
+    statistic: str
+    features: list[str]
+    value: float
+    threshold: float
+    change_sample: int
+    detected_sample: int
+    change_time_ms: int
+    change_at: Position
+    detected_at: Position
+    description: str
+    alert_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    detected_wall: float = field(default_factory=time.time)
+    confirmed: bool = False
+    training_request_id: str = ""
+    active: bool = True
+    refires: int = 0
+
+    def to_proto(self) -> monitor_pb2.Alert:
+        out = monitor_pb2.Alert(
+            alert_id=self.alert_id, signal=self.signal, statistic=self.statistic, features=self.features,
+            value=self.value, threshold=self.threshold, change_sample=self.change_sample,
+            detected_sample=self.detected_sample, topic=self.detected_at.topic,
+            partition=self.detected_at.partition, change_offset=self.change_at.offset,
+            detected_offset=self.detected_at.offset, confirmed=self.confirmed,
+            training_request_id=self.training_request_id, description=self.description)
+        if self.change_time_ms:
+            out.change_time.FromMilliseconds(self.change_time_ms)
+        out.detected_at.FromNanoseconds(int(self.detected_wall * 1e9))
+        return out
 
 
 class VersionTracker:
@@ -36,58 +109,226 @@ class VersionTracker:
         self.predicted_rows = 0  # every served row, labelled or not
         self.accuracy = RollingAccuracy(config.accuracy_window)
         self.errors = ErrorRateChange(config.adwin_delta)
-        # The latest change that made errors worse, until a later change makes them better.
+        self.adwin_delta = config.adwin_delta
+        # The latest change that made errors worse, until the error rate is seen back down.
         self.drift: ChangePoint | None = None
         self.reference: ModelReference | None = None
-        self._histograms: list[tuple[int, RollingHistogram]] = []  # (position in the row, histogram)
-        self._score_histogram: RollingHistogram | None = None
+        self.production = False
+        self.cusum: ErrorCusum | None = None
+        self._reference_errors: list[int] = []
+        self._pending_errors: list[int] = []
+        # (event time, position, error) of recent labelled samples, to name where a change began.
+        self._sample_at: deque[tuple[int, Position, int]] = deque(maxlen=50_000)
+        # (first row, served-at ms, position) of recent prediction logs, for data-drift alerts.
+        self._logs: deque[tuple[int, int, Position]] = deque(maxlen=10_000)
+        self.window: WindowDrift | None = None
+        self.alerts: list[Alert] = []  # newest last; bounded
+        self.new_alerts: list[Alert] = []  # raised since the monitor last looked
+
+    # -- the reference -------------------------------------------------------------------
 
     def set_reference(self, reference: ModelReference) -> None:
         self.reference = reference
-        window = self.config.psi_window
-        self._histograms = [(i, RollingHistogram(reference.features[name], window))
-                            for i, name in enumerate(reference.feature_names) if name in reference.features]
-        self._score_histogram = RollingHistogram(reference.scores, window) if reference.scores else None
+        names = [n for n in reference.feature_names if n in reference.features]
+        self._columns = [reference.feature_names.index(n) for n in names]
+        bins = [reference.features[n] for n in names]
+        self._with_score = reference.scores is not None
+        if self._with_score:
+            names.append(SCORE)
+            bins.append(reference.scores)
+        if not bins:
+            return
+        k = max(len(b.proportions) for b in bins)
+        proportions = np.zeros((len(bins), k))
+        for i, b in enumerate(bins):
+            proportions[i, :len(b.proportions)] = b.proportions
+        started = time.perf_counter()
+        c = self.config
+        calibration = calibrate_windows(proportions, c.psi_window, c.window_step, c.expected_run_length,
+                                        c.window_confirm, streams=c.calibration_streams,
+                                        reference_rows=reference.reference_rows)
+        self.window = WindowDrift(names, [np.asarray(b.edges) for b in bins], proportions,
+                                  window=c.psi_window, step=c.window_step, psi_threshold=calibration.psi,
+                                  ks_threshold=calibration.ks, confirm=c.window_confirm,
+                                  clear_ratio=c.window_clear_ratio)
+        log.info("data-drift thresholds calibrated", extra={
+            "model": self.model_name, "version": self.version, "features": len(names),
+            "ert": c.expected_run_length, "seconds": round(time.perf_counter() - started, 3)})
 
-    def add_prediction(self, features: Sequence[float], scores: Sequence[float]) -> None:
-        """A served row: its inputs (and score) feed PSI, whether or not a label ever comes."""
-        self.predicted_rows += 1
-        for position, histogram in self._histograms:
-            if position < len(features):
-                histogram.add(features[position])
-        if self._score_histogram is not None and len(scores) >= 2:
-            self._score_histogram.add(scores[1])
+    # -- input ---------------------------------------------------------------------------
 
-    def add_outcome(self, joined: Joined) -> ChangePoint | None:
-        """A prediction with its true label; returns a change when ADWIN detects one."""
+    def add_predictions(self, features: np.ndarray, scores: np.ndarray, served_at_ms: int,
+                        at: Position) -> None:
+        """Served rows (n, F) and their positive-class scores (n,): they feed the data- and
+        prediction-drift windows, whether or not labels ever come."""
+        n = len(features)
+        if not n:
+            return
+        self._logs.append((self.predicted_rows + 1, served_at_ms, at or Position()))
+        self.predicted_rows += n
+        if self.window is None:
+            return
+        matrix = np.empty((n, len(self.window.names)))
+        width = features.shape[1] if features.ndim == 2 else 0
+        for i, column in enumerate(self._columns):
+            matrix[:, i] = features[:, column] if column < width else np.nan
+        if self._with_score:
+            matrix[:, -1] = scores if len(scores) == n else np.nan
+        for alarm in self.window.add(matrix):
+            change_row = alarm.window_start_row
+            start_ms, change_at = self._log_at(change_row)
+            _, detected_at = self._log_at(alarm.detected_row)
+            signal = PREDICTION if alarm.feature == SCORE else DATA
+            self._raise(Alert(
+                signal, alarm.statistic, [alarm.feature], alarm.value, alarm.threshold, change_row,
+                alarm.detected_row, start_ms, change_at, detected_at,
+                f"{alarm.statistic.upper()} of {alarm.feature} over the last {self.window.window} rows "
+                f"is {alarm.value:.4f} > {alarm.threshold:.4f} (calibrated for one false alarm per "
+                f"{self.config.expected_run_length:.0f} rows) on {self.window.confirm} consecutive tests"))
+        for alert in self.alerts:
+            if alert.active and alert.signal in (DATA, PREDICTION):
+                f = self.window.names.index(alert.features[0])
+                if not self.window.alarmed[f]:
+                    alert.active = False
+
+    def _log_at(self, row: int) -> tuple[int, Position]:
+        found = (0, Position())
+        for first, served_ms, at in reversed(self._logs):
+            if first <= row:
+                return served_ms, at
+            found = (served_ms, at)
+        return found
+
+    def add_outcome(self, joined: Joined, at: Position | None = None) -> ChangePoint | None:
+        """A prediction with its true label; returns a change when ADWIN detects one.
+        CUSUM statistics are brought up to date by `flush()` (once per batch)."""
         self.samples += 1
+        error = int(not joined.correct)
+        event_ms = joined.label.event_time_ms or joined.prediction.served_at_ms
+        self._sample_at.append((event_ms, at or Position(), error))
         self.accuracy.add(joined.correct)
-        change = self.errors.add(not joined.correct, joined.label.event_time_ms)
+        if self.cusum is None:
+            self._reference_errors.append(error)
+        else:
+            self._pending_errors.append(error)
+        change = self.errors.add(bool(error), event_ms)
         if change is not None:
-            self.drift = change if change.worse else None
+            if change.worse:
+                self.drift = change
+                _, change_at = self._sample(change.sample)
+                self._raise(Alert(
+                    CONCEPT, "adwin", [], change.error_after - change.error_before, self.adwin_delta,
+                    change.sample, self.samples, change.event_time_ms, change_at, at or Position(),
+                    f"ADWIN (delta {self.adwin_delta:g}) saw the error rate go from {change.error_before:.3f} "
+                    f"to {change.error_after:.3f} starting at labelled sample {change.sample}"))
+            else:
+                self.drift = None
+                for alert in self.alerts:
+                    if alert.signal == CONCEPT:
+                        alert.active = False
+        if self.cusum is None and len(self._reference_errors) >= self.config.error_reference_samples:
+            self._calibrate_errors()
         return change
 
+    def _calibrate_errors(self) -> None:
+        c = self.config
+        started = time.perf_counter()
+        floor = (self.reference.eval_error or 0.0) if self.reference is not None else 0.0
+        calibration = calibrate_cusum(self._reference_errors, c.expected_run_length, c.cusum_shifts,
+                                      streams=c.calibration_streams, floor=floor)
+        self.cusum = ErrorCusum(calibration.p0, calibration.threshold, calibration.shifts)
+        self.cusum.samples = self.samples
+        self.cusum.reset()
+        if c.calibrate_adwin:
+            self.adwin_delta = calibrate_adwin(self._reference_errors, c.expected_run_length)
+            self.errors = ErrorRateChange(self.adwin_delta)
+            self.errors.samples = self.samples
+        log.info("error-stream thresholds calibrated", extra={
+            "model": self.model_name, "version": self.version, "reference_error_rate": round(calibration.p0, 4),
+            "cusum_threshold": round(calibration.threshold, 3), "adwin_delta": self.adwin_delta,
+            "ert": c.expected_run_length, "seconds": round(time.perf_counter() - started, 3)})
+
+    def _sample(self, sample: int) -> tuple[int, Position]:
+        back = self.samples - sample
+        if not self._sample_at:
+            return 0, Position()
+        event_ms, at, _ = self._sample_at[-1 - back] if 0 <= back < len(self._sample_at) else self._sample_at[0]
+        return event_ms, at
+
+    def flush(self) -> None:
+        """Runs the CUSUMs over the errors added since the last flush, in one numpy pass."""
+        if self.cusum is None or not self._pending_errors:
+            return
+        errors, self._pending_errors = self._pending_errors, []
+        alarms = self.cusum.update(errors)
+        if not alarms:
+            return
+        alarm = alarms[0]
+        change_ms, change_at = self._sample(alarm.change_sample)
+        _, detected_at = self._sample(alarm.detected_sample)
+        after = self.error_rate_since(alarm.change_sample)
+        if self.drift is None:  # a CUSUM that fires again during the same drift does not move its start
+            self.drift = ChangePoint(alarm.change_sample, change_ms, self.cusum.p0, after)
+        self._raise(Alert(
+            CONCEPT, "cusum", [], alarm.value, alarm.threshold, alarm.change_sample, alarm.detected_sample,
+            change_ms, change_at, detected_at,
+            f"CUSUM for an error-rate rise of {alarm.shift:g} over the reference {self.cusum.p0:.3f} reached "
+            f"{alarm.value:.2f} > {alarm.threshold:.2f} (calibrated for one false alarm per "
+            f"{self.config.expected_run_length:.0f} samples); the change began at labelled sample "
+            f"{alarm.change_sample}"))
+
+    def error_rate_since(self, sample: int) -> float:
+        n = min(self.samples - sample + 1, len(self._sample_at))
+        if n <= 0:
+            return 0.0
+        return sum(e for *_, e in list(self._sample_at)[-n:]) / n
+
+    def _raise(self, alert: Alert | None) -> None:
+        if alert is None:
+            return
+        # A signal that keeps firing while its alert is active refreshes it; it is not a new alert.
+        for existing in self.alerts:
+            if (existing.active and existing.signal == alert.signal and existing.statistic == alert.statistic
+                    and existing.features == alert.features):
+                existing.refires += 1
+                existing.value = alert.value
+                return
+        self.alerts.append(alert)
+        self.new_alerts.append(alert)
+        del self.alerts[:-50]
+
+    # -- output --------------------------------------------------------------------------
+
     def feature_drift(self) -> list[monitor_pb2.FeatureDrift]:
-        named = [(self.reference.feature_names[i], h) for i, h in self._histograms] if self.reference else []
-        if self._score_histogram is not None:
-            named.append((SCORE, self._score_histogram))
-        result = []
-        for name, histogram in named:
-            if histogram.count == 0:
-                continue
-            value = histogram.psi()
-            drifted = histogram.count >= self.config.psi_min_samples and value > self.config.psi_threshold
-            result.append(monitor_pb2.FeatureDrift(feature=name, psi=value, drifted=drifted))
-        return result
+        if self.window is None or self.window.rows < self.window.window:
+            return []
+        w = self.window
+        return [monitor_pb2.FeatureDrift(
+            feature=name, psi=float(w.psi[i]), ks=float(w.ks[i]), drifted=bool(w.alarmed[i]),
+            psi_threshold=float(w.psi_threshold[i]), ks_threshold=float(w.ks_threshold[i]), window=w.count)
+            for i, name in enumerate(w.names)]
+
+    def active_alerts(self) -> list[Alert]:
+        return [a for a in self.alerts if a.active]
 
     def report(self, now_ns: int, training_request_id: str = "") -> monitor_pb2.DriftReport:
         computed_at = Timestamp()
         computed_at.FromNanoseconds(now_ns)
+        features = self.feature_drift()
         report = monitor_pb2.DriftReport(
             model_name=self.model_name, model_version=self.version, samples=self.samples,
             rolling_accuracy=self.accuracy.value, concept_drift=self.drift is not None,
-            features=self.feature_drift(), computed_at=computed_at,
-            training_request_id=training_request_id)
+            features=features, computed_at=computed_at, training_request_id=training_request_id,
+            predicted_rows=self.predicted_rows,
+            alerts=[a.to_proto() for a in self.alerts if a.active or a.training_request_id == training_request_id
+                    and training_request_id],
+            adwin_delta=self.adwin_delta, expected_run_length=self.config.expected_run_length,
+            prediction_drift=any(f.feature == SCORE and f.drifted for f in features),
+            production=self.production)
+        if self.cusum is not None:
+            report.error_cusum = self.cusum.value
+            report.error_cusum_threshold = self.cusum.threshold
+            report.reference_error_rate = self.cusum.p0
         if self.drift is not None:
             report.change_time.FromMilliseconds(self.drift.event_time_ms)
             report.change_sample = self.drift.sample

@@ -1,0 +1,209 @@
+"""The monitor's calibrated signals as units: the vectorised CUSUM against the textbook
+recursion, thresholds that hold their false-alarm rate on stationary streams (and are
+not constants), windows that see a shift, the delayed-label join's counts, and the
+alerts' life cycle in a version tracker."""
+
+from __future__ import annotations
+
+import doctest
+import math
+
+import numpy as np
+import pytest
+
+from services.monitor import calibration, hub, signals
+from services.monitor.calibration import calibrate_adwin, calibrate_cusum, calibrate_windows, no_alarm_quantile
+from services.monitor.joiner import Joined, Label, LabelJoin, Predicted
+from services.monitor.psi import Bins, reference_bins
+from services.monitor.references import ModelReference
+from services.monitor.signals import ErrorCusum, WindowDrift, cusum_coefficients
+from services.monitor.tracker import CONCEPT, DATA, PREDICTION, SCORE, TrackerConfig, VersionTracker
+
+
+@pytest.mark.parametrize("module", [signals, calibration, hub])
+def test_doctests(module):
+    assert doctest.testmod(module).failed == 0
+
+
+def test_the_batched_cusum_is_the_recursion():
+    rng = np.random.default_rng(0)
+    p0, shifts, h = 0.2, (0.05, 0.2), 6.0
+    a, b = cusum_coefficients(p0, shifts)
+    errors = (rng.random(3000) < np.r_[np.full(1500, 0.2), np.full(1500, 0.35)]).astype(int)
+    # the textbook loop, restarting after each alarm
+    s, alarms_loop = np.zeros(2), []
+    for t, e in enumerate(errors, start=1):
+        s = np.maximum(0, s + (a if e else b))
+        if (s > h).any():
+            alarms_loop.append(t)
+            s[:] = 0
+    detector, alarms_batched = ErrorCusum(p0, h, shifts), []
+    for chunk in np.array_split(errors, 37):  # uneven batches, alarms inside them
+        alarms_batched += [a.detected_sample for a in detector.update(chunk)]
+    assert alarms_batched == alarms_loop and alarms_loop
+
+
+def _run_length_alarms(p: float, reference_n: int, ert: float, events: int, seed: int) -> tuple[int, int]:
+    """False alarms of CUSUMs calibrated on fresh references, over `events` stationary samples."""
+    rng = np.random.default_rng(seed)
+    alarms, runs = 0, 0
+    per_run = 20_000
+    while runs * per_run < events:
+        reference = rng.random(reference_n) < p
+        c = calibrate_cusum(reference, ert, seed=runs + 1000 * seed)
+        detector = ErrorCusum(c.p0, c.threshold, c.shifts)
+        for chunk in np.array_split(rng.random(per_run) < p, 40):
+            alarms += len(detector.update(chunk))
+        runs += 1
+    return alarms, runs * per_run
+
+
+def test_the_cusum_threshold_holds_its_expected_run_length_on_stationary_errors():
+    ert = 3000
+    alarms, events = _run_length_alarms(p=0.15, reference_n=500, ert=ert, events=120_000, seed=1)
+    expected = events / ert  # 40
+    # Generous bounds: the check is that the rate is set by the ERT, not by luck or a constant.
+    assert expected / 3 <= alarms <= expected * 2, (alarms, expected)
+
+
+def test_thresholds_follow_the_target_and_the_data_not_constants():
+    rng = np.random.default_rng(2)
+    low, high = rng.random(500) < 0.05, rng.random(500) < 0.3
+    assert calibrate_cusum(low, 100_000).threshold > calibrate_cusum(low, 1_000).threshold
+    assert calibrate_cusum(low, 10_000).p0 < calibrate_cusum(high, 10_000).p0
+    p = np.full((1, 10), 0.1)
+    small, large = calibrate_windows(p, 100, 25, 5000), calibrate_windows(p, 800, 200, 5000)
+    assert small.ks[0] > large.ks[0]  # a smaller window needs a larger distance
+    assert calibrate_windows(p, 200, 50, 100_000).ks[0] > calibrate_windows(p, 200, 50, 1_000).ks[0]
+    assert calibrate_adwin(low, 5_000) in (0.1, 0.03, 0.01, 0.002, 5e-4, 1e-4, 1e-5)
+    assert no_alarm_quantile(0, 10) == 1.0 and math.isclose(no_alarm_quantile(10, 10), math.exp(-1))
+
+
+def _uniform_window(names, window, step, ert, confirm=2):
+    edges = [np.linspace(0, 1, 11)] * len(names)
+    proportions = np.full((len(names), 10), 0.1)
+    c = calibrate_windows(proportions, window, step, ert, confirm)
+    return WindowDrift(names, edges, proportions, window=window, step=step, psi_threshold=c.psi,
+                       ks_threshold=c.ks, confirm=confirm)
+
+
+def test_window_thresholds_hold_their_rate_and_catch_a_shift():
+    names = [f"f{i}" for i in range(5)]
+    rng = np.random.default_rng(4)
+    ert = 5_000
+    quiet = _uniform_window(names, 200, 50, ert)
+    alarms = []
+    for _ in range(40):  # 100k stationary rows, in batches as prediction logs come
+        alarms += quiet.add(rng.uniform(0, 1, (2500, 5)))
+    # one false alarm (on any feature and statistic) per ert rows at most, up to noise;
+    # an alarm lasts until cleared, so count raised alarms
+    assert len(alarms) <= 3 * 100_000 / ert, len(alarms)
+    shifted = _uniform_window(names, 200, 50, ert)
+    shifted.add(rng.uniform(0, 1, (400, 5)))
+    moved = rng.uniform(0, 1, (400, 5))
+    moved[:, 2] = rng.normal(0.7, 0.1, 400)
+    found = shifted.add(moved)
+    assert {a.feature for a in found} == {"f2"} and {a.statistic for a in found} == {"ks", "psi"}
+    assert all(a.value > a.threshold and a.window_start_row > 400 - 200 for a in found)
+    assert shifted.alarmed.tolist() == [False, False, True, False, False]
+    # hysteresis: back to the reference, the alarm clears after `confirm` calm tests
+    shifted.add(rng.uniform(0, 1, (600, 5)))
+    assert not shifted.alarmed.any()
+
+
+def test_the_join_counts_late_too_late_duplicate_and_unmatched_labels():
+    now = [0.0]
+    join = LabelJoin(ttl_s=10, max_pending=100, clock=lambda: now[0])
+    assert join.add_prediction("late", Predicted("m", 1, 1, served_at_ms=5)) is None
+    joined = join.add_label("late", Label(1, 0))  # the usual delayed label: after its prediction
+    assert joined.correct and joined.prediction.served_at_ms == 5
+    assert join.add_label("late", Label(1, 0)) is None  # a redelivered label
+    join.add_prediction("expired", Predicted("m", 1, 0))
+    join.add_label("never-predicted", Label(0, 0))
+    now[0] = 20.0
+    join.expire()
+    assert join.add_label("expired", Label(0, 0)) is None  # its prediction left: too late
+    counts = join.counts()
+    assert (counts["late_labels"], counts["too_late_labels"], counts["duplicate_labels"]) == (1, 1, 1)
+    assert (counts["expired_labels"], counts["expired_predictions"], join.pending) == (1, 1, 0)
+
+
+def _tracker(config: TrackerConfig) -> VersionTracker:
+    rng = np.random.default_rng(0)
+    tracker = VersionTracker("m", 1, config)
+    tracker.set_reference(ModelReference(
+        feature_names=("a", "b"),
+        features={"a": Bins.from_json(reference_bins(rng.uniform(0, 1, 2000))),
+                  "b": Bins.from_json(reference_bins(rng.uniform(0, 1, 2000)))},
+        scores=Bins.from_json(reference_bins(rng.uniform(0, 1, 2000)))))
+    return tracker
+
+
+def test_a_tracker_raises_one_alert_per_signal_while_the_drift_keeps_firing():
+    config = TrackerConfig(accuracy_window=200, psi_window=200, window_step=50, expected_run_length=50_000,
+                           error_reference_samples=300, calibrate_adwin=False, calibration_streams=64)
+    tracker = _tracker(config)
+    rng = np.random.default_rng(1)
+    for i in range(3000):
+        wrong = rng.random() < (0.1 if i < 1000 else 0.5)
+        tracker.add_outcome(Joined(f"e{i}", Predicted("m", 1, int(wrong)), Label(0, 1000 * i)))
+        if i % 100 == 99:
+            tracker.flush()
+    concept = [a for a in tracker.alerts if a.signal == CONCEPT]
+    cusum = [a for a in concept if a.statistic == "cusum"]
+    assert len(cusum) == 1 and cusum[0].refires > 0  # it kept firing; still one alert
+    assert abs(cusum[0].change_sample - 1001) <= 60 and cusum[0].value > cusum[0].threshold
+    assert tracker.drift is not None and abs(tracker.drift.event_time_ms - 1_000_000) <= 60_000
+    tracker.add_predictions(rng.uniform(0, 1, (400, 2)), rng.uniform(0, 1, 400), 0, None)
+    shifted = np.c_[rng.uniform(0, 1, 400), rng.uniform(0.5, 1.5, 400)]
+    tracker.add_predictions(shifted, rng.uniform(0.6, 1.0, 400), 0, None)
+    signals_seen = {(a.signal, tuple(a.features)) for a in tracker.alerts if a.active}
+    assert (DATA, ("b",)) in signals_seen and (PREDICTION, (SCORE,)) in signals_seen
+    assert (DATA, ("a",)) not in signals_seen
+    report = tracker.report(0)
+    assert report.prediction_drift and report.error_cusum_threshold > 0 and report.reference_error_rate < 0.2
+    by_name = {f.feature: f for f in report.features}
+    assert by_name["b"].drifted and by_name["b"].ks > by_name["b"].ks_threshold > 0
+    assert not by_name["a"].drifted
+
+
+def test_the_grafana_dashboard_is_fresh_and_reads_only_metrics_the_monitor_exports():
+    import importlib.util
+    import json
+    import re
+    from pathlib import Path
+
+    from prometheus_client import REGISTRY
+
+    import services.monitor.metrics  # noqa: F401  (registers them)
+
+    root = Path(__file__).resolve().parents[1] / "deploy" / "grafana"
+    spec = importlib.util.spec_from_file_location("build_dashboard", root / "build_dashboard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    committed = json.loads((root / "driftline-monitor.json").read_text())
+    assert committed == module.build(), "run deploy/grafana/build_dashboard.py"
+    used = set(re.findall(r"driftline_monitor_[a-z_]+", json.dumps(committed)))
+    exported = {name for metric in REGISTRY.collect() for name in
+                [metric.name, metric.name + "_total"] if metric.name.startswith("driftline_monitor_")}
+    assert used and used <= exported, used - exported
+    assert len(committed["panels"]) >= 10
+
+
+def test_the_error_reference_is_never_better_than_the_models_held_out_error():
+    """A version's first labelled predictions may be of its own training rows (a backlog scored
+    after it came up): their error is in-sample. metadata.json's held-out accuracy is the floor."""
+    reference = ModelReference.from_metadata({
+        "feature_names": ["a"], "reference": {"a": reference_bins([0.0, 1.0, 2.0, 3.0], bins=2)},
+        "metrics": {"accuracy": 0.97, "eval_rows": 400, "train_rows": 1600}})
+    assert reference.eval_error == pytest.approx(0.03) and reference.reference_rows == 1600
+    in_sample = np.zeros(500, dtype=int)
+    in_sample[::250] = 1  # 0.4 % errors on its training rows
+    c = calibrate_cusum(in_sample, 20_000, floor=reference.eval_error)
+    assert c.p0 == pytest.approx(0.03)
+    # out-of-sample errors at the held-out rate raise no alarm against that floor...
+    rng = np.random.default_rng(9)
+    assert ErrorCusum(c.p0, c.threshold, c.shifts).update(rng.random(5000) < 0.03) == []
+    # ...where the in-sample rate would have alarmed at once
+    naive = calibrate_cusum(in_sample, 20_000)
+    assert ErrorCusum(naive.p0, naive.threshold, naive.shifts).update(rng.random(5000) < 0.03)
