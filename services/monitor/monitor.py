@@ -192,6 +192,10 @@ class DriftMonitor:
             features, scores = np.empty((n, 0)), np.empty(0)
         tracker.add_predictions(features, scores, served_ms, at)
         self._touched.add((name, version))
+        if prediction_log.variant == "shadow":
+            # A mirrored answer no caller saw; it repeats the served row's event id, so joining
+            # it to the label would take the label from the answer that was actually served.
+            return
         for row in rows:
             if row.event_id:
                 joined = self.join.add_prediction(row.event_id, Predicted(name, version, row.label, served_ms))
