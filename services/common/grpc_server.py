@@ -1,6 +1,7 @@
 """The asyncio gRPC server every service runs: health checking and server
 reflection always on (so grpcurl and Kubernetes probes work), every call
-logged and counted, and a graceful stop on SIGTERM/SIGINT that reports
+logged and counted (except methods a servicer counts itself, see
+`Service.own_metrics`), and a graceful stop on SIGTERM/SIGINT that reports
 NOT_SERVING first and lets in-flight calls finish."""
 
 from __future__ import annotations
@@ -28,20 +29,49 @@ class Service:
     servicer: object
     add_to_server: Callable[[object, grpc.aio.Server], None]
     full_name: str  # e.g. driftline_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
+    # Methods (short names, e.g. "Predict") whose servicer records its own request metrics: the
+    # common interceptor leaves them alone, so they are neither counted twice nor pay for it twice.
+    own_metrics: tuple[str, ...] = ()
+
+    @property
+    def own_metric_paths(self) -> tuple[str, ...]:
+        return tuple(f"/{self.full_name}/{method}" for method in self.own_metrics)
 
 
 class CallMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts every unary call by final status code and times it."""
+    """Counts every unary call by final status code and times it.
 
-    def __init__(self, service: str) -> None:
+    `exclude`: methods not to count, as full paths ("/pkg.Service/Method") or, ending in "/",
+    whole services ("/pkg.Service/"); their handlers pass through untouched."""
+
+    def __init__(self, service: str, exclude: Iterable[str] = ()) -> None:
         self.service = service
+        exclude = tuple(exclude)
+        self._excluded = frozenset(e for e in exclude if not e.endswith("/"))
+        self._excluded_prefixes = tuple(e for e in exclude if e.endswith("/"))
+        # Wrapped handlers per method, reused while the server hands out the same handler.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def excluded(self, method: str) -> bool:
+        return method in self._excluded or (bool(self._excluded_prefixes)
+                                            and method.startswith(self._excluded_prefixes))
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler  # streaming calls are counted by their servicers
-        method = details.method.rsplit("/", 1)[-1]
+        path = details.method
+        cached = self._wrapped.get(path)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = handler if self.excluded(path) else self._observe(handler, path.rsplit("/", 1)[-1])
+        self._wrapped[path] = (handler, wrapped)
+        return wrapped
+
+    def _observe(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         behavior = handler.unary_unary
+        latency = GRPC_LATENCY.labels(self.service, method)
+        counters: dict[grpc.StatusCode, object] = {}
 
         async def observed(request, context):
             start = time.perf_counter()
@@ -55,8 +85,11 @@ class CallMetricsInterceptor(grpc.aio.ServerInterceptor):
                 code = context.code() or code
                 if not isinstance(code, grpc.StatusCode):
                     code = grpc.StatusCode(code) if code in grpc.StatusCode else grpc.StatusCode.UNKNOWN
-                GRPC_REQUESTS.labels(self.service, method, code.name).inc()
-                GRPC_LATENCY.labels(self.service, method).observe(time.perf_counter() - start)
+                counter = counters.get(code)
+                if counter is None:
+                    counter = counters[code] = GRPC_REQUESTS.labels(self.service, method, code.name)
+                counter.inc()
+                latency.observe(time.perf_counter() - start)
                 if code is not grpc.StatusCode.OK:
                     log.info("call failed", extra={"method": method, "code": code.name,
                                                    "details": context.details()})
@@ -73,7 +106,8 @@ class GrpcServer:
                  host: str = "127.0.0.1", options: Iterable[tuple[str, object]] = ()) -> None:
         self.name = name
         self.services = list(services)
-        self.server = grpc.aio.server(interceptors=[CallMetricsInterceptor(name)],
+        exclude = [path for svc in self.services for path in svc.own_metric_paths]
+        self.server = grpc.aio.server(interceptors=[CallMetricsInterceptor(name, exclude)],
                                       options=list(options))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -10,7 +10,6 @@ outputs always go back as `raw_output_contents` (what tritonclient's
 from __future__ import annotations
 
 import time
-import uuid
 
 import grpc
 import numpy as np
@@ -167,7 +166,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
         started = time.perf_counter()
         predictor = self.predictor
-        request_id = request.id or uuid.uuid4().hex
+        request_id = request.id or predictor.new_request_id()
         try:
             check_size(request, predictor.max_message_bytes)
             route = self._route(request.model_name, request.model_version, request_key(request) or request_id)
@@ -184,7 +183,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         predictor.log(ServedRequest(request_id, self.model_name, model.version, rows, probabilities,
                                     probabilities.argmax(axis=1), time.time_ns(), route.variant))
         predictor.mirror(route, rows, rows, request_id)
-        predictor.count("infer", grpc.StatusCode.OK, started)
+        predictor.count_ok("infer", started)
         return pb.ModelInferResponse(
             model_name=self.model_name, model_version=str(model.version), id=request.id,
             parameters={"execution_provider": pb.InferParameter(string_param=model.provider),

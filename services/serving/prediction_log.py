@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 VARIANT = "production"
 
+_QUEUED = PREDICTION_LOGS.labels("queued")
+_DROPPED = PREDICTION_LOGS.labels("dropped")
+_PRODUCED = PREDICTION_LOGS.labels("produced")
+
 
 @dataclass(frozen=True, slots=True)
 class ServedRequest:
@@ -71,10 +75,10 @@ class PredictionLogger(threading.Thread):
         """Called on the request path: never blocks."""
         try:
             self._queue.put_nowait(served)
-            PREDICTION_LOGS.labels("queued").inc()
+            _QUEUED.inc()
         except queue.Full:
             self.dropped += 1
-            PREDICTION_LOGS.labels("dropped").inc()
+            _DROPPED.inc()
 
     def run(self) -> None:
         while not (self._stopping.is_set() and self._queue.empty()):
@@ -85,11 +89,11 @@ class PredictionLogger(threading.Thread):
                 continue
             try:
                 self.producer.produce(self.topic, to_log(served), key=served.model_name)
-                PREDICTION_LOGS.labels("produced").inc()
+                _PRODUCED.inc()
             except Exception:
                 log.exception("could not produce a prediction log; dropping it",
                               extra={"request_id": served.request_id})
-                PREDICTION_LOGS.labels("dropped").inc()
+                _DROPPED.inc()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Drains what is queued, then waits for the broker to acknowledge it."""

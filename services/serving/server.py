@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import itertools
 import logging
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -45,6 +47,21 @@ class InvalidRows(ValueError):
     pass
 
 
+class RequestIds:
+    """Unique request ids, 32 hex digits like a uuid4's, without a uuid4 (and its urandom call) per
+    request: a random 64-bit prefix per process, then a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+new_request_id = RequestIds()
+
+
 def rows_to_matrix(rows: Sequence[serving_pb2.Row], feature_count: int | None,
                    max_rows: int | None = None) -> np.ndarray:
     """float32 [N, F]; raises InvalidRows saying what was expected and what came."""
@@ -76,9 +93,13 @@ class Predictor(serving_pb2_grpc.PredictorServicer):
         self.max_message_bytes = max_message_bytes
         self._predicted_rows = PREDICTED_ROWS.labels(model_name)
         self._latency = {api: REQUEST_LATENCY.labels(model_name, api) for api in ("predict", "infer")}
+        # (api, outcome) → its counter, looked up once: `.labels()` per call costs more than the count.
+        self._requests: dict[tuple[str, str], object] = {}
+        self._ok = {api: self._request_counter(api, "ok") for api in ("predict", "infer")}
         self._variant_requests = {v: VARIANT_REQUESTS.labels(model_name, v) for v in (PRODUCTION, CANARY)}
         self._shadow_outcomes = {o: SHADOW_REQUESTS.labels(model_name, o) for o in ("ok", "skipped", "error")}
         self._mirrors: set[asyncio.Task] = set()
+        self.new_request_id = new_request_id
 
     async def Predict(self, request: serving_pb2.PredictRequest, context) -> serving_pb2.PredictResponse:
         started = time.perf_counter()
@@ -89,7 +110,7 @@ class Predictor(serving_pb2_grpc.PredictorServicer):
         if request.model_name and request.model_name != self.model_name:
             await self._refuse(context, "predict", started, grpc.StatusCode.NOT_FOUND,
                                f"unknown model {request.model_name!r}; this server serves {self.model_name!r}")
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         # One reference for the whole request: a swap meanwhile does not touch this call.
         route = self.router.route(request.request_key or request_id)
         if route is None:
@@ -107,7 +128,7 @@ class Predictor(serving_pb2_grpc.PredictorServicer):
         self.log(ServedRequest(request_id, self.model_name, model.version, request.rows, probabilities, labels,
                                time.time_ns(), route.variant))
         self.mirror(route, rows, request.rows, request_id)
-        self.count("predict", grpc.StatusCode.OK, started)
+        self.count_ok("predict", started)
         return serving_pb2.PredictResponse(
             model_name=self.model_name, model_version=model.version, variant=route.variant,
             request_id=request_id,
@@ -188,8 +209,17 @@ class Predictor(serving_pb2_grpc.PredictorServicer):
 
     def count(self, api: str, code: grpc.StatusCode | str, started: float) -> None:
         outcome = code if isinstance(code, str) else code.name.lower()
-        REQUESTS.labels(self.model_name, api, outcome).inc()
+        counter = self._requests.get((api, outcome)) or self._request_counter(api, outcome)
+        counter.inc()
         self._latency[api].observe(time.perf_counter() - started)
+
+    def count_ok(self, api: str, started: float) -> None:
+        self._ok[api].inc()
+        self._latency[api].observe(time.perf_counter() - started)
+
+    def _request_counter(self, api: str, outcome: str):
+        counter = self._requests[(api, outcome)] = REQUESTS.labels(self.model_name, api, outcome)
+        return counter
 
     async def _refuse(self, context, api: str, started: float, code: grpc.StatusCode, message: str,
                       outcome: str | None = None) -> None:
@@ -311,13 +341,13 @@ async def build(settings: ServingSettings) -> ServingProcess:
     batcher = Batcher(max_batch_rows=settings.max_batch_rows,
                       max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
                       max_queued=settings.max_queued_requests, workers=settings.batch_workers,
-                      model_name=settings.model_name)
+                      model_name=settings.model_name, inline_max_s=settings.inline_max_us / 1e6)
     shadow_batcher = None
     if shadow is not None:
         shadow_batcher = Batcher(max_batch_rows=settings.max_batch_rows,
                                  max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
                                  max_queued=max(1, settings.shadow_max_queued), workers=1,
-                                 model_name=settings.model_name)
+                                 model_name=settings.model_name, inline_max_s=settings.inline_max_us / 1e6)
     predictor = Predictor(settings.model_name, router, prediction_log, settings.inline_max_rows,
                           batcher, settings.max_request_rows, shadow_batcher=shadow_batcher,
                           max_message_bytes=settings.max_message_bytes)
@@ -337,9 +367,12 @@ async def build(settings: ServingSettings) -> ServingProcess:
                                            "max_message_bytes": settings.max_message_bytes})
     return ServingProcess(
         "serving", settings,
-        services=[Service(predictor, guarded(serving_pb2_grpc.add_PredictorServicer_to_server), PREDICTOR),
+        # Predict and ModelInfer count themselves (driftline_serving_requests_total, by outcome), so the
+        # common interceptor leaves them alone: no double count, no second timing per call.
+        services=[Service(predictor, guarded(serving_pb2_grpc.add_PredictorServicer_to_server), PREDICTOR,
+                          own_metrics=("Predict",)),
                   Service(inference, guarded(grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server),
-                          INFERENCE)],
+                          INFERENCE, own_metrics=("ModelInfer",))],
         # Stopped in this order: no more swaps, then the last prediction logs are flushed.
         workers=[follower, poller, prediction_log],
         on_stop=[source.close],

@@ -52,13 +52,19 @@ class ServingSettings(CommonSettings):
     # Dynamic batching (services/serving/batcher.py), for Predict and ModelInfer alike:
     # requests that arrive together run as one session call of up to `max_batch_rows` rows;
     # the oldest waits at most `max_queue_delay_ms` for others to join (0: no waiting, batches
-    # still form while a previous one runs). 1 row turns batching off.
+    # still form while a previous one runs). A request alone (nothing else queued or running) skips
+    # the wait once the last timed-out wait gathered nobody; any overlap turns waiting back on.
+    # 1 row turns batching off.
     max_batch_rows: int = 64
     max_queue_delay_ms: float = 2.0
     # Requests waiting for a batch at most; beyond it a request is answered RESOURCE_EXHAUSTED at once.
     max_queued_requests: int = 1024
     # Session calls that may run at once (threads).
     batch_workers: int = 1
+    # A batch runs on the event loop itself (no thread hand-off) when the model has been answering
+    # batches of its size within this many microseconds; slower ones run on a worker thread. 0: always
+    # a worker thread.
+    inline_max_us: float = 200.0
     # Rows one request may carry; more is INVALID_ARGUMENT.
     max_request_rows: int = 65_536
     # Bytes one request message may have; more is INVALID_ARGUMENT saying so. gRPC's own receive
