@@ -77,6 +77,28 @@ def header(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> str
     return found
 
 
+class _DeliveryReports:
+    """The delivery callback's state, kept apart from the Producer wrapper.
+
+    librdkafka holds the callback; were it a bound method of the wrapper, the
+    wrapper and its client would form a cycle that only the garbage collector
+    frees, and an unused producer would outlive its owner, still connected.
+    """
+
+    __slots__ = ("delivered", "failures")
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.failures: list[str] = []
+
+    def __call__(self, err: KafkaError | None, msg: _KafkaMessage) -> None:
+        if err is None:
+            self.delivered += 1
+            return
+        log.error("delivery failed", extra={"topic": msg.topic(), "error": err.str()})
+        self.failures.append(f"{msg.topic()}: {err.str()}")
+
+
 class Producer:
     """An idempotent, acks=all producer of protobuf records.
 
@@ -87,30 +109,26 @@ class Producer:
 
     def __init__(self, bootstrap: str, *, transactional_id: str | None = None,
                  linger_ms: int = 5, config: Mapping[str, object] | None = None) -> None:
+        self._reports = _DeliveryReports()
         conf: dict[str, object] = {
             "bootstrap.servers": bootstrap,
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": linger_ms,
             "compression.type": "lz4",
-            "on_delivery": self._on_delivery,
+            "on_delivery": self._reports,
         }
         if transactional_id:
             conf["transactional.id"] = transactional_id
         conf.update(config or {})
         self._producer = _Producer(conf)
-        self._failures: list[str] = []
-        self.delivered = 0
         if transactional_id:
             self._producer.init_transactions(30)
 
-    def _on_delivery(self, err: KafkaError | None, msg: _KafkaMessage) -> None:
-        if err is None:
-            self.delivered += 1
-            return
-        reason = f"{msg.topic()}: {err.str()}"
-        log.error("delivery failed", extra={"topic": msg.topic(), "error": err.str()})
-        self._failures.append(reason)
+    @property
+    def delivered(self) -> int:
+        """Records the broker has acknowledged so far."""
+        return self._reports.delivered
 
     def produce(self, topic: str, message: Message, key: str | bytes | None = None,
                 headers: Sequence[tuple[str, bytes]] | None = None) -> None:
@@ -138,8 +156,8 @@ class Producer:
             raise DeliveryError(f"{remaining} records still undelivered after {timeout}s")
 
     def _raise_failures(self) -> None:
-        if self._failures:
-            failures, self._failures = self._failures, []
+        if self._reports.failures:
+            failures, self._reports.failures = self._reports.failures, []
             raise DeliveryError(f"{len(failures)} records failed, first: {failures[0]}")
 
     # Transactions: read-process-write exactly once (ingest).
@@ -156,7 +174,7 @@ class Producer:
         self._raise_failures()
 
     def abort_transaction(self) -> None:
-        self._failures.clear()
+        self._reports.failures.clear()
         self._producer.abort_transaction(30)
 
     def close(self, timeout: float = 30.0) -> None:
