@@ -19,8 +19,10 @@ class MonitorSettings(CommonSettings):
     # Statistics per model version (see tracker.py, signals.py, calibration.py).
     accuracy_window: int = 500
     # Expected run length: events between two false alarms, per version and signal family.
-    # Every threshold is bootstrapped for it; none is a hand-picked constant.
-    expected_run_length: float = 20_000
+    # Every threshold is bootstrapped for it; none is a hand-picked constant. A false alarm
+    # costs a retraining, so the default is long: at 400 labelled events/s, one in ~8 minutes
+    # per version at worst, far rarer once the policy's min samples and cooldown apply.
+    expected_run_length: float = 200_000
     # Labelled predictions a version's error-stream reference is built from.
     error_reference_samples: int = 500
     cusum_shifts: str = "0.05,0.1,0.2,0.4"
@@ -34,7 +36,8 @@ class MonitorSettings(CommonSettings):
     window_step: int = 100
     window_confirm: int = 2
     window_clear_ratio: float = 0.8
-    calibration_streams: int = 128
+    # Enough bootstrap streams to resolve the no-alarm quantile of a long expected run length.
+    calibration_streams: int = 256
     # Versions tracked per model; older ones are forgotten.
     max_versions_per_model: int = 5
     # A version whose metadata.json could not be read is asked for again after this.
