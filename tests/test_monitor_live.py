@@ -24,21 +24,11 @@ from services.common.objectstore import MinioObjectStore
 from services.common.settings import Topics
 from services.monitor.psi import reference_bins
 from support import ROOT, GrpcThread, ServiceRun, free_port, wait_for
+from test_monitor import RegistryStandIn
 
 FEATURES = ["f0", "f1", "f2"]
 JOIN_TTL_S = 2.0
 CHROMIUM = os.environ.get("DRIFTLINE_CHROMIUM", "/usr/bin/chromium")
-
-
-class RegistryStandIn(registry_pb2_grpc.RegistryServicer):
-    def __init__(self) -> None:
-        self.versions: dict[tuple[str, int], registry_pb2.ModelVersion] = {}
-
-    async def GetModelVersion(self, request, context):
-        found = self.versions.get((request.name, request.version))
-        if found is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such version")
-        return found
 
 
 @dataclass
