@@ -134,6 +134,21 @@ class ServiceProcess:
         await self.stop()
 
 
+def run_event_loop(main, loop: str = "uvloop") -> None:
+    """Runs `main` to completion on uvloop when asked for and installed, else on asyncio's loop.
+    uvloop's cheaper callbacks and I/O matter most to gRPC servers, whose calls are each a few
+    event-loop turns (grpc.aio supports it)."""
+    if loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("uvloop is not installed; running on asyncio's own event loop")
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
+
+
 def run_service(name: str, settings: CommonSettings,
                 build: Callable[[CommonSettings], "ServiceProcess | asyncio.Future"]) -> None:
     """The body of every `python -m services.<name>`."""
@@ -147,5 +162,5 @@ def run_service(name: str, settings: CommonSettings,
         await process.run_until_stopped()
 
     started = time.monotonic()
-    asyncio.run(main())
+    run_event_loop(main(), settings.event_loop)
     log.info("exited", extra={"service": name, "uptime_s": round(time.monotonic() - started, 1)})

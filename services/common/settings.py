@@ -7,6 +7,8 @@ fields in `services/<name>/settings.py`.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,6 +43,8 @@ class CommonSettings(BaseSettings):
     metrics_port: int = 0
     grpc_port: int = 0
     shutdown_grace_s: float = 5.0
+    # uvloop (when installed) or asyncio: the event loop every service runs on.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @property
     def topics(self) -> "Topics":

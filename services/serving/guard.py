@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import grpc
 
+from services.common.grpc_server import _Capture
+
 
 class Undecodable:
     __slots__ = ("error",)
@@ -40,20 +42,6 @@ def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler
 
     return grpc.unary_unary_rpc_method_handler(
         guarded, request_deserializer=deserialize, response_serializer=handler.response_serializer)
-
-
-class _Capture:
-    """Stands in for the server while a generated add_*_to_server function registers its handlers."""
-
-    def __init__(self) -> None:
-        self.service: str | None = None
-        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
-
-    def add_generic_rpc_handlers(self, handlers) -> None:
-        pass  # the same handlers come again through add_registered_method_handlers
-
-    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
-        self.service, self.handlers = service, dict(handlers)
 
 
 def guarded(add_to_server: Callable[[object, object], None]) -> Callable[[object, object], None]:
