@@ -11,9 +11,9 @@ ModelInfer load generator, bench/serving_client.py), the same ONNX models (bench
   batching on with the same 64 rows / 2 ms as Driftline), `mlserver-nobatch`, `kserve`
   (0.21.0 Python model server, custom onnxruntime model; it has no batching outside
   Kubernetes); optional: `driftline-predict` (Driftline's own Predictor API, same load),
-  `floor-echo` / `floor-ort` / `floor-ort-icpt` (bench/peers/floor_server.py: what a bare
-  grpc.aio server costs per call with no model / with the session run inline and nothing else /
-  the same behind Driftline's CallMetricsInterceptor);
+  `floor-echo` / `floor-ort` / `floor-ort-icpt` / `floor-ort-metrics` (bench/peers/floor_server.py:
+  what a bare grpc.aio server costs per call with no model / with the session run inline and
+  nothing else / the same behind a pass-through server interceptor / with Driftline's CallMetrics);
 * models: `small` (MLP 16→64→64→2) and `heavy` (16→2048→2048→2048→2);
 * load: single-row requests at concurrency 1, 16, 64, and requests of 64, 512, 4096 rows at
   concurrency 1 (the -nobatch variants run only the single-row points);
@@ -45,7 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import models as bench_models  # noqa: E402
 import serving_client as client  # noqa: E402
@@ -53,8 +54,15 @@ import serving_servers as servers  # noqa: E402
 from serving_servers import say  # noqa: E402
 
 PEERS = ("mlserver", "mlserver-nobatch", "kserve")
+# bench/peers/floor_server.py: (mode, flags, what it is)
+FLOORS = {
+    "floor-echo": ("echo", (), "canned answer, no model"),
+    "floor-ort": ("ort", (), "session inline, nothing else"),
+    "floor-ort-icpt": ("ort", ("--interceptor",), "session inline + a pass-through server interceptor"),
+    "floor-ort-metrics": ("ort", ("--metrics",), "session inline + Driftline's CallMetrics"),
+}
 ALL_SERVERS = ("ort", "driftline", "driftline-nobatch", "mlserver", "mlserver-nobatch", "kserve",
-               "driftline-predict", "floor-echo", "floor-ort", "floor-ort-icpt")
+               "driftline-predict", *FLOORS)
 DEFAULT_SERVERS = ALL_SERVERS[:6]
 SINGLE_ROW_ONLY = {"driftline-nobatch", "mlserver-nobatch", "floor-echo"}
 DRIFTLINE_BATCHING = {"DRIFTLINE_MAX_BATCH_ROWS": "64", "DRIFTLINE_MAX_QUEUE_DELAY_MS": "2"}
@@ -137,12 +145,9 @@ def start_server(name: str, model: str, path: Path, stack, workdir: Path,
     if name == "mlserver-nobatch":
         return servers.start_mlserver(name, model, path, workdir, None), \
             "parallel_workers 0, debug off; no adaptive batching"
-    if name in ("floor-echo", "floor-ort", "floor-ort-icpt"):
-        mode = name.split("-")[1]
-        interceptor = name.endswith("-icpt")
-        return servers.start_floor(name, model, path, workdir, mode, interceptor), \
-            "grpc.aio floor: " + ("canned answer, no model" if mode == "echo" else "session inline, nothing else") \
-            + (" + CallMetricsInterceptor" if interceptor else "")
+    if name in FLOORS:
+        mode, extra, what = FLOORS[name]
+        return servers.start_floor(name, model, path, workdir, mode, extra), f"grpc.aio floor: {what}"
     if name == "kserve":
         return servers.start_kserve(name, model, path, workdir), \
             "KSERVE_LOGLEVEL=WARNING, latency logging off; no batching (none outside Kubernetes)"
@@ -212,9 +217,14 @@ async def run_model(model: str, path: Path, plan: list[Point], names: list[str],
                     server, _ = running[name]
                     try:
                         cpu_before = servers.cpu_s(server.pid)
-                        result = await client.run_point(
-                            server.address, model, point.rows, point.concurrency, args.duration, args.warmup,
-                            args.min_requests, api="predict" if name == "driftline-predict" else "oip")
+                        if args.ghz and name != "driftline-predict":
+                            result = await client.run_point_ghz(args.ghz, ROOT, server.address, model, point.rows,
+                                                                point.concurrency, args.duration, args.warmup)
+                        else:
+                            result = await client.run_point(
+                                server.address, model, point.rows, point.concurrency, args.duration,
+                                args.warmup, args.min_requests,
+                                api="predict" if name == "driftline-predict" else "oip")
                         # CPU over warm-up + window, scaled to the window (the load is the same in both).
                         cpu = (servers.cpu_s(server.pid) - cpu_before) * result.seconds \
                             / (result.seconds + args.warmup) if result.seconds > 0 else None
@@ -332,6 +342,9 @@ def main() -> int:
                         metavar="NAME:DRIFTLINE_X=V[,DRIFTLINE_Y=W]",
                         help="an extra Driftline row `driftline-NAME` with these settings over the defaults "
                              "(e.g. delay0:DRIFTLINE_MAX_QUEUE_DELAY_MS=0); it runs every point")
+    parser.add_argument("--client", choices=("python", "ghz"), default="python",
+                        help="the load generator: the async Python client (bench/serving_client.py) or ghz "
+                             f"({client.GHZ_VERSION}, Go, built once into .cache/bin); the same for every server")
     parser.add_argument("--start-timeout", type=float, default=120.0)
     parser.add_argument("--out", type=Path, default=Path(".cache/bench-serving/latest.jsonl"),
                         help="also write the JSON lines here")
@@ -349,6 +362,7 @@ def main() -> int:
     args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 0.5)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.min_requests = args.min_requests or (1 if args.quick else 2)
+    args.ghz = client.ensure_ghz(ROOT) if args.client == "ghz" else None
     plan = points(args.quick)
     if args.points:
         plan = [Point(*(int(v) for v in spec.lower().split("x"))) for spec in args.points]

@@ -203,3 +203,81 @@ def run_raw_ort(session, rows: int, duration_s: float, warmup_s: float, min_requ
     result.seconds = time.perf_counter() - start
     result.client_cpu_s = time.process_time() - cpu
     return result
+
+
+# -- ghz: the same load from a Go client ----------------------------------------------------------
+
+GHZ_MODULE = "github.com/bojand/ghz/cmd/ghz"
+GHZ_VERSION = "v0.120.0"
+OIP_PROTO = "protos/inference/grpc_service.proto"
+
+
+def ensure_ghz(root) -> str:
+    """The ghz binary, built once from the Go module proxy into .cache/bin (needs Go)."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    target = Path(root) / ".cache" / "bin"
+    binary = target / "ghz"
+    if binary.exists():
+        return str(binary)
+    if shutil.which("go") is None:
+        raise RuntimeError("--client ghz needs Go to build ghz (or put a ghz binary at .cache/bin/ghz)")
+    target.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["go", "install", f"{GHZ_MODULE}@{GHZ_VERSION}"], check=True,
+                   env={**os.environ, "GOBIN": str(target)})
+    return str(binary)
+
+
+async def run_point_ghz(ghz: str, root, address: str, model: str, rows: int, concurrency: int,
+                        duration_s: float, warmup_s: float, timeout_s: float = 120.0) -> PointResult:
+    """The same closed loop, driven by ghz (Go): `concurrency` workers on one connection send
+    the same serialized ModelInferRequest back to back. A separate warm-up run comes first;
+    the measured run's per-call latencies come from ghz's JSON details. One answer is checked
+    here beforehand (ghz only counts status codes)."""
+    import json
+    import resource
+    import tempfile
+    from pathlib import Path
+
+    payload = infer_request(model, rows)
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        check_infer_response(await channel.unary_unary(MODEL_INFER)(payload, timeout=timeout_s), rows)
+    with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:
+        f.write(payload)
+        data = f.name
+    base = [ghz, "--insecure", "--proto", str(Path(root) / OIP_PROTO),
+            "--call", "inference.GRPCInferenceService.ModelInfer", "-B", data, "-c", str(concurrency),
+            "--connections", "1", "-t", f"{int(timeout_s)}s", "--max-send-message-size", str(MAX_MESSAGE),
+            "--max-recv-message-size", str(MAX_MESSAGE), "--count-errors", "--duration-stop", "wait", "-O", "json", address]
+
+    async def ghz_run(seconds: float) -> dict:
+        process = await asyncio.create_subprocess_exec(
+            *base[:-3], "-z", f"{max(seconds, 0.1):.3f}s", *base[-3:],
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await process.communicate()
+        if process.returncode not in (0, 1):  # ghz exits 1 when some calls failed; they are counted
+            raise RuntimeError(f"ghz exited {process.returncode}: {err.decode()[-500:]}")
+        return json.loads(out)
+
+    try:
+        if warmup_s > 0:
+            await ghz_run(warmup_s)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        report = await ghz_run(duration_s)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    finally:
+        Path(data).unlink(missing_ok=True)
+    result = PointResult()
+    for detail in report.get("details") or []:
+        if detail.get("status") == "OK":
+            result.latencies_s.append(detail["latency"] / 1e9)
+        else:
+            result.errors[detail.get("status") or "?"] += 1
+    result.requests = len(result.latencies_s)
+    result.rows = result.requests * rows
+    result.seconds = report["total"] / 1e9
+    result.client_cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return result

@@ -309,12 +309,12 @@ def workdir() -> Path:
     return path
 
 
-def start_floor(name: str, model: str, path: Path, workdir: Path, mode: str, interceptor: bool = False) -> Running:
+def start_floor(name: str, model: str, path: Path, workdir: Path, mode: str, extra: tuple[str, ...] = ()) -> Running:
     """bench/peers/floor_server.py: the grpc.aio floor (no model: `echo`; inline session: `ort`)."""
     port = free_port()
     log_path = workdir / f"{name}-{model}.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = spawn([sys.executable, str(PEERS / "floor_server.py"), "--port", str(port), "--model", model,
-                     "--onnx", str(path), "--mode", mode] + (["--interceptor"] if interceptor else []),
+                     "--onnx", str(path), "--mode", mode, *extra],
                     env, log_path)
     return Running(name, model, f"127.0.0.1:{port}", process, log_path)

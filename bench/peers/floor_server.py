@@ -7,7 +7,10 @@ server in this process model answer ModelInfer, before it does anything of its o
   no model): the cost of grpc.aio itself per unary call.
 * `ort`: the least a real server does: parse the request, run the session inline on the event
   loop (no batching, no thread hop, no logging, no metrics), answer raw_output_contents.
-* `--interceptor`: the same behind Driftline's CallMetricsInterceptor (a grpc.aio server interceptor).
+* `--interceptor`: the same behind a pass-through grpc.aio server interceptor (it only awaits the
+  continuation): what the interceptor mechanism itself costs per call.
+* `--metrics`: the same with Driftline's call metrics (services.common.grpc_server.CallMetrics:
+  each handler wrapped once at registration, counted and timed per call).
 
 Runs in the main venv, serves only ModelReady and ModelInfer, binds 127.0.0.1.
 """
@@ -26,6 +29,11 @@ from inference import grpc_service_pb2 as pb
 SERVICE = "inference.GRPCInferenceService"
 
 
+class _PassThrough(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, details):
+        return await continuation(details)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -33,8 +41,9 @@ def main() -> None:
     parser.add_argument("--onnx", required=True)
     parser.add_argument("--mode", choices=("echo", "ort"), default="echo")
     parser.add_argument("--interceptor", action="store_true",
-                        help="add Driftline's CallMetricsInterceptor (services.common.grpc_server), "
-                             "to measure what a grpc.aio server interceptor costs per call")
+                        help="add a pass-through grpc.aio server interceptor, to measure what one costs per call")
+    parser.add_argument("--metrics", action="store_true",
+                        help="wrap the handlers in Driftline's CallMetrics (services.common.grpc_server)")
     args = parser.parse_args()
 
     session = ort.InferenceSession(args.onnx, providers=["CPUExecutionProvider"])
@@ -68,12 +77,18 @@ def main() -> None:
     }
 
     async def serve() -> None:
-        interceptors = []
-        if args.interceptor:
-            from services.common.grpc_server import CallMetricsInterceptor
-            interceptors.append(CallMetricsInterceptor("floor"))
+        interceptors = [_PassThrough()] if args.interceptor else []
         server = grpc.aio.server(interceptors=interceptors)
-        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+        if args.metrics:
+            from services.common.grpc_server import CallMetrics
+
+            def add(servicer, target) -> None:
+                target.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+                target.add_registered_method_handlers(SERVICE, handlers)
+
+            CallMetrics("floor").register(add, None, server)
+        else:
+            server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
         server.add_insecure_port(f"127.0.0.1:{args.port}")
         await server.start()
         await server.wait_for_termination()
