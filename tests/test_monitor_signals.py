@@ -16,7 +16,7 @@ from services.monitor.calibration import calibrate_adwin, calibrate_cusum, calib
 from services.monitor.joiner import Joined, Label, LabelJoin, Predicted
 from services.monitor.psi import Bins, reference_bins
 from services.monitor.references import ModelReference
-from services.monitor.signals import ErrorCusum, WindowDrift, cusum_coefficients
+from services.monitor.signals import ErrorCusum, WindowDrift, cusum_coefficients, cusum_level, cusum_thresholds
 from services.monitor.tracker import CONCEPT, DATA, PREDICTION, SCORE, TrackerConfig, VersionTracker
 
 
@@ -27,20 +27,37 @@ def test_doctests(module):
 
 def test_the_batched_cusum_is_the_recursion():
     rng = np.random.default_rng(0)
-    p0, shifts, h = 0.2, (0.05, 0.2), 6.0
+    p0, shifts, level = 0.2, (0.02, 0.05, 0.2), 8.0
     a, b = cusum_coefficients(p0, shifts)
+    h = cusum_thresholds(p0, shifts, level)  # one LLR threshold per member
+    assert np.allclose(cusum_level(h, p0, shifts), level) and (np.diff(h) > 0).all()
     errors = (rng.random(3000) < np.r_[np.full(1500, 0.2), np.full(1500, 0.35)]).astype(int)
     # the textbook loop, restarting after each alarm
-    s, alarms_loop = np.zeros(2), []
+    s, alarms_loop = np.zeros(3), []
     for t, e in enumerate(errors, start=1):
         s = np.maximum(0, s + (a if e else b))
         if (s > h).any():
             alarms_loop.append(t)
             s[:] = 0
-    detector, alarms_batched = ErrorCusum(p0, h, shifts), []
+    detector, alarms, alarms_batched = ErrorCusum(p0, level, shifts), [], []
     for chunk in np.array_split(errors, 37):  # uneven batches, alarms inside them
-        alarms_batched += [a.detected_sample for a in detector.update(chunk)]
+        alarms += detector.update(chunk)
+    alarms_batched = [a.detected_sample for a in alarms]
     assert alarms_batched == alarms_loop and alarms_loop
+    assert all(a.value >= a.threshold == level and a.llr > a.llr_threshold for a in alarms)
+
+
+def test_each_member_has_its_own_threshold_and_small_rises_are_seen():
+    """One threshold over the bank's raw maximum would be set by the large-shift members;
+    on the level scale a 0.01-member gets a threshold near what it alone would need."""
+    h = cusum_thresholds(0.1, (0.01, 0.4), math.log(2000))
+    assert h[0] < 1.5 < 5 < h[1]
+    # a slow rise (0.1 -> 0.14) is found within a few thousand samples at ERT 20,000
+    rng = np.random.default_rng(4)
+    c = calibrate_cusum(rng.random(2000) < 0.1, 20_000, seed=4)
+    detector = ErrorCusum(c.p0, c.threshold, c.shifts)
+    assert detector.update(rng.random(5000) < 0.1) == []
+    assert detector.update(rng.random(5000) < 0.14)[0].detected_sample < 7000
 
 
 def _run_length_alarms(p: float, reference_n: int, ert: float, events: int, seed: int) -> tuple[int, int]:

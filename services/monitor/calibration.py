@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .signals import cusum_coefficients, cusum_path, window_statistics
+from .signals import CUSUM_SHIFTS, cusum_coefficients, cusum_level, cusum_path, window_statistics
 
 
 def no_alarm_quantile(length: int, ert: float) -> float:
@@ -46,15 +46,20 @@ def _quantile(maxima: np.ndarray, q: float) -> float:
 class CusumCalibration:
     p0: float
     shifts: tuple[float, ...]
-    threshold: float
+    threshold: float   # on the `cusum_level` scale (log in-control run length); ErrorCusum's threshold
     ert: float
 
 
 def calibrate_cusum(reference_errors: Sequence[int] | np.ndarray, ert: float,
-                    shifts: Sequence[float] = (0.05, 0.1, 0.2, 0.4), *, streams: int = 256,
+                    shifts: Sequence[float] = CUSUM_SHIFTS, *, streams: int = 256,
                     length: int = 3000, seed: int = 0, floor: float = 0.0) -> CusumCalibration:
     """The threshold of a bank of Bernoulli CUSUMs (one per error-rate increase in `shifts`)
     for the expected run length `ert`, in labelled samples.
+
+    The threshold is one level on the `cusum_level` scale, i.e. one LLR threshold per member
+    with (approximately) equal shares of the false alarms; the bootstrap takes each stream's
+    largest level over every member and event, so the members' correlation and the
+    approximation's own error are allowed for, and the bank as a whole keeps the rate.
 
     Parametric bootstrap: the statistic uses the reference's error rate p̂; the stationary
     streams are Bernoulli(p̂), and each stream's detector is built on a resample of the
@@ -63,7 +68,7 @@ def calibrate_cusum(reference_errors: Sequence[int] | np.ndarray, ert: float,
 
     >>> rng = np.random.default_rng(1)
     >>> c = calibrate_cusum(rng.random(500) < 0.1, ert=5000)
-    >>> 2 < c.threshold < 12, round(c.p0, 2)
+    >>> 0.5 * math.log(5000) < c.threshold < 1.5 * math.log(5000), round(c.p0, 2)
     (True, 0.1)
     >>> round(calibrate_cusum(rng.random(500) < 0.01, ert=5000, floor=0.05).p0, 2)
     0.05
@@ -82,10 +87,12 @@ def calibrate_cusum(reference_errors: Sequence[int] | np.ndarray, ert: float,
         resampled = rng.choice(errors, size=(streams, errors.size), replace=True).mean(axis=1)
     a, b = cusum_coefficients(resampled, shifts)                           # (B, J) each
     x = (rng.random((streams, length)) < _clip(p0)).astype(np.float32)   # (B, L)
-    s = cusum_path(x, a, b)                                               # (B, L, J)
-    maxima = s.max(axis=(1, 2))
-    threshold = _quantile(maxima, no_alarm_quantile(length, ert))
-    return CusumCalibration(p0, shifts, max(threshold, 1e-6), ert)
+    maxima = np.empty((streams, len(shifts)))
+    for j in range(len(shifts)):  # one member at a time: (B, L) arrays, not (B, L, J)
+        maxima[:, j] = cusum_path(x, a[:, j:j + 1], b[:, j:j + 1])[..., 0].max(axis=1)
+    levels = cusum_level(maxima, resampled, shifts).max(axis=1)          # (B,) monotone in each max
+    threshold = _quantile(levels, no_alarm_quantile(length, ert))
+    return CusumCalibration(p0, shifts, threshold, ert)
 
 
 def _clip(p: float | np.ndarray):

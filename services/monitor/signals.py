@@ -3,11 +3,23 @@
 * `ErrorCusum` — concept drift: a bank of Bernoulli CUSUMs over the 0/1 error
   stream, one per size of error-rate increase, against the error rate of the
   version's reference (its first labelled predictions). CUSUM is the optimal
-  sequential test for a change of known size (Lorden, Moustakides); a small bank
-  covers unknown sizes. A whole batch is updated at once: with C the cumulative
-  log-likelihood ratio, the Lindley recursion S_t = max(0, S_{t-1} + x_t) has the
-  closed form S_t = C_t - min(-S_0, min_{s<=t} C_s). The change point is where
-  the alarming CUSUM last left zero.
+  sequential test for a change of known size (Lorden, Moustakides); a bank spaced
+  about ×2 apart, from a rise of 0.01 to 0.4, covers unknown sizes, small ones
+  included: a gradual drift is a long run of small rises before it is a large one.
+  Each member has its own threshold. One threshold over the bank's raw maximum
+  would be set by the large-shift members (their log-likelihood ratios jump by
+  ~1.6 per error and reach ~6 on stationary data within a few thousand samples,
+  where a 0.01-member barely reaches 1), which leaves the small-shift members
+  deaf. So every member's value is put on a common scale, the log of the
+  in-control run length at which that value is its threshold (Siegmund's
+  approximation, `cusum_level`), and one threshold on that scale — calibrated by
+  the bootstrap — gives each member an equal share of the false-alarm budget.
+  A whole batch is updated at once: with C the cumulative log-likelihood ratio,
+  the Lindley recursion S_t = max(0, S_{t-1} + x_t) has the closed form
+  S_t = C_t - min(-S_0, min_{s<=t} C_s). The change point is the most likely of
+  the members' last departures from zero: the one whose errors since then have
+  the largest generalised likelihood ratio n·KL(p̂ ‖ p0) (a small-shift member that
+  crosses first may have left zero long before an abrupt change).
 * `WindowDrift` — data and prediction drift: a ring buffer of the last `window`
   rows' reference-bin indices per feature; every `step` rows one bincount gives
   every feature's histogram, and from it PSI and the two-sample Kolmogorov–Smirnov
@@ -21,12 +33,16 @@ Thresholds come from `calibration.py`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 EPSILON = 1e-4
+# The monitor's bank (TrackerConfig.cusum_shifts): rises of the error rate over the reference's.
+CUSUM_SHIFTS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+OVERSHOOT = 1.166  # Siegmund's correction for the overshoot of the threshold, in standard deviations
 
 
 def cusum_coefficients(p0, shifts: Sequence[float]):
@@ -35,6 +51,46 @@ def cusum_coefficients(p0, shifts: Sequence[float]):
     p0 = np.clip(np.asarray(p0, dtype=np.float64), 0.005, 0.995)[..., None]
     p1 = np.clip(p0 + np.asarray(shifts), 0.006, 0.999)
     return np.log(p1 / p0), np.log((1 - p1) / (1 - p0))
+
+
+def _kl_and_overshoot(p0, shifts: Sequence[float]):
+    """Per member: I = KL(p0 ‖ p1), the in-control drift of its log-likelihood ratio per
+    sample (negated), and the overshoot correction 1.166·σ (σ: the increment's sd)."""
+    a, b = cusum_coefficients(p0, shifts)
+    p = np.clip(np.asarray(p0, dtype=np.float64), 0.005, 0.995)[..., None]
+    return -(p * a + (1 - p) * b), OVERSHOOT * np.sqrt(p * (1 - p)) * (a - b)
+
+
+def cusum_level(s, p0, shifts: Sequence[float]) -> np.ndarray:
+    """CUSUM values `s` (..., J) on a scale common to the bank: log ARL0(s), the log of the
+    in-control average run length of the member whose threshold is s. Siegmund's
+    approximation for a CUSUM of log-likelihood ratios (their exponential tilt under H0 is 1):
+    ARL0(h) ≈ (e^h' − h' − 1) / I with h' = h + 1.166·σ. It is monotone in s, so a level
+    threshold is one LLR threshold per member. For p0 = 0.1 and this bank its thresholds are
+    within about 0.2 of simulated ones at run lengths 2,000–20,000 (members with the same
+    level get nearly the same share of the false alarms); the bootstrap sets the level itself.
+
+    >>> [round(float(v), 1) for v in cusum_level(np.array([1.15, 5.7]), 0.1, [0.01, 0.4])]
+    [7.6, 7.5]
+    """
+    kl, overshoot = _kl_and_overshoot(p0, shifts)
+    h = np.asarray(s, dtype=np.float64) + overshoot
+    return np.log(np.expm1(h) - h) - np.log(kl)
+
+
+def cusum_thresholds(p0, shifts: Sequence[float], level: float) -> np.ndarray:
+    """Each member's LLR threshold at `level` on the `cusum_level` scale (its inverse):
+    solves e^u − u − 1 = I·e^level by Newton's method (convex, from the right), h = u − 1.166σ.
+
+    >>> [round(float(h), 2) for h in cusum_thresholds(0.1, [0.01, 0.05, 0.4], np.log(2000))]
+    [1.13, 3.1, 5.84]
+    """
+    kl, overshoot = _kl_and_overshoot(p0, shifts)
+    y = kl * math.exp(level)
+    u = np.log1p(y) + 1.0  # e^u − u − 1 >= y here
+    for _ in range(60):
+        u = u - (np.expm1(u) - u - y) / np.expm1(u)
+    return np.maximum(u - overshoot, 1e-9)
 
 
 def cusum_path(x: np.ndarray, a: np.ndarray, b: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
@@ -64,42 +120,63 @@ def window_statistics(counts: np.ndarray, reference: np.ndarray):
     return psi, ks
 
 
+def _glr(rate: np.ndarray, n: np.ndarray, p0: float) -> np.ndarray:
+    """n·KL(rate ‖ p0) where the rate is above p0, else 0: the log-likelihood ratio of n
+    samples at their own error rate against the reference's."""
+    p = np.clip(rate, 1e-9, 1 - 1e-9)
+    q = float(np.clip(p0, 0.005, 0.995))
+    kl = p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))
+    return np.where((rate > q) & (n > 0), n * kl, 0.0)
+
+
 @dataclass
 class CusumAlarm:
-    value: float
-    threshold: float
-    change_sample: int     # 1-based sample number where the alarming CUSUM last left zero
+    value: float           # the alarming member's level (log in-control run length, `cusum_level`)
+    threshold: float       # the level threshold
+    change_sample: int     # 1-based sample number where the most likely member last left zero
     detected_sample: int   # 1-based sample number of the alarm
     shift: float
+    llr: float = 0.0       # the member's CUSUM (log-likelihood ratio) ...
+    llr_threshold: float = 0.0  # ... and its own threshold
 
 
 class ErrorCusum:
-    """
+    """A bank of Bernoulli CUSUMs with one threshold `threshold` on the `cusum_level` scale
+    (log in-control run length), i.e. one LLR threshold per member (`thresholds`).
+
+    The level is per member; the bank, six members wide, needs about log(ERT) + 2
+    (`calibrate_cusum` finds it; 12 is about what it gives for ERT 20,000).
+
     >>> rng = np.random.default_rng(3)
-    >>> det = ErrorCusum(p0=0.1, threshold=8.0)
+    >>> det = ErrorCusum(p0=0.1, threshold=12.0)
     >>> det.update(rng.random(2000) < 0.1)
     []
     >>> alarm = det.update(rng.random(500) < 0.4)[0]
-    >>> 2000 <= alarm.change_sample <= 2030 and alarm.detected_sample < 2100
-    True
+    >>> 1990 <= alarm.change_sample <= 2030 and alarm.detected_sample < 2100, alarm.shift
+    (True, 0.4)
     """
 
-    def __init__(self, p0: float, threshold: float, shifts: Sequence[float] = (0.05, 0.1, 0.2, 0.4)) -> None:
+    def __init__(self, p0: float, threshold: float, shifts: Sequence[float] = CUSUM_SHIFTS) -> None:
         self.p0 = p0
-        self.threshold = threshold
+        self.threshold = float(threshold)
         self.shifts = tuple(shifts)
         self.a, self.b = cusum_coefficients(p0, self.shifts)  # (J,) each
+        self.thresholds = cusum_thresholds(p0, self.shifts, self.threshold)  # (J,) LLR
         self.s = np.zeros(len(self.shifts))
         self.left_zero = np.zeros(len(self.shifts), dtype=np.int64)  # sample count when each was last 0
+        self.left_zero_errors = np.zeros(len(self.shifts))  # ... and the error count then
         self.samples = 0
+        self.errors = 0.0
 
     @property
     def value(self) -> float:
-        return float(self.s.max())
+        """The bank's statistic on the level scale: the member nearest its threshold."""
+        return float(cusum_level(self.s, self.p0, self.shifts).max())
 
     def reset(self) -> None:
         self.s[:] = 0
         self.left_zero[:] = self.samples
+        self.left_zero_errors[:] = self.errors
 
     def update(self, errors) -> list[CusumAlarm]:
         """Adds a batch of errors (1 = wrong); returns the alarms in it. After an alarm the
@@ -109,19 +186,30 @@ class ErrorCusum:
         while x.size:
             path = cusum_path(x, self.a, self.b, self.s)                   # (n, J)
             positions = np.arange(1, x.size + 1) + self.samples          # sample numbers
-            zero_at = np.where(path <= 0, positions[:, None], 0)
-            last_zero = np.maximum(np.maximum.accumulate(zero_at, axis=0), self.left_zero)
-            over = (path > self.threshold).any(axis=1)
+            counted = np.cumsum(x) + self.errors                         # errors so far
+            zero = path <= 0
+            last_zero = np.maximum(np.maximum.accumulate(np.where(zero, positions[:, None], 0), axis=0),
+                                   self.left_zero)
+            # (both counts only grow, so the running maximum is the count at the last zero)
+            zero_errors = np.maximum(np.maximum.accumulate(np.where(zero, counted[:, None], 0), axis=0),
+                                     self.left_zero_errors)
+            over = (path > self.thresholds).any(axis=1)
             if not over.any():
                 self.s = path[-1].copy()
-                self.left_zero = last_zero[-1].copy()
+                self.left_zero, self.left_zero_errors = last_zero[-1].copy(), zero_errors[-1].copy()
                 self.samples += x.size
+                self.errors = float(counted[-1])
                 break
             i = int(np.argmax(over))
-            j = int(np.argmax(path[i]))
-            alarms.append(CusumAlarm(float(path[i, j]), self.threshold, int(last_zero[i, j]) + 1,
-                                     int(positions[i]), self.shifts[j]))
+            levels = np.where(path[i] > self.thresholds, cusum_level(path[i], self.p0, self.shifts), -np.inf)
+            j = int(np.argmax(levels))
+            since = int(positions[i]) - last_zero[i]                     # (J,) samples since each left 0
+            rate = (counted[i] - zero_errors[i]) / np.maximum(since, 1)
+            start = int(last_zero[i, int(np.argmax(_glr(rate, since, self.p0)))]) + 1
+            alarms.append(CusumAlarm(max(float(levels[j]), self.threshold), self.threshold, start,
+                                     int(positions[i]), self.shifts[j], float(path[i, j]), float(self.thresholds[j])))
             self.samples += i + 1
+            self.errors = float(counted[i])
             self.reset()
             x = x[i + 1:]
         return alarms

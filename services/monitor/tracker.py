@@ -54,7 +54,7 @@ class TrackerConfig:
     window_clear_ratio: float = 0.8      # ... and under ratio × threshold to clear it
     expected_run_length: float = 20_000  # events between false alarms, per version and signal
     error_reference_samples: int = 500
-    cusum_shifts: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
+    cusum_shifts: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)  # = signals.CUSUM_SHIFTS
     calibration_streams: int = 128
     psi_min_samples: int = 0             # kept for old configurations; the window must be full
 
