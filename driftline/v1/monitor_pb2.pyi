@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FeatureDrift(_message.Message):
-    __slots__ = ("feature", "psi", "drifted", "ks", "psi_threshold", "ks_threshold", "window")
+    __slots__ = ("feature", "psi", "drifted", "ks", "psi_threshold", "ks_threshold", "window", "categorical", "js", "js_threshold")
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     PSI_FIELD_NUMBER: _ClassVar[int]
     DRIFTED_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,9 @@ class FeatureDrift(_message.Message):
     PSI_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     KS_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
+    CATEGORICAL_FIELD_NUMBER: _ClassVar[int]
+    JS_FIELD_NUMBER: _ClassVar[int]
+    JS_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     feature: str
     psi: float
     drifted: bool
@@ -25,7 +28,10 @@ class FeatureDrift(_message.Message):
     psi_threshold: float
     ks_threshold: float
     window: int
-    def __init__(self, feature: _Optional[str] = ..., psi: _Optional[float] = ..., drifted: _Optional[bool] = ..., ks: _Optional[float] = ..., psi_threshold: _Optional[float] = ..., ks_threshold: _Optional[float] = ..., window: _Optional[int] = ...) -> None: ...
+    categorical: bool
+    js: float
+    js_threshold: float
+    def __init__(self, feature: _Optional[str] = ..., psi: _Optional[float] = ..., drifted: _Optional[bool] = ..., ks: _Optional[float] = ..., psi_threshold: _Optional[float] = ..., ks_threshold: _Optional[float] = ..., window: _Optional[int] = ..., categorical: _Optional[bool] = ..., js: _Optional[float] = ..., js_threshold: _Optional[float] = ...) -> None: ...
 
 class Alert(_message.Message):
     __slots__ = ("alert_id", "signal", "statistic", "features", "value", "threshold", "change_sample", "detected_sample", "change_time", "detected_at", "topic", "partition", "change_offset", "detected_offset", "confirmed", "training_request_id", "description")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .categorical import js_distance
 from .signals import CUSUM_SHIFTS, cusum_coefficients, cusum_level, cusum_path, window_statistics
 
 
@@ -102,18 +103,22 @@ def _clip(p: float | np.ndarray):
 @dataclass(frozen=True)
 class WindowCalibration:
     psi: np.ndarray   # (F,) thresholds
-    ks: np.ndarray    # (F,)
+    ks: np.ndarray    # (F,); 0 for categorical features
     window: int
     step: int
     confirm: int
     ert: float
+    js: np.ndarray | None = None  # (F,) Jensen–Shannon thresholds of categorical features; 0 for numeric
 
 
 def calibrate_windows(proportions: np.ndarray, window: int, step: int, ert: float, confirm: int = 1, *,
                       streams: int = 128, length: int | None = None, seed: int = 0,
-                      reference_rows: int = 0) -> WindowCalibration:
+                      reference_rows: int = 0, categorical: np.ndarray | None = None) -> WindowCalibration:
     """PSI and KS thresholds per feature for sliding windows of `window` values tested every
     `step` values; an alarm needs `confirm` consecutive tests over the threshold (hysteresis).
+    For the features `categorical` marks (F,) the distance is the Jensen–Shannon distance
+    (`js`) instead of KS, calibrated the same way: their bins are the categories and the unseen
+    bucket, whose reference share is 0, so stationary streams never draw it.
 
     `proportions` is (F, K): each feature's reference bin proportions (zero-padded to K bins).
     The stationary streams are drawn from the binned reference itself, so the statistic's
@@ -127,6 +132,10 @@ def calibrate_windows(proportions: np.ndarray, window: int, step: int, ert: floa
     >>> c = calibrate_windows(p, window=200, step=50, ert=10_000, streams=64)
     >>> c.ks.shape, bool((c.ks > 0.05).all() and (c.ks < 0.3).all())
     ((2,), True)
+    >>> p = np.array([[0.1] * 10, [0.6, 0.3, 0.1] + [0] * 7])  # a numeric feature and a categorical one
+    >>> c = calibrate_windows(p, window=200, step=50, ert=10_000, streams=64, categorical=np.array([False, True]))
+    >>> bool(c.ks[0] > 0 and c.ks[1] == 0 and c.js[0] == 0 and 0.02 < c.js[1] < 0.3)
+    True
     """
     proportions = np.asarray(proportions, dtype=np.float64)
     n_features, n_bins = proportions.shape
@@ -135,7 +144,8 @@ def calibrate_windows(proportions: np.ndarray, window: int, step: int, ert: floa
     tests = np.arange(window, length + 1, step)
     per_statistic_ert = ert * 2 * n_features
     q = no_alarm_quantile(len(tests) * step, per_statistic_ert)
-    psi_thr, ks_thr = np.empty(n_features), np.empty(n_features)
+    psi_thr, ks_thr, js_thr = np.empty(n_features), np.zeros(n_features), np.zeros(n_features)
+    categorical = np.zeros(n_features, bool) if categorical is None else np.asarray(categorical, bool)
     for f in range(n_features):
         p = proportions[f] / proportions[f].sum()
         idx = rng.choice(n_bins, size=(streams, length), p=p)
@@ -147,8 +157,11 @@ def calibrate_windows(proportions: np.ndarray, window: int, step: int, ert: floa
             reference = (rng.multinomial(reference_rows, p, size=streams) / reference_rows)[:, None, :]
         psi, ks = window_statistics(counts, reference)                          # (B, T) each
         psi_thr[f] = _quantile(_confirmed_max(psi, confirm), q)
-        ks_thr[f] = _quantile(_confirmed_max(ks, confirm), q)
-    return WindowCalibration(psi_thr, ks_thr, window, step, confirm, ert)
+        if categorical[f]:
+            js_thr[f] = _quantile(_confirmed_max(js_distance(counts, reference), confirm), q)
+        else:
+            ks_thr[f] = _quantile(_confirmed_max(ks, confirm), q)
+    return WindowCalibration(psi_thr, ks_thr, window, step, confirm, ert, js_thr)
 
 
 def _confirmed_max(stat: np.ndarray, confirm: int) -> np.ndarray:

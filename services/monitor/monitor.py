@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 import numpy as np
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
+from prometheus_client import Gauge
 
 from driftline.v1 import events_pb2, features_pb2, monitor_pb2, registry_pb2, serving_pb2, training_pb2
 from services.common.kafka import DecodeFailure, Producer, decode
@@ -43,6 +44,11 @@ from .detectors import ChangePoint
 from .tracker import CONCEPT, DATA, PREDICTION, Position, TrackerConfig, VersionTracker
 
 log = logging.getLogger(__name__)
+
+# Beside metrics.FEATURE_KS: the distance of categorical features (categorical.py).
+FEATURE_JS = Gauge(
+    "driftline_monitor_feature_js", "Jensen–Shannon distance (base 2) of the recent window's category shares "
+    "against the training reference (categorical features).", ["model", "version", "feature"])
 
 Key = tuple[str, int]  # (model name, version)
 SIGNALS = (CONCEPT, DATA, PREDICTION)
@@ -375,9 +381,13 @@ class DriftMonitor:
             REFERENCE_ERROR_RATE.labels(name, version).set(report.reference_error_rate)
         for feature in report.features:
             FEATURE_PSI.labels(name, version, feature.feature).set(feature.psi)
-            FEATURE_KS.labels(name, version, feature.feature).set(feature.ks)
+            if feature.categorical:  # its distance is JS, not KS
+                FEATURE_JS.labels(name, version, feature.feature).set(feature.js)
+                FEATURE_THRESHOLD.labels(name, version, feature.feature, "js").set(feature.js_threshold)
+            else:
+                FEATURE_KS.labels(name, version, feature.feature).set(feature.ks)
+                FEATURE_THRESHOLD.labels(name, version, feature.feature, "ks").set(feature.ks_threshold)
             FEATURE_DRIFTED.labels(name, version, feature.feature).set(int(feature.drifted))
-            FEATURE_THRESHOLD.labels(name, version, feature.feature, "ks").set(feature.ks_threshold)
             FEATURE_THRESHOLD.labels(name, version, feature.feature, "psi").set(feature.psi_threshold)
         for signal in SIGNALS:
             ACTIVE_ALERTS.labels(name, version, signal).set(sum(a.signal == signal for a in report.alerts))
@@ -441,7 +451,9 @@ def compact(report: monitor_pb2.DriftReport) -> dict:
         "cusum": round(report.error_cusum, 3), "cusum_threshold": round(report.error_cusum_threshold, 3),
         "production": report.production, "request": report.training_request_id,
         "features": {f.feature: {"ks": round(f.ks, 4), "psi": round(f.psi, 4), "ks_thr": round(f.ks_threshold, 4),
-                                 "psi_thr": round(f.psi_threshold, 4), "drifted": f.drifted}
+                                 "psi_thr": round(f.psi_threshold, 4), "drifted": f.drifted,
+                                 **({"js": round(f.js, 4), "js_thr": round(f.js_threshold, 4), "categorical": True}
+                                    if f.categorical else {})}
                      for f in report.features},
         "alerts": [{"signal": a.signal, "statistic": a.statistic, "features": list(a.features),
                     "value": round(a.value, 4), "threshold": round(a.threshold, 4), "confirmed": a.confirmed,
@@ -459,8 +471,9 @@ def _remove_gauges(tracker: VersionTracker) -> None:
                                      ERROR_CUSUM_THRESHOLD, REFERENCE_ERROR_RATE)]
     series += [(ACTIVE_ALERTS, (*labels, s)) for s in SIGNALS]
     for drift in tracker.feature_drift():
-        series += [(g, (*labels, drift.feature)) for g in (FEATURE_PSI, FEATURE_KS, FEATURE_DRIFTED)]
-        series += [(FEATURE_THRESHOLD, (*labels, drift.feature, s)) for s in ("ks", "psi")]
+        distance = (FEATURE_JS, "js") if drift.categorical else (FEATURE_KS, "ks")
+        series += [(g, (*labels, drift.feature)) for g in (FEATURE_PSI, distance[0], FEATURE_DRIFTED)]
+        series += [(FEATURE_THRESHOLD, (*labels, drift.feature, s)) for s in (distance[1], "psi")]
     for gauge, values in series:
         try:
             gauge.remove(*values)

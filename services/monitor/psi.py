@@ -26,17 +26,31 @@ EPSILON = 1e-4
 
 @dataclass(frozen=True)
 class Bins:
+    """A feature's reference. With `categories` (ascending) it is categorical: proportion i is
+    the share of categories[i] and the edges are the midpoints between them (see categorical.py).
+
+    >>> Bins.from_json({"edges": [0, 0.5, 1], "proportions": [0.4, 0.6], "categories": [0, 1]}).categorical
+    True
+    """
     edges: tuple[float, ...]
     proportions: tuple[float, ...]
+    categories: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.edges) != len(self.proportions) + 1 or not self.proportions:
             raise ValueError(f"{len(self.edges)} edges need {len(self.edges) - 1} proportions, "
                              f"got {len(self.proportions)}")
+        if self.categories and len(self.categories) != len(self.proportions):
+            raise ValueError(f"{len(self.categories)} categories for {len(self.proportions)} proportions")
+
+    @property
+    def categorical(self) -> bool:
+        return bool(self.categories)
 
     @classmethod
     def from_json(cls, value: Mapping[str, Sequence[float]]) -> "Bins":
-        return cls(tuple(float(e) for e in value["edges"]), tuple(float(p) for p in value["proportions"]))
+        return cls(tuple(float(e) for e in value["edges"]), tuple(float(p) for p in value["proportions"]),
+                   tuple(float(c) for c in value.get("categories") or ()))
 
     def index(self, value: float) -> int:
         """The bin `value` falls in.

@@ -24,7 +24,9 @@
   rows' reference-bin indices per feature; every `step` rows one bincount gives
   every feature's histogram, and from it PSI and the two-sample Kolmogorov–Smirnov
   distance against the reference's binned CDF (the reference is stored binned,
-  so KS is evaluated at its bin edges). `confirm` consecutive tests over the
+  so KS is evaluated at its bin edges); for a categorical feature (its reference lists
+  categories) the bins are its categories plus an unseen bucket, and the Jensen–Shannon
+  distance takes KS's place (`categorical.py`). `confirm` consecutive tests over the
   threshold raise an alarm; it clears once `confirm` tests fall under
   `clear_ratio` × threshold (hysteresis).
 
@@ -38,6 +40,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from .categorical import category_indices, js_distance
 
 EPSILON = 1e-4
 # The monitor's bank (TrackerConfig.cusum_shifts): rises of the error rate over the reference's.
@@ -218,7 +222,7 @@ class ErrorCusum:
 @dataclass
 class WindowAlarm:
     feature: str
-    statistic: str          # ks or psi
+    statistic: str          # ks (numeric), js (categorical) or psi
     value: float
     threshold: float
     window_start_row: int   # 1-based row number of the window's first row
@@ -226,7 +230,12 @@ class WindowAlarm:
 
 
 class WindowDrift:
-    """Sliding-window PSI and KS for F columns against binned references.
+    """Sliding-window PSI and KS (numeric columns) or JS (categorical columns) for F columns
+    against their references.
+
+    `categories[f]`, when given, makes column f categorical: its values are binned to their
+    category (bin i for categories[f][i], bin len(categories[f]) for any other value: unseen),
+    and its distance statistic is the Jensen–Shannon distance (`js_threshold`) instead of KS.
 
     >>> edges = [np.linspace(0, 1, 11)] * 2
     >>> props = np.full((2, 10), 0.1)
@@ -237,25 +246,52 @@ class WindowDrift:
     []
     >>> [(a.feature, a.statistic) for a in wd.add(np.c_[rng.uniform(0.5, 1.5, 400), rng.uniform(0, 1, 400)])]
     [('a', 'ks'), ('a', 'psi')]
+
+    A categorical column (codes 0, 1, 2 in shares 0.5/0.3/0.2) beside a numeric one:
+
+    >>> wd = WindowDrift(["x", "code"], [np.linspace(0, 1, 11), None],
+    ...                  np.r_[[np.full(10, 0.1)], [[0.5, 0.3, 0.2, 0, 0, 0, 0, 0, 0, 0]]], window=200, step=50,
+    ...                  psi_threshold=np.full(2, 0.2), ks_threshold=np.array([0.15, 0.0]),
+    ...                  categories=[None, np.array([0.0, 1.0, 2.0])], js_threshold=np.array([0.0, 0.15]))
+    >>> wd.add(np.c_[rng.uniform(0, 1, 400), rng.choice(3, 400, p=[0.5, 0.3, 0.2])])
+    []
+    >>> [(a.feature, a.statistic) for a in wd.add(np.c_[rng.uniform(0, 1, 400), rng.choice(3, 400, p=[0.2, 0.3, 0.5])])]
+    [('code', 'js'), ('code', 'psi')]
+    >>> wd.statistic_names, round(float(wd.js[1]), 2), float(wd.ks[1])
+    (['ks', 'js'], 0.3, 0.0)
     """
 
-    def __init__(self, names: Sequence[str], edges: Sequence[np.ndarray], proportions: np.ndarray, *,
+    def __init__(self, names: Sequence[str], edges: Sequence[np.ndarray | None], proportions: np.ndarray, *,
                  window: int, step: int, psi_threshold: np.ndarray, ks_threshold: np.ndarray,
-                 confirm: int = 1, clear_ratio: float = 0.8) -> None:
+                 confirm: int = 1, clear_ratio: float = 0.8,
+                 categories: Sequence[np.ndarray | None] | None = None,
+                 js_threshold: np.ndarray | None = None) -> None:
         self.names = list(names)
-        self.inner_edges = [np.asarray(e, dtype=np.float64)[1:-1] for e in edges]
+        f = len(self.names)
+        self.categories = [None if c is None else np.asarray(c, dtype=np.float64)
+                           for c in (categories if categories is not None else [None] * f)]
+        self.categorical = np.array([c is not None for c in self.categories], dtype=bool)
+        self.inner_edges = [None if c is not None else np.asarray(e, dtype=np.float64)[1:-1]
+                            for e, c in zip(edges, self.categories)]
         self.proportions = np.asarray(proportions, dtype=np.float64)
         self.n_bins = self.proportions.shape[1]
+        if any(c is not None and len(c) >= self.n_bins for c in self.categories):
+            raise ValueError("a categorical column needs a bin per category and one for unseen values")
         self.window, self.step = window, step
         self.psi_threshold, self.ks_threshold = np.asarray(psi_threshold), np.asarray(ks_threshold)
+        self.js_threshold = np.zeros(f) if js_threshold is None else np.asarray(js_threshold)
+        # Per column, the distance statistic's name and threshold: KS for numeric, JS for categorical.
+        self.statistic_names = ["js" if c else "ks" for c in self.categorical]
+        self.distance_threshold = np.where(self.categorical, self.js_threshold, self.ks_threshold)
         self.confirm, self.clear_ratio = confirm, clear_ratio
-        f = len(self.names)
         self._ring = np.zeros((window, f), dtype=np.int16)
         self._offsets = np.zeros(f, dtype=np.int64) + np.arange(f) * self.n_bins
         self.rows = 0
         self._since_test = 0
         self.psi = np.zeros(f)
-        self.ks = np.zeros(f)
+        self.ks = np.zeros(f)   # 0 for categorical columns
+        self.js = np.zeros(f)   # 0 for numeric columns
+        self.distance = np.zeros(f)
         self.alarmed = np.zeros(f, dtype=bool)
         self._over = np.zeros((2, f), dtype=np.int64)
         self._under = np.zeros(f, dtype=np.int64)
@@ -267,8 +303,11 @@ class WindowDrift:
     def bin_indices(self, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=np.float64)
         out = np.empty(values.shape, dtype=np.int16)
-        for f, inner in enumerate(self.inner_edges):
-            out[:, f] = np.searchsorted(inner, values[:, f], side="right")
+        for f, (inner, categories) in enumerate(zip(self.inner_edges, self.categories)):
+            if categories is None:
+                out[:, f] = np.searchsorted(inner, values[:, f], side="right")
+            else:
+                out[:, f] = category_indices(categories, values[:, f])
         return out
 
     def add(self, values: np.ndarray) -> list[WindowAlarm]:
@@ -297,18 +336,25 @@ class WindowDrift:
         return np.bincount(flat, minlength=len(self.names) * self.n_bins).reshape(len(self.names), self.n_bins)
 
     def _test(self) -> list[WindowAlarm]:
-        self.psi, self.ks = window_statistics(self.counts(), self.proportions)
+        counts = self.counts()  # every column's histogram from one bincount
+        self.psi, ks = window_statistics(counts, self.proportions)
+        self.ks = np.where(self.categorical, 0.0, ks)
+        self.js = np.zeros(len(self.names))
+        if self.categorical.any():
+            self.js[self.categorical] = js_distance(counts[self.categorical], self.proportions[self.categorical])
+        self.distance = np.where(self.categorical, self.js, self.ks)
         before = self.alarmed.copy()
         alarms = []
-        for s, (stat, threshold, name) in enumerate(((self.ks, self.ks_threshold, "ks"),
-                                                     (self.psi, self.psi_threshold, "psi"))):
+        for s, (stat, threshold, names) in enumerate(((self.distance, self.distance_threshold, self.statistic_names),
+                                                      (self.psi, self.psi_threshold, ["psi"] * len(self.names)))):
             over = stat > threshold
             self._over[s] = np.where(over, self._over[s] + 1, 0)
             for f in np.flatnonzero((self._over[s] == self.confirm) & ~before):
-                alarms.append(WindowAlarm(self.names[f], name, float(stat[f]), float(threshold[f]),
+                alarms.append(WindowAlarm(self.names[f], names[f], float(stat[f]), float(threshold[f]),
                                           self.rows - self.window + 1, self.rows))
         raised = (self._over >= self.confirm).any(axis=0)
-        calm = (self.ks < self.clear_ratio * self.ks_threshold) & (self.psi < self.clear_ratio * self.psi_threshold)
+        calm = ((self.distance < self.clear_ratio * self.distance_threshold)
+                & (self.psi < self.clear_ratio * self.psi_threshold))
         self._under = np.where(self.alarmed & calm, self._under + 1, 0)
         self.alarmed = (self.alarmed | raised) & ~(self._under >= self.confirm)
         return alarms  # a feature still alarmed does not alarm again

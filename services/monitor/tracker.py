@@ -13,7 +13,9 @@ Signals per version:
   CUSUM) and because the window it keeps locates the change and tells when the
   error rate is back down, which clears the drift;
 * data drift per feature and prediction (score) drift: sliding-window PSI and
-  KS against the reference bins in metadata.json (`signals.WindowDrift`).
+  KS against the reference bins in metadata.json (`signals.WindowDrift`); for a
+  categorical feature (its reference lists categories) Jensen–Shannon distance
+  takes KS's place (`categorical.py`).
 """
 
 from __future__ import annotations
@@ -138,21 +140,26 @@ class VersionTracker:
             bins.append(reference.scores)
         if not bins:
             return
-        k = max(len(b.proportions) for b in bins)
+        # A categorical feature's bins are its categories and one more, unseen (reference share 0).
+        k = max(len(b.proportions) + b.categorical for b in bins)
         proportions = np.zeros((len(bins), k))
         for i, b in enumerate(bins):
             proportions[i, :len(b.proportions)] = b.proportions
+        categorical = np.array([b.categorical for b in bins])
         started = time.perf_counter()
         c = self.config
         calibration = calibrate_windows(proportions, c.psi_window, c.window_step, c.expected_run_length,
                                         c.window_confirm, streams=c.calibration_streams,
-                                        reference_rows=reference.reference_rows)
+                                        reference_rows=reference.reference_rows, categorical=categorical)
         self.window = WindowDrift(names, [np.asarray(b.edges) for b in bins], proportions,
                                   window=c.psi_window, step=c.window_step, psi_threshold=calibration.psi,
                                   ks_threshold=calibration.ks, confirm=c.window_confirm,
-                                  clear_ratio=c.window_clear_ratio)
+                                  clear_ratio=c.window_clear_ratio,
+                                  categories=[np.asarray(b.categories) if b.categorical else None for b in bins],
+                                  js_threshold=calibration.js)
         log.info("data-drift thresholds calibrated", extra={
             "model": self.model_name, "version": self.version, "features": len(names),
+            "categorical": [n for n, cat in zip(names, categorical) if cat],
             "ert": c.expected_run_length, "seconds": round(time.perf_counter() - started, 3)})
 
     # -- input ---------------------------------------------------------------------------
@@ -305,7 +312,8 @@ class VersionTracker:
         w = self.window
         return [monitor_pb2.FeatureDrift(
             feature=name, psi=float(w.psi[i]), ks=float(w.ks[i]), drifted=bool(w.alarmed[i]),
-            psi_threshold=float(w.psi_threshold[i]), ks_threshold=float(w.ks_threshold[i]), window=w.count)
+            psi_threshold=float(w.psi_threshold[i]), ks_threshold=float(w.ks_threshold[i]), window=w.count,
+            js=float(w.js[i]), js_threshold=float(w.js_threshold[i]), categorical=bool(w.categorical[i]))
             for i, name in enumerate(w.names)]
 
     def active_alerts(self) -> list[Alert]:
