@@ -14,7 +14,12 @@ the error-stream CUSUM and ADWIN, the data- and prediction-drift windows, report
   commit, as the monitor's worker runs them (max_poll_records a poll, its default).
 
 Each side reads the topics from the beginning with a fresh consumer group, timed from its
-first record to its last; median of `--repeats`. One JSON line per result, then a table.
+first record to its last; the repeats alternate which side goes first, and the median of
+`--repeats` is reported with every repeat's rates (this host's other load moves them a lot).
+The raw loop parses every field of every record; the monitor reads what it uses — a feature
+record's event id and label, in one numpy pass over a batch (`monitor.labelled_records`) —
+and keeps the record's bytes for the event time, which it parses only if the label joins.
+One JSON line per result, then a table.
 The size matters: with 100k records the client has prefetched most of them before the raw
 loop's clock starts (it then reads memory, ~1M records/s here); with 300k or more both sides
 are fed at the broker's sustained rate. Report both (`--events 300000`).
@@ -148,7 +153,9 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--rows-per-log", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--scenarios", default="feature_records,features_and_predictions",
+                        help="comma-separated: feature_records, features_and_predictions")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the drift alerts of the second scenario are not news here
     bootstrap = os.environ.get("DRIFTLINE_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
@@ -166,11 +173,18 @@ def main() -> int:
                                       topics.predictions: serving_pb2.PredictionLog}, args.events + logs),
     }
     rows = []
+    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for scenario, (types, expected) in scenarios.items():
+        if scenario not in chosen:
+            continue
         raw, mon, state = [], [], {}
-        for _ in range(args.repeats):
-            raw.append(raw_rate(bootstrap, types, expected))
-            rate, state = monitor_rate(bootstrap, topics, list(types), expected, names)
+        for repeat in range(args.repeats):
+            if repeat % 2:  # alternate the order, so neither side always runs on a warmer broker
+                rate, state = monitor_rate(bootstrap, topics, list(types), expected, names)
+                raw.append(raw_rate(bootstrap, types, expected))
+            else:
+                raw.append(raw_rate(bootstrap, types, expected))
+                rate, state = monitor_rate(bootstrap, topics, list(types), expected, names)
             mon.append(rate)
         # rates in feature records per second: the prediction logs ride along in the second scenario
         per_event = args.events / expected
@@ -181,16 +195,19 @@ def main() -> int:
                   "raw_events_per_s": round(statistics.median(raw) * per_event),
                   "monitor_events_per_s": round(statistics.median(mon) * per_event),
                   "ratio": round(statistics.median(mon) / statistics.median(raw), 3),
-                  "monitor_state": state, "repeats": args.repeats}
+                  "monitor_state": state, "repeats": args.repeats,
+                  "raw_each": [round(r) for r in raw], "monitor_each": [round(m) for m in mon],
+                  "ratio_each": [round(m / r, 3) for m, r in zip(mon, raw)]}
         print(json.dumps(record), flush=True)
         rows.append(record)
     print()
     print(f"{'scenario':<26} {'raw rec/s':>10} {'monitor rec/s':>14} {'ratio':>7}")
     for r in rows:
         print(f"{r['scenario']:<26} {r['raw_records_per_s']:>10} {r['monitor_records_per_s']:>14} {r['ratio']:>7}")
-    met = rows[0]["ratio"] >= 0.5
-    print(f"acceptance: monitor / raw consume-and-decode of the same feature records = {rows[0]['ratio']:.2f} "
-          f"(target >= 0.50): {'met' if met else 'NOT met'}")
+    if rows and rows[0]["scenario"] == "feature_records":
+        met = rows[0]["ratio"] >= 0.5
+        print(f"acceptance: monitor / raw consume-and-decode of the same feature records = {rows[0]['ratio']:.2f} "
+              f"(target >= 0.50): {'met' if met else 'NOT met'}")
     return 0
 
 

@@ -85,6 +85,7 @@ class DriftMonitor:
         self.markers: deque[dict] = deque(maxlen=history)
         self._production: dict[str, int] = {}  # model → version the `production` alias points at
         self._touched: set[Key] = set()
+        self._produced = False  # anything published since the last flush
         self._handlers = {
             topics.features: (features_pb2.FeatureRecord, self._on_features, "features"),
             topics.labels: (events_pb2.Label, self._on_label, "labels"),
@@ -123,9 +124,30 @@ class DriftMonitor:
                 RECORDS.labels(handlers[topic][2]).inc(n)
             self._after_batch()
             self._housekeeping()
-        self.producer.flush()
+        if self._produced:  # a batch that published nothing has nothing to wait for
+            self._produced = False
+            self.producer.flush()
+
+    def _produce(self, topic: str, message, key: str) -> None:
+        """Everything the monitor publishes goes through here, so `handle` knows whether to flush."""
+        self.producer.produce(topic, message, key=key)
+        self._produced = True
 
     def _on_feature_run(self, run: list[Message]) -> None:
+        values = [m.value() or b"" for m in run]
+        found = labelled_records(values)
+        if found is None:  # a record outside the usual layout, or a damaged one: record by record
+            self._on_feature_records(run, values)
+            return
+        rows, ids, labels = found
+        if not ids:
+            return  # nothing labelled
+        # (label, the record's bytes): its event time is read only if it ever joins
+        pending = list(zip(labels, values if len(ids) == len(values) else [values[i] for i in rows]))
+        if self.join.add_labels(ids, pending) is None:
+            self._join_one_by_one(run, rows, ids, pending)
+
+    def _on_feature_records(self, run: list[Message], values: list[bytes]) -> None:
         # One record at a time, each dropped as soon as its fields are read: the allocator reuses
         # its memory (a list of a batch's parsed records costs several times the parsing).
         parse = features_pb2.FeatureRecord.FromString
@@ -133,9 +155,9 @@ class DriftMonitor:
         pending: list[tuple[int, bytes]] = []  # (label, the record's bytes: its event time is read only on a join)
         where: list[int] = []
         add_id, add_pending, add_where = ids.append, pending.append, where.append
-        for i, value in enumerate(map(_value, run)):
+        for i, value in enumerate(values):
             try:
-                record = parse(value or b"")
+                record = parse(value)
             except DecodeError as exc:
                 self._undecodable(run[i], exc)
                 continue
@@ -145,6 +167,10 @@ class DriftMonitor:
                 add_where(i)
         if not ids or self.join.add_labels(ids, pending) is not None:
             return  # nothing labelled, or they all wait for their predictions
+        self._join_one_by_one(run, where, ids, pending)
+
+    def _join_one_by_one(self, run: list[Message], where: Sequence[int], ids: list[str],
+                         pending: list[tuple[int, bytes]]) -> None:
         for i, event_id, (label, raw) in zip(where, ids, pending):
             joined = self.join.add_label(event_id, Label(label, event_time_ms(raw)))
             if joined:
@@ -318,7 +344,7 @@ class DriftMonitor:
         if start_ms:
             request.window_start.FromMilliseconds(start_ms)
         request.requested_at.GetCurrentTime()
-        self.producer.produce(self.topics.training_requests, request, key=tracker.model_name)
+        self._produce(self.topics.training_requests, request, key=tracker.model_name)
         self.policy.requested(tracker.model_name, tracker.version)
         self._requested_by[request.request_id] = key
         alert.confirmed, alert.training_request_id = True, request.request_id
@@ -362,7 +388,7 @@ class DriftMonitor:
 
     def _publish_report(self, tracker: VersionTracker, training_request_id: str = "") -> None:
         report = self._report(tracker, time.time_ns(), training_request_id)
-        self.producer.produce(self.topics.monitor_stats, report, key=tracker.model_name)
+        self._produce(self.topics.monitor_stats, report, key=tracker.model_name)
         self._last_report[(tracker.model_name, tracker.version)] = (
             tracker.samples, tracker.predicted_rows, self._clock())
         self._export(tracker, report)
@@ -431,13 +457,87 @@ class DriftMonitor:
                     "current": [compact(self._report(t, time.time_ns())) for _, t in sorted(self._trackers.items())]}
 
 
-_topic, _value = operator.methodcaller("topic"), operator.methodcaller("value")
+_topic = operator.methodcaller("topic")
 
 
 def event_time_ms(raw: bytes) -> int:
-    """The event time of a feature record's bytes (the join keeps bytes, not parsed records)."""
-    ts = features_pb2.FeatureRecord.FromString(raw).event_time
+    """The event time of a feature record's bytes (the join keeps bytes, not parsed records);
+    0 (unknown) when a field `labelled_records` does not parse turns out to be damaged."""
+    try:
+        ts = features_pb2.FeatureRecord.FromString(raw).event_time
+    except DecodeError:
+        return 0
     return ts.seconds * 1000 + ts.nanos // 1_000_000
+
+
+def labelled_records(values: Sequence[bytes]) -> tuple[list[int], list[str], list[int]] | None:
+    """The labelled feature records of a batch — (their positions, event ids, labels) — read in
+    one numpy pass over the batch's bytes instead of a parsed message per record.
+
+    The pass reads FeatureRecord's wire format as serializers write it: fields in field-number
+    order, each at most once, lengths of at most two bytes, a label of 0–127. It checks every
+    record's framing (each field inside the record, a whole number of doubles, nothing after the
+    label) and the event ids' UTF-8; the fields the monitor does not read (entity, feature set,
+    event time, values) are not parsed. None when any record is outside that layout (another
+    field order, unknown fields, a negative label, damage): the caller then parses the batch
+    record by record, which also finds the undecodable ones.
+
+    >>> from driftline.v1 import features_pb2
+    >>> records = [features_pb2.FeatureRecord(event_id="e1", values=[0.5, 1.0], label=1),
+    ...            features_pb2.FeatureRecord(event_id="e2", entity_id="u", values=[2.0]),
+    ...            features_pb2.FeatureRecord(event_id="é3", feature_set="s", label=0)]
+    >>> labelled_records([r.SerializeToString() for r in records])
+    ([0, 2], ['e1', 'é3'], [1, 0])
+    >>> labelled_records([features_pb2.FeatureRecord(event_id="e4", label=-1).SerializeToString()]) is None
+    True
+    >>> labelled_records([b"\\x0a\\x05e1"]) is None  # an event id longer than its record
+    True
+    """
+    n = len(values)
+    lengths = np.fromiter(map(len, values), np.int64, n)
+    buf = np.frombuffer(b"".join(values) + b"\0\0\0", np.uint8)  # padded: reads run 2 bytes ahead
+    end = np.cumsum(lengths)
+    pos = end - lengths
+    ok = np.ones(n, bool)
+    has_id, id_start, id_length, pos = _length_delimited(buf, pos, end, ok, 0x0A)  # 1 event_id
+    for tag in (0x12, 0x1A, 0x22):  # 2 entity_id, 3 feature_set, 4 event_time
+        pos = _length_delimited(buf, pos, end, ok, tag)[3]
+    has_values, _, values_length, pos = _length_delimited(buf, pos, end, ok, 0x2A)  # 5 values, packed
+    ok &= ~has_values | (values_length % 8 == 0)
+    has_label = (pos < end) & (buf[pos] == 0x30)  # 6 label, a one-byte varint
+    label = buf[pos + 1]
+    ok &= (np.where(has_label, pos + 2, pos) == end) & ~(has_label & (label >= 0x80))
+    if not ok.all():
+        return None
+    rows = np.flatnonzero(has_label)
+    m = len(rows)
+    if not m:
+        return [], [], []
+    # The event ids, gathered into one buffer with a separator after each, decoded and split at once.
+    id_length = np.where(has_id, id_length, 0)[rows]
+    total = int(id_length.sum())
+    chars = buf[np.arange(total) + np.repeat(id_start[rows] - (np.cumsum(id_length) - id_length), id_length)]
+    if (chars == 0x1F).any():
+        return None
+    joined = np.full(total + m, 0x1F, np.uint8)
+    joined[np.arange(total) + np.repeat(np.arange(m), id_length)] = chars
+    try:
+        ids = joined[:-1].tobytes().decode("utf-8").split("\x1f")
+    except UnicodeDecodeError:
+        return None
+    return rows.tolist(), ids, label[rows].tolist()
+
+
+def _length_delimited(buf: np.ndarray, pos: np.ndarray, end: np.ndarray, ok: np.ndarray, tag: int):
+    """Reads, where present, the length-delimited field `tag` at `pos`; marks `ok` false where its
+    length takes more than two bytes or overruns the record. (present, data start, length, next pos)."""
+    present = (pos < end) & (buf[pos] == tag)
+    b1, b2 = buf[pos + 1].astype(np.int64), buf[pos + 2].astype(np.int64)
+    two = b1 >= 0x80
+    length = np.where(two, (b1 & 0x7F) | (b2 << 7), b1)
+    after = pos + 2 + two + length
+    ok &= ~present | ((after <= end) & ~(two & (b2 >= 0x80)))
+    return present, pos + 2 + two, length, np.where(present, np.minimum(after, end), pos)  # stays in its record
 
 
 
