@@ -5,8 +5,9 @@ on the real broker, in the same run.
 
 Records: FeatureRecords with 20 features and a label (what `driftline.features` carries),
 and — in the second scenario — the PredictionLogs of the same events (50 rows per log,
-20 features and 2 scores per row), so the monitor does all its work: the label join,
-the error-stream CUSUM and ADWIN, the data- and prediction-drift windows, reports.
+20 features and 2 scores per row, columnar as serving writes them), so the monitor does all
+its work: the label join, the error-stream CUSUM and ADWIN, the data- and prediction-drift
+windows, reports.
 
 * raw: confluent-kafka `consume(500)` and `ParseFromString` of every record, nothing else;
 * monitor: `services.common.kafka.Consumer.poll_messages(500)`, `DriftMonitor.handle`
@@ -85,14 +86,18 @@ def produce(bootstrap: str, topics: Topics, events: int, features: int, rows_per
         record.event_time.FromMilliseconds(1_700_000_000_000 + i)
         producer.produce(topics.features, record, key=record.entity_id)
     for start in range(0, events, rows_per_log):
-        log = serving_pb2.PredictionLog(request_id=uuid.uuid4().hex, model_name="bench", model_version=1,
-                                        variant="production")
+        # Columnar, as serving writes them: the log's rows as three flat buffers and its event ids.
+        stop = min(events, start + rows_per_log)
+        n = stop - start
+        score = rng.uniform(size=n)
+        right = rng.random(n) < 0.9
+        predicted = np.where(right, labels[start:stop], 1 - labels[start:stop])
+        log = serving_pb2.PredictionLog(
+            request_id=uuid.uuid4().hex, model_name="bench", model_version=1, variant="production",
+            feature_count=features, features_f32=values[start:stop].astype("<f4").tobytes(),
+            score_count=2, scores_f32=np.c_[1 - score, score].astype("<f4").tobytes(),
+            labels_i32=predicted.astype("<i4").tobytes(), event_ids=[f"e{i}" for i in range(start, stop)])
         log.served_at.GetCurrentTime()
-        for i in range(start, min(events, start + rows_per_log)):
-            score = float(rng.uniform())
-            right = rng.random() < 0.9
-            log.rows.add(event_id=f"e{i}", features=values[i].tolist(), scores=[1 - score, score],
-                         label=int(labels[i]) if right else 1 - int(labels[i]))
         producer.produce(topics.predictions, log, key="bench")
     producer.flush()
 

@@ -28,7 +28,8 @@ from services.monitor.detectors import ErrorRateChange, RollingAccuracy
 from services.monitor.joiner import Label, LabelJoin, Predicted
 from services.monitor.policy import DriftPolicy
 from services.monitor.psi import Bins, RollingHistogram, reference_bins
-from services.monitor.tracker import TrackerConfig, VersionTracker
+from services.monitor.tracker import Position, TrackerConfig, VersionTracker
+from services.serving.prediction_log import ServedRequest, to_log
 from support import GrpcThread, ServiceRun, free_port, wait_for
 
 
@@ -142,6 +143,63 @@ def test_a_version_tracker_clears_drift_when_errors_recover():
     assert tracker.drift is None and not tracker.report(0).concept_drift
 
 
+class _FixedReferences:
+    def __init__(self, reference) -> None:
+        self.reference = reference
+
+    def get(self, model_name: str, version: int):
+        return self.reference
+
+    def close(self) -> None:
+        pass
+
+
+def test_columnar_and_row_wise_prediction_logs_feed_the_join_and_windows_alike(kafka_bootstrap):
+    from services.monitor.monitor import DriftMonitor, event_time_ms
+    from services.monitor.references import ModelReference
+
+    rng = np.random.default_rng(5)
+    reference = ModelReference(
+        feature_names=tuple(FEATURES),
+        features={n: Bins.from_json(reference_bins(rng.uniform(0, 1, 2000))) for n in FEATURES},
+        scores=Bins.from_json(reference_bins(rng.uniform(0, 1, 2000))), eval_error=0.1, eval_rows=1000,
+        reference_rows=2000)
+    monitor = DriftMonitor(
+        topics=Topics(f"t{uuid.uuid4().hex[:12]}."), stream=STREAM, producer=Producer(kafka_bootstrap),
+        references=_FixedReferences(reference), policy=DriftPolicy(10_000, 600),
+        join=LabelJoin(600, 10_000, read_time=event_time_ms),
+        tracker_config=TrackerConfig(psi_window=200, window_step=50, error_reference_samples=50,
+                                     calibration_streams=16),
+        report_every_samples=10**9, report_every_s=1e9, training_min_rows=10**9)
+    at = Position("predictions", 0, 0)
+    stream = {form: samples(form, 120, 120, 0.8, 0.8, False, seed=3) for form in ("columnar", "rows")}
+    # The shadow's answer comes first and says the opposite: it must not take the served row's label.
+    shadow = [Sample(s.event_id, s.event_time_ms, s.label, 1 - s.predicted, s.features) for s in stream["columnar"]]
+    monitor._on_predictions(_prediction_log("columnar", 2, shadow, columnar=True, variant="shadow"), at)
+    for form, made in stream.items():
+        for start in range(0, len(made), 40):
+            monitor._on_predictions(_prediction_log(form, 1, made[start:start + 40], columnar=form == "columnar"), at)
+    # A ModelInfer log: no event ids, so rows for the windows and nothing to join.
+    monitor._on_predictions(to_log(ServedRequest("i", "columnar", 1, np.zeros((7, 3), np.float32),
+                                                 np.full((7, 2), 0.5, np.float32), np.zeros(7), 0)), at)
+
+    trackers = {form: monitor._trackers[(form, 1)] for form in stream}
+    assert trackers["columnar"].predicted_rows == 127 and trackers["rows"].predicted_rows == 120
+    assert monitor._trackers[("columnar", 2)].predicted_rows == 120  # the shadow's rows count, apart
+    windows = {form: tracker.window for form, tracker in trackers.items()}
+    assert windows["columnar"].rows == 127 and windows["rows"].rows == 120
+    # The same rows land in the same bins of the data- and prediction-drift windows.
+    assert np.array_equal(windows["columnar"]._ring[:120], windows["rows"]._ring[:120])
+    assert monitor.join.counts()["pending_predictions"] == 240  # the shadow's rows never wait
+    for form, made in stream.items():
+        for s in made:
+            joined = monitor.join.add_label(s.event_id, Label(s.label, s.event_time_ms))
+            assert joined is not None, s.event_id
+            assert (joined.prediction.model_name, joined.prediction.model_version) == (form, 1)
+            assert joined.correct == (s.label == s.predicted)
+    assert monitor.join.pending == 0
+
+
 # == the service, as a process ================================================================
 
 T0_MS = 1_700_000_000_000  # event time of sample 0; samples are one second apart
@@ -190,7 +248,9 @@ def send(producer: Producer, topics: Topics, model: str, version: int, stream: l
     """Predictions and labels in chunks, alternating which side comes first, as a real loop would."""
     for start in range(0, len(stream), 50):
         chunk = stream[start:start + 50]
-        predictions = [_prediction_log(model, version, chunk[i:i + 10]) for i in range(0, len(chunk), 10)]
+        # Both forms of log: columnar (what serving writes) and a message per row (older logs).
+        predictions = [_prediction_log(model, version, chunk[i:i + 10], columnar=(i // 10) % 2 == 0)
+                       for i in range(0, len(chunk), 10)]
         labels = [_feature_record(s) for s in chunk]
         first, then = (predictions, labels) if (start // 50) % 2 == 0 else (labels, predictions)
         for message in first + then:
@@ -199,9 +259,16 @@ def send(producer: Producer, topics: Topics, model: str, version: int, stream: l
     producer.flush()
 
 
-def _prediction_log(model: str, version: int, rows: list[Sample]) -> serving_pb2.PredictionLog:
+def _prediction_log(model: str, version: int, rows: list[Sample], columnar: bool = True,
+                    variant: str = "production") -> serving_pb2.PredictionLog:
+    if columnar:  # as serving writes it
+        scores = np.array([[0.2, 0.8] if s.predicted else [0.8, 0.2] for s in rows])
+        return to_log(ServedRequest(
+            uuid.uuid4().hex, model, version, [serving_pb2.Row(values=s.features, event_id=s.event_id) for s in rows],
+            scores, np.array([s.predicted for s in rows]), time.time_ns(), variant,
+            features=np.array([s.features for s in rows], np.float32)))
     log = serving_pb2.PredictionLog(request_id=uuid.uuid4().hex, model_name=model, model_version=version,
-                                    variant="production")
+                                    variant=variant)
     for s in rows:
         score = 0.8 if s.predicted else 0.2
         log.rows.add(event_id=s.event_id, features=s.features, scores=[1 - score, score], label=s.predicted)

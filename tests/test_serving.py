@@ -24,7 +24,7 @@ from driftline.v1 import registry_pb2, registry_pb2_grpc, serving_pb2, serving_p
 from services.common.kafka import Consumer, Producer, ensure_topics
 from services.common.objectstore import MinioObjectStore
 from services.common.settings import Topics
-from services.serving import onnx_model
+from services.serving import onnx_model, prediction_log
 from services.serving.prediction_log import PredictionLogger, ServedRequest
 from services.serving.server import PREDICTOR
 from tiny_models import FEATURES, WEIGHTS, expected_scores, tiny_model
@@ -287,10 +287,44 @@ def test_every_predict_is_logged_to_the_predictions_topic(loop):
         assert record.key == MODEL.encode()
         assert (entry.model_name, entry.model_version, entry.variant) == (MODEL, 1, "production")
         assert entry.served_at.seconds > 0
-        assert [r.event_id for r in entry.rows] == [f"e{i}-a", f"e{i}-b"]
-        assert [list(r.features) for r in entry.rows] == ROWS
-        assert [list(r.scores) for r in entry.rows] == [list(p.scores) for p in answer.predictions]
-        assert [r.label for r in entry.rows] == [p.label for p in answer.predictions]
+        # Columnar: flat little-endian buffers, no message per row.
+        assert len(entry.rows) == 0
+        assert list(entry.event_ids) == [f"e{i}-a", f"e{i}-b"]
+        assert (entry.feature_count, entry.score_count) == (len(ROWS[0]), len(answer.predictions[0].scores))
+        assert np.frombuffer(entry.features_f32, "<f4").reshape(-1, entry.feature_count).tolist() == ROWS
+        assert (np.frombuffer(entry.scores_f32, "<f4").reshape(-1, entry.score_count).tolist()
+                == [list(p.scores) for p in answer.predictions])
+        assert np.frombuffer(entry.labels_i32, "<i4").tolist() == [p.label for p in answer.predictions]
+
+
+def test_a_prediction_log_is_columnar_whatever_its_size():
+    assert doctest.testmod(prediction_log).failed == 0
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(4096, 16)).astype(np.float32)
+    probabilities = rng.uniform(size=(4096, 2)).astype(np.float32)
+    labels = probabilities.argmax(axis=1)
+    # ModelInfer: the matrix as served, no event ids.
+    log = prediction_log.to_log(ServedRequest("r", MODEL, 2, features, probabilities, labels, 5_000_000_000,
+                                              "canary"))
+    assert (log.request_id, log.model_name, log.model_version, log.variant) == ("r", MODEL, 2, "canary")
+    assert log.served_at.ToNanoseconds() == 5_000_000_000
+    assert len(log.rows) == 0 and len(log.event_ids) == 0
+    assert (log.feature_count, log.score_count) == (16, 2)
+    assert np.array_equal(np.frombuffer(log.features_f32, "<f4").reshape(4096, 16), features)
+    assert np.array_equal(np.frombuffer(log.scores_f32, "<f4").reshape(4096, 2), probabilities)
+    assert np.array_equal(np.frombuffer(log.labels_i32, "<i4"), labels)
+    served = ServedRequest("r", MODEL, 2, features, probabilities, labels, 5_000_000_000, "canary")
+    assert serving_pb2.PredictionLog.FromString(prediction_log.encode_log(served)) == log  # what is produced
+    # Predict: its rows' event ids too (none at all when no row has one), with or without the matrix.
+    rows = [serving_pb2.Row(values=v, event_id=f"e{i}" if i % 2 else "") for i, v in enumerate(features[:3])]
+    for matrix in (features[:3], None):
+        log = prediction_log.to_log(ServedRequest("p", MODEL, 1, rows, probabilities[:3], labels[:3], 0,
+                                                  features=matrix))
+        assert list(log.event_ids) == ["", "e1", ""]
+        assert np.array_equal(np.frombuffer(log.features_f32, "<f4").reshape(3, 16), features[:3])
+    no_ids = [serving_pb2.Row(values=v) for v in features[:3]]
+    assert len(prediction_log.to_log(ServedRequest("p", MODEL, 1, no_ids, probabilities[:3], labels[:3], 0)
+                                     ).event_ids) == 0
 
 
 def test_a_full_prediction_log_queue_drops_and_counts_instead_of_blocking(kafka_bootstrap):

@@ -13,6 +13,7 @@ import numpy as np
 from driftline.v1 import serving_pb2
 from inference import grpc_service_pb2 as pb
 from services.common.kafka import Consumer
+from services.monitor.joiner import prediction_columns
 from services.serving.traffic import bucket
 from support import wait_for
 from test_serving_support import (  # noqa: F401  (stack is a fixture)
@@ -150,10 +151,11 @@ def test_shadow_answers_are_logged_and_never_reach_the_caller(stack):
     for request_id, (variant, version, scores) in answers.items():
         primary, shadow = logs[(request_id, variant)], logs[(request_id, "shadow")]
         assert (primary.model_name, primary.model_version) == (MODEL, version)
-        np.testing.assert_allclose([r.scores for r in primary.rows], scores, rtol=1e-6)
+        primary_rows, shadow_rows = prediction_columns(primary), prediction_columns(shadow)
+        np.testing.assert_allclose(primary_rows.scores, scores, rtol=1e-6)
         assert (shadow.model_name, shadow.model_version) == (MODEL, 3)
-        np.testing.assert_allclose([r.scores for r in shadow.rows], expected_scores(3, rows), rtol=1e-5)
-        assert [list(r.features) for r in shadow.rows] == [list(r.features) for r in primary.rows]
+        np.testing.assert_allclose(shadow_rows.scores, expected_scores(3, rows), rtol=1e-5)
+        assert np.array_equal(shadow_rows.features, primary_rows.features)
     # Every log names its variant and version; nothing mirrored after the shadow was cleared.
     assert {(log.variant, log.model_version) for log in logs.values()} <= {("production", 1), ("canary", 2),
                                                                           ("shadow", 3)}

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64riftline/v1/serving.proto\x12\x0c\x64riftline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x03Row\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"Z\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x1f\n\x04rows\x18\x02 \x03(\x0b\x32\x11.driftline.v1.Row\x12\x13\n\x0brequest_key\x18\x03 \x01(\t\"+\n\nPrediction\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\r\n\x05label\x18\x02 \x01(\x05\"\x90\x01\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12-\n\x0bpredictions\x18\x04 \x03(\x0b\x32\x18.driftline.v1.Prediction\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"Q\n\x0cPredictedRow\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\x02\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\r\n\x05label\x18\x04 \x01(\x05\"\xb8\x01\n\rPredictionLog\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12(\n\x04rows\x18\x05 \x03(\x0b\x32\x1a.driftline.v1.PredictedRow\x12-\n\tserved_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2S\n\tPredictor\x12\x46\n\x07Predict\x12\x1c.driftline.v1.PredictRequest\x1a\x1d.driftline.v1.PredictResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64riftline/v1/serving.proto\x12\x0c\x64riftline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x03Row\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"Z\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x1f\n\x04rows\x18\x02 \x03(\x0b\x32\x11.driftline.v1.Row\x12\x13\n\x0brequest_key\x18\x03 \x01(\t\"+\n\nPrediction\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\r\n\x05label\x18\x02 \x01(\x05\"\x90\x01\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12-\n\x0bpredictions\x18\x04 \x03(\x0b\x32\x18.driftline.v1.Prediction\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"Q\n\x0cPredictedRow\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\x02\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\r\n\x05label\x18\x04 \x01(\x05\"\xb5\x02\n\rPredictionLog\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12(\n\x04rows\x18\x05 \x03(\x0b\x32\x1a.driftline.v1.PredictedRow\x12-\n\tserved_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfeature_count\x18\x07 \x01(\x05\x12\x14\n\x0c\x66\x65\x61tures_f32\x18\x08 \x01(\x0c\x12\x13\n\x0bscore_count\x18\t \x01(\x05\x12\x12\n\nscores_f32\x18\n \x01(\x0c\x12\x12\n\nlabels_i32\x18\x0b \x01(\x0c\x12\x11\n\tevent_ids\x18\x0c \x03(\t2S\n\tPredictor\x12\x46\n\x07Predict\x12\x1c.driftline.v1.PredictRequest\x1a\x1d.driftline.v1.PredictResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,7 +43,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTEDROW']._serialized_start=402
   _globals['_PREDICTEDROW']._serialized_end=483
   _globals['_PREDICTIONLOG']._serialized_start=486
-  _globals['_PREDICTIONLOG']._serialized_end=670
-  _globals['_PREDICTOR']._serialized_start=672
-  _globals['_PREDICTOR']._serialized_end=755
+  _globals['_PREDICTIONLOG']._serialized_end=795
+  _globals['_PREDICTOR']._serialized_start=797
+  _globals['_PREDICTOR']._serialized_end=880
 # @@protoc_insertion_point(module_scope)

@@ -62,17 +62,29 @@ class PredictedRow(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., features: _Optional[_Iterable[float]] = ..., scores: _Optional[_Iterable[float]] = ..., label: _Optional[int] = ...) -> None: ...
 
 class PredictionLog(_message.Message):
-    __slots__ = ("request_id", "model_name", "model_version", "variant", "rows", "served_at")
+    __slots__ = ("request_id", "model_name", "model_version", "variant", "rows", "served_at", "feature_count", "features_f32", "score_count", "scores_f32", "labels_i32", "event_ids")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     SERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_F32_FIELD_NUMBER: _ClassVar[int]
+    SCORE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SCORES_F32_FIELD_NUMBER: _ClassVar[int]
+    LABELS_I32_FIELD_NUMBER: _ClassVar[int]
+    EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model_name: str
     model_version: int
     variant: str
     rows: _containers.RepeatedCompositeFieldContainer[PredictedRow]
     served_at: _timestamp_pb2.Timestamp
-    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., variant: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[PredictedRow, _Mapping]]] = ..., served_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    feature_count: int
+    features_f32: bytes
+    score_count: int
+    scores_f32: bytes
+    labels_i32: bytes
+    event_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., variant: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[PredictedRow, _Mapping]]] = ..., served_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feature_count: _Optional[int] = ..., features_f32: _Optional[bytes] = ..., score_count: _Optional[int] = ..., scores_f32: _Optional[bytes] = ..., labels_i32: _Optional[bytes] = ..., event_ids: _Optional[_Iterable[str]] = ...) -> None: ...

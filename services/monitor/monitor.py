@@ -31,7 +31,7 @@ from services.common.kafka import DecodeFailure, Producer, decode
 from services.common.settings import Topics
 
 from .hub import Hub
-from .joiner import Joined, Label, LabelJoin, Predicted
+from .joiner import Joined, Label, LabelJoin, prediction_columns
 from .metrics import (
     ACTIVE_ALERTS, ALERTS, CHANGES, CONCEPT_DRIFT, ERROR_CUSUM, ERROR_CUSUM_THRESHOLD, ERROR_RATE,
     FEATURE_DRIFTED, FEATURE_KS, FEATURE_PSI, FEATURE_THRESHOLD, JOIN_STATE, POLICY_BLOCKED,
@@ -206,33 +206,35 @@ class DriftMonitor:
     def _on_predictions(self, prediction_log: serving_pb2.PredictionLog, at: Position) -> None:
         name, version = prediction_log.model_name, prediction_log.model_version
         tracker = self._tracker(name, version)
-        rows = prediction_log.rows
-        n = len(rows)
+        # Either form of the log (columnar buffers, or a message per row), read as arrays.
+        try:
+            columns = prediction_columns(prediction_log)
+        except ValueError as exc:
+            where = at or Position()
+            UNDECODABLE.labels(where.topic).inc()
+            log.warning("skipping a prediction log whose columns disagree", extra={
+                "topic": where.topic, "partition": where.partition, "offset": where.offset, "error": str(exc)})
+            return
+        n = len(columns.labels)
         if not n:
             return
         PREDICTED_ROWS.labels(name).inc(n)
         served_ms = prediction_log.served_at.ToMilliseconds() if prediction_log.HasField("served_at") else 0
         if tracker.window is not None:  # only then are the values needed, as one (n, F) array
-            width = len(rows[0].features)
-            if all(len(r.features) == width for r in rows):
-                features = np.fromiter(itertools.chain.from_iterable(r.features for r in rows),
-                                       np.float64, n * width).reshape(n, width)
-            else:
-                features = np.full((n, 0), np.nan)
-            scores = np.fromiter((r.scores[1] if len(r.scores) >= 2 else np.nan for r in rows), np.float64, n)
+            features = columns.features.astype(np.float64)
+            scores = (columns.scores[:, 1].astype(np.float64) if columns.scores.shape[1] >= 2
+                      else np.full(n, np.nan))
         else:
             features, scores = np.empty((n, 0)), np.empty(0)
         tracker.add_predictions(features, scores, served_ms, at)
         self._touched.add((name, version))
-        if prediction_log.variant == "shadow":
+        if prediction_log.variant == "shadow" or not columns.event_ids:
             # A mirrored answer no caller saw; it repeats the served row's event id, so joining
             # it to the label would take the label from the answer that was actually served.
             return
-        for row in rows:
-            if row.event_id:
-                joined = self.join.add_prediction(row.event_id, Predicted(name, version, row.label, served_ms))
-                if joined:
-                    self._on_outcome(joined, at)
+        for joined in self.join.add_predictions(columns.event_ids, columns.labels.tolist(), name, version,
+                                                served_ms):
+            self._on_outcome(joined, at)
 
     def _on_registry_event(self, event: registry_pb2.RegistryEvent, at: Position) -> None:
         """Promotions and registrations: markers on the dashboard's timeline."""

@@ -4,6 +4,12 @@ The request path only puts a tuple on a bounded queue (never waits): building
 the protobuf and producing happen on this module's thread. When the queue is
 full — the broker is slow or gone — the log is dropped and counted, because
 answering predictions matters more than recording them.
+
+Logs are columnar (see serving.proto): the request's features, scores and labels
+as three flat little-endian buffers, not a message per row — this thread shares
+the interpreter with the request path, and at 4096 rows a request the per-row
+messages cost most of serving's throughput. The monitor reads either form back
+(`services.monitor.joiner.prediction_columns`).
 """
 
 from __future__ import annotations
@@ -36,30 +42,94 @@ class ServedRequest:
     request_id: str
     model_name: str
     model_version: int
-    # Predict's rows (with event ids), or ModelInfer's float32 [N, F] matrix (no event ids).
+    # ModelInfer's float32 [N, F] matrix (no event ids), or Predict's rows (their event ids are logged).
     rows: Sequence[serving_pb2.Row] | np.ndarray
     probabilities: np.ndarray
     labels: np.ndarray
     served_at_ns: int
     # production, canary or shadow: which variant gave these scores.
     variant: str = VARIANT
+    # The [N, F] matrix of Predict's `rows` when the caller has it already (saves rebuilding it).
+    features: np.ndarray | None = None
 
 
 def to_log(served: ServedRequest) -> serving_pb2.PredictionLog:
+    """The columnar log of one request: a few buffers, whatever its number of rows.
+
+    >>> import numpy as np
+    >>> log = to_log(ServedRequest("r1", "m", 3, np.array([[1, 2], [3, 4], [5, 6]], "f4"),
+    ...                            np.array([[.9, .1], [.2, .8], [.5, .5]], "f4"), np.array([0, 1, 0]), 0))
+    >>> len(log.rows), log.feature_count, log.score_count, len(log.features_f32), list(log.event_ids)
+    (0, 2, 2, 24, [])
+    >>> np.frombuffer(log.labels_i32, "<i4").tolist(), np.frombuffer(log.scores_f32, "<f4")[1::2].tolist()
+    ([0, 1, 0], [0.10000000149011612, 0.800000011920929, 0.5])
+    """
+    log, buffers = _header(served)
+    log.features_f32, log.scores_f32, log.labels_i32 = buffers
+    return log
+
+
+def encode_log(served: ServedRequest) -> bytes:
+    """`to_log(served).SerializeToString()`, cheaper: the small fields through protobuf, the three
+    buffers appended as length-delimited fields (the wire format of a message is the concatenation
+    of its fields, so this parses to the same message).
+
+    Why: the protobuf runtime copies a large bytes field into a fresh arena and out again; with
+    the fresh memory's page faults that cost ~0.5 ms of the interpreter for a 4096-row request's
+    300 kB, against ~20 µs here.
+
+    >>> import numpy as np
+    >>> served = ServedRequest("r1", "m", 3, [serving_pb2.Row(values=[1, 2], event_id="e1")],
+    ...                        np.array([[.9, .1]], "f4"), np.array([0]), 0, features=np.array([[1, 2]], "f4"))
+    >>> serving_pb2.PredictionLog.FromString(encode_log(served)) == to_log(served)
+    True
+    """
+    log, buffers = _header(served)
+    parts = [log.SerializeToString()]
+    for number, data in zip((_FEATURES_F32, _SCORES_F32, _LABELS_I32), buffers):
+        if data:  # proto3 leaves empty bytes out
+            parts += (_varint(number << 3 | 2), _varint(len(data)), data)
+    return b"".join(parts)
+
+
+_FEATURES_F32 = serving_pb2.PredictionLog.FEATURES_F32_FIELD_NUMBER
+_SCORES_F32 = serving_pb2.PredictionLog.SCORES_F32_FIELD_NUMBER
+_LABELS_I32 = serving_pb2.PredictionLog.LABELS_I32_FIELD_NUMBER
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _header(served: ServedRequest) -> tuple[serving_pb2.PredictionLog, tuple[bytes, bytes, bytes]]:
+    """The log without its three buffers, and the buffers: features, scores, labels."""
     served_at = Timestamp()
     served_at.FromNanoseconds(served.served_at_ns)
-    if isinstance(served.rows, np.ndarray):
-        rows = [serving_pb2.PredictedRow(features=features.tolist(), scores=scores.tolist(), label=int(label))
-                for features, scores, label in zip(served.rows, served.probabilities, served.labels)]
-        return serving_pb2.PredictionLog(
-            request_id=served.request_id, model_name=served.model_name,
-            model_version=served.model_version, variant=served.variant, served_at=served_at, rows=rows)
-    return serving_pb2.PredictionLog(
-        request_id=served.request_id, model_name=served.model_name,
-        model_version=served.model_version, variant=served.variant, served_at=served_at,
-        rows=[serving_pb2.PredictedRow(event_id=row.event_id, features=row.values,
-                                       scores=scores.tolist(), label=int(label))
-              for row, scores, label in zip(served.rows, served.probabilities, served.labels)])
+    rows = served.rows
+    event_ids: list[str] = []
+    if isinstance(rows, np.ndarray):
+        features = rows
+    else:
+        features = served.features
+        if features is None:
+            features = np.array([row.values for row in rows], dtype="<f4")
+        event_ids = [row.event_id for row in rows]  # the one per-row step, and only for Predict
+        if not any(event_ids):
+            event_ids = []
+    n = len(served.labels)
+    features, scores = (a if a.ndim == 2 else a.reshape(n, a.size // n if n else 0)
+                        for a in (features, served.probabilities))
+    log = serving_pb2.PredictionLog(
+        request_id=served.request_id, model_name=served.model_name, model_version=served.model_version,
+        variant=served.variant, served_at=served_at, feature_count=features.shape[1],
+        score_count=scores.shape[1], event_ids=event_ids)
+    return log, (features.astype("<f4", copy=False).tobytes(), scores.astype("<f4", copy=False).tobytes(),
+                 served.labels.astype("<i4", copy=False).tobytes())
 
 
 class PredictionLogger(threading.Thread):
@@ -88,7 +158,7 @@ class PredictionLogger(threading.Thread):
                 self.producer.poll(0)  # serve delivery callbacks while idle
                 continue
             try:
-                self.producer.produce(self.topic, to_log(served), key=served.model_name)
+                self.producer.produce_raw(self.topic, encode_log(served), key=served.model_name)
                 _PRODUCED.inc()
             except Exception:
                 log.exception("could not produce a prediction log; dropping it",

@@ -126,7 +126,7 @@ class Predictor(serving_pb2_grpc.PredictorServicer):
         probabilities = await self.run(model, rows, context, "predict", started)
         labels = probabilities.argmax(axis=1)
         self.log(ServedRequest(request_id, self.model_name, model.version, request.rows, probabilities, labels,
-                               time.time_ns(), route.variant))
+                               time.time_ns(), route.variant, features=rows))
         self.mirror(route, rows, request.rows, request_id)
         self.count_ok("predict", started)
         return serving_pb2.PredictResponse(
@@ -196,7 +196,7 @@ class Predictor(serving_pb2_grpc.PredictorServicer):
         self._shadow_outcomes["ok"].inc()
         self.prediction_log.submit(ServedRequest(
             request_id, self.model_name, model.version, logged_rows, probabilities, probabilities.argmax(axis=1),
-            time.time_ns(), SHADOW))
+            time.time_ns(), SHADOW, features=rows))
 
     async def close(self, timeout: float = 5.0) -> None:
         """Lets mirrored requests finish (bounded), then stops the shadow queue."""
