@@ -20,6 +20,8 @@ first record to its last; the repeats alternate which side goes first, and the m
 The raw loop parses every field of every record; the monitor reads what it uses — a feature
 record's event id and label, in one numpy pass over a batch (`monitor.labelled_records`) —
 and keeps the record's bytes for the event time, which it parses only if the label joins.
+The process runs with the monitor service's garbage-collector setting (`gc_gen0_threshold`,
+applied by `services.common.runtime.tune_gc`), both loops alike.
 One JSON line per result, then a table.
 The size matters: with 100k records the client has prefetched most of them before the raw
 loop's clock starts (it then reads memory, ~1M records/s here); with 300k or more both sides
@@ -48,6 +50,7 @@ from confluent_kafka import Consumer as RawConsumer  # noqa: E402
 
 from driftline.v1 import features_pb2, serving_pb2  # noqa: E402
 from services.common.kafka import Consumer, Producer, ensure_topics  # noqa: E402
+from services.common.runtime import tune_gc  # noqa: E402
 from services.common.settings import Topics  # noqa: E402
 from services.monitor.joiner import LabelJoin  # noqa: E402
 from services.monitor.monitor import DriftMonitor, event_time_ms  # noqa: E402
@@ -169,6 +172,9 @@ def main() -> int:
     names = [f"f{i}" for i in range(args.features)]
     t = time.perf_counter()
     produce(bootstrap, topics, args.events, args.features, args.rows_per_log)
+    # The garbage-collector setting the monitor service runs with (run_service → tune_gc), for the
+    # whole process: the raw loop runs under it too.
+    tune_gc(MonitorSettings().gc_gen0_threshold)
     print(f"# produced {args.events} feature records and their prediction logs in {time.perf_counter() - t:.1f}s",
           file=sys.stderr, flush=True)
     logs = -(-args.events // args.rows_per_log)

@@ -45,6 +45,8 @@ class CommonSettings(BaseSettings):
     shutdown_grace_s: float = 5.0
     # uvloop (when installed) or asyncio: the event loop every service runs on.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # Allocations between young-generation garbage collections (0: Python's default, 700).
+    gc_gen0_threshold: int = 0
 
     @property
     def topics(self) -> "Topics":

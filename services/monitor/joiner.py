@@ -199,13 +199,17 @@ class LabelJoin:
         and [] is returned. Otherwise nothing is done and None says "add them one by one"."""
         ids = set(event_ids)
         predictions = self._predictions
-        if (len(ids) != len(event_ids) or not ids.isdisjoint(predictions.entries)
-                or not ids.isdisjoint(self._recently_joined) or not ids.isdisjoint(predictions.gone)):
+        # dict.keys().isdisjoint(set) walks the (small) set; set.isdisjoint(dict) would walk the dict.
+        if (len(ids) != len(event_ids) or not predictions.entries.keys().isdisjoint(ids)
+                or not self._recently_joined.keys().isdisjoint(ids) or not predictions.gone.keys().isdisjoint(ids)):
             return None
         entries = self._labels.entries
         now = self._clock()
-        entries.update({event_id: (now, label) for event_id, label in zip(event_ids, labels)
-                        if event_id not in entries})
+        if entries.keys().isdisjoint(ids):  # the usual case: no redelivered label
+            entries.update(zip(event_ids, zip(itertools.repeat(now), labels)))
+        else:
+            entries.update({event_id: (now, label) for event_id, label in zip(event_ids, labels)
+                            if event_id not in entries})
         if len(entries) > self.max_pending:
             self._labels.bound(self.max_pending)
         return []

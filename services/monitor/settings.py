@@ -11,6 +11,9 @@ class MonitorSettings(CommonSettings):
     consumer_group: str = "driftline-monitor"
     registry_timeout_s: float = 2.0
     max_poll_records: int = 500
+    # The label join keeps up to join_max_pending small entries: collect the young generation
+    # less often, so the collector does not rescan them a hundred times a second (runtime.tune_gc).
+    gc_gen0_threshold: int = 50_000
 
     # Join of predictions with labels: how long and how many may wait for a partner.
     join_ttl_s: float = 600.0
