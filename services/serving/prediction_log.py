@@ -15,8 +15,8 @@ messages cost most of serving's throughput. The monitor reads either form back
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -133,30 +133,44 @@ def _header(served: ServedRequest) -> tuple[serving_pb2.PredictionLog, tuple[byt
 
 
 class PredictionLogger(threading.Thread):
-    def __init__(self, producer: Producer, topic: str, max_queued: int = 10_000) -> None:
+    """Produces the logs the request path hands over, on a thread of its own.
+
+    The hand-over is a plain deque (an append is atomic under the GIL): no lock, no condition
+    variable and no wake-up per request. The thread drains whatever has queued, then sleeps
+    `drain_interval_s` when there is nothing; at thousands of requests a second that is one
+    wake-up per few milliseconds instead of one per request, each of which made the event loop
+    hand the GIL over."""
+
+    def __init__(self, producer: Producer, topic: str, max_queued: int = 10_000,
+                 drain_interval_s: float = 0.005) -> None:
         super().__init__(name="prediction-log", daemon=True)
         self.producer = producer
         self.topic = topic
-        self._queue: queue.Queue[ServedRequest] = queue.Queue(max_queued)
+        self.max_queued = max_queued
+        self.drain_interval_s = drain_interval_s
+        self._queue: deque[ServedRequest] = deque()
         self._stopping = threading.Event()
         self.dropped = 0
 
     def submit(self, served: ServedRequest) -> None:
         """Called on the request path: never blocks."""
-        try:
-            self._queue.put_nowait(served)
-            _QUEUED.inc()
-        except queue.Full:
+        if len(self._queue) >= self.max_queued:
             self.dropped += 1
             _DROPPED.inc()
+            return
+        self._queue.append(served)
+        _QUEUED.inc()
 
     def run(self) -> None:
-        while not (self._stopping.is_set() and self._queue.empty()):
-            try:
-                served = self._queue.get(timeout=0.2)
-            except queue.Empty:
+        waiting = self._queue
+        while True:
+            if not waiting:
+                if self._stopping.is_set():
+                    return
                 self.producer.poll(0)  # serve delivery callbacks while idle
+                self._stopping.wait(self.drain_interval_s)
                 continue
+            served = waiting.popleft()
             try:
                 self.producer.produce_raw(self.topic, encode_log(served), key=served.model_name)
                 _PRODUCED.inc()
