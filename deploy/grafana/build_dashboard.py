@@ -36,9 +36,11 @@ def build() -> dict:
     panels = [
         panel(1, "Rolling accuracy", [(f"driftline_monitor_rolling_accuracy{{{SEL}}}", "v{{version}}")],
               0, 0, unit="percentunit"),
-        panel(2, "Per-feature drift: KS ÷ calibrated threshold (alert above 1)",
+        panel(2, "Per-feature drift: KS (categorical: Jensen–Shannon) ÷ calibrated threshold (alert above 1)",
               [(f"driftline_monitor_feature_ks{{{SEL}}} / on(model, version, feature) "
-                f"driftline_monitor_feature_threshold{{{SEL}, statistic=\"ks\"}}", "{{feature}} v{{version}}")],
+                f"driftline_monitor_feature_threshold{{{SEL}, statistic=\"ks\"}}", "{{feature}} v{{version}}"),
+               (f"driftline_monitor_feature_js{{{SEL}}} / on(model, version, feature) "
+                f"driftline_monitor_feature_threshold{{{SEL}, statistic=\"js\"}}", "{{feature}} v{{version}} (JS)")],
               12, 0, thresholds=red,
               description="Thresholds are bootstrapped for the configured expected run length; none is hand-picked."),
         panel(3, "Per-feature PSI", [(f"driftline_monitor_feature_psi{{{SEL}}}", "{{feature}} v{{version}}")], 0, 8),

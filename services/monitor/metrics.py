@@ -17,6 +17,9 @@ FEATURE_PSI = Gauge(
 FEATURE_KS = Gauge(
     "driftline_monitor_feature_ks", "Two-sample KS distance of the recent window against the training "
     "reference's binned CDF.", ["model", "version", "feature"])
+FEATURE_JS = Gauge(
+    "driftline_monitor_feature_js", "Jensen–Shannon distance (base 2) of the recent window's category shares "
+    "against the training reference (categorical features, in KS's place).", ["model", "version", "feature"])
 FEATURE_THRESHOLD = Gauge(
     "driftline_monitor_feature_threshold", "Calibrated threshold of a window statistic (ks, psi).",
     ["model", "version", "feature", "statistic"])

@@ -24,8 +24,6 @@ from datetime import datetime, timezone
 import numpy as np
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
-from prometheus_client import Gauge
-
 from driftline.v1 import events_pb2, features_pb2, monitor_pb2, registry_pb2, serving_pb2, training_pb2
 from services.common.kafka import DecodeFailure, Producer, decode
 from services.common.settings import Topics
@@ -34,7 +32,7 @@ from .hub import Hub
 from .joiner import Joined, Label, LabelJoin, prediction_columns
 from .metrics import (
     ACTIVE_ALERTS, ALERTS, CHANGES, CONCEPT_DRIFT, ERROR_CUSUM, ERROR_CUSUM_THRESHOLD, ERROR_RATE,
-    FEATURE_DRIFTED, FEATURE_KS, FEATURE_PSI, FEATURE_THRESHOLD, JOIN_STATE, POLICY_BLOCKED,
+    FEATURE_DRIFTED, FEATURE_JS, FEATURE_KS, FEATURE_PSI, FEATURE_THRESHOLD, JOIN_STATE, POLICY_BLOCKED,
     PREDICTED_ROWS, PREDICTION_DRIFT, PROMOTIONS, RECORDS, REFERENCE_ERROR_RATE, ROLLING_ACCURACY,
     SAMPLES, TRAINING_REQUESTS, UNDECODABLE,
 )
@@ -44,11 +42,6 @@ from .detectors import ChangePoint
 from .tracker import CONCEPT, DATA, PREDICTION, Position, TrackerConfig, VersionTracker
 
 log = logging.getLogger(__name__)
-
-# Beside metrics.FEATURE_KS: the distance of categorical features (categorical.py).
-FEATURE_JS = Gauge(
-    "driftline_monitor_feature_js", "Jensen–Shannon distance (base 2) of the recent window's category shares "
-    "against the training reference (categorical features).", ["model", "version", "feature"])
 
 Key = tuple[str, int]  # (model name, version)
 SIGNALS = (CONCEPT, DATA, PREDICTION)
