@@ -78,6 +78,7 @@ class DriftMonitor:
         self.markers: deque[dict] = deque(maxlen=history)
         self._production: dict[str, int] = {}  # model → version the `production` alias points at
         self._touched: set[Key] = set()
+        self._samples: dict[str, object] = {}  # SAMPLES per model, looked up once
         self._produced = False  # anything published since the last flush
         self._handlers = {
             topics.features: (features_pb2.FeatureRecord, self._on_features, "features"),
@@ -265,7 +266,10 @@ class DriftMonitor:
         tracker = self._tracker(joined.prediction.model_name, joined.prediction.model_version)
         change = tracker.add_outcome(joined, at)
         self._touched.add((tracker.model_name, tracker.version))
-        SAMPLES.labels(tracker.model_name).inc()
+        counter = self._samples.get(tracker.model_name)
+        if counter is None:  # `.labels()` per labelled row cost more than the rest of this method
+            counter = self._samples[tracker.model_name] = SAMPLES.labels(tracker.model_name)
+        counter.inc()
         if change is not None:
             direction = "worse" if change.worse else "better"
             CHANGES.labels(tracker.model_name, direction).inc()
