@@ -50,10 +50,10 @@ os.environ.setdefault("RIVER_DATA", str(ROOT / ".cache" / "river"))
 import drift_streams  # noqa: E402
 from river import drift as river_drift  # noqa: E402
 
-from services.monitor.calibration import calibrate_cusum, calibrate_windows  # noqa: E402
+from services.monitor.calibration import calibrate_windows  # noqa: E402
 from services.monitor.psi import reference_bins  # noqa: E402
-from services.monitor.signals import ErrorCusum, WindowDrift  # noqa: E402
-from services.monitor.tracker import TrackerConfig  # noqa: E402
+from services.monitor.signals import WindowDrift  # noqa: E402
+from services.monitor.tracker import TrackerConfig, error_cusum  # noqa: E402
 
 ALIBI_PYTHON = ROOT / ".cache" / "bench-venvs" / "alibi" / "bin" / "python"
 BATCH = 100  # Driftline works on batches, as the monitor gets them from Kafka
@@ -139,12 +139,16 @@ def calibrate_driftline(streams, reference: int, ert: float, window: int, step: 
 
 def run_driftline(stream: np.ndarray, reference: int, ert: float, window: int, step: int) -> list[int]:
     """What the monitor's default policy acts on: for a concept (error) stream the CUSUM bank
-    bootstrapped on the reference for the ERT (river's ADWIN runs beside it in the monitor,
-    but only alerts); for feature streams, sliding-window KS + PSI against the reference's
-    decile bins, bootstrapped likewise (allowing for the reference's own sampling error)."""
+    the tracker builds (`tracker.error_cusum`, the monitor's defaults but the ERT and the bank):
+    bootstrapped on the reference for the ERT, its reference then refined from the stream
+    (all but the latest `error_guard_samples`, bootstrapped again as the count doubles) and
+    learnt again from `error_reference_samples` after an alarm (river's ADWIN runs beside it in
+    the monitor, but only alerts); for feature streams, sliding-window KS + PSI against the
+    reference's decile bins, bootstrapped likewise (allowing for the reference's own sampling
+    error)."""
     if stream.ndim == 1:
-        c = calibrate_cusum(stream[:reference], ert, CUSUM_SHIFTS)
-        cusum = ErrorCusum(c.p0, c.threshold, c.shifts)
+        config = TrackerConfig(expected_run_length=ert, cusum_shifts=CUSUM_SHIFTS)
+        cusum = error_cusum(stream[:reference], config)
         alarms = []
         for start in range(reference, len(stream), BATCH):
             alarms += [reference + a.detected_sample - 1 for a in cusum.update(stream[start:start + BATCH])]

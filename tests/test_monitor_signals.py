@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from services.monitor import calibration, hub, signals
-from services.monitor.calibration import calibrate_adwin, calibrate_cusum, calibrate_windows, no_alarm_quantile
+from services.monitor.calibration import (calibrate_adwin, calibrate_cusum, calibrate_windows, no_alarm_quantile,
+                                         refined_cusum)
 from services.monitor.joiner import Joined, Label, LabelJoin, Predicted
 from services.monitor.psi import Bins, reference_bins
 from services.monitor.references import ModelReference
@@ -60,6 +61,54 @@ def test_each_member_has_its_own_threshold_and_small_rises_are_seen():
     assert detector.update(rng.random(5000) < 0.14)[0].detected_sample < 7000
 
 
+def test_a_refined_reference_is_batched_like_the_recursion_and_restarts_after_an_alarm():
+    """Its updates (p0 every 1/8 more in-control samples, a bootstrap per doubling, a new
+    reference after an alarm) fall on sample counts, not on batch boundaries."""
+    rng = np.random.default_rng(7)
+    reference = rng.random(300) < 0.1
+    errors = rng.random(9000) < np.r_[np.full(4000, 0.1), np.full(2000, 0.3), np.full(3000, 0.5)]
+    levels = []
+
+    def bootstrap(p0, n):  # a stand-in with the real one's shape: lower as n grows
+        levels.append(n)
+        return 11.0 + 20.0 / math.sqrt(n)
+
+    one = ErrorCusum.refined(reference, bootstrap, guard=200, relearn=300)
+    per_sample = [a for e in errors for a in one.update([e])]
+    batched = ErrorCusum.refined(reference, bootstrap, guard=200, relearn=300)
+    in_batches = [a for chunk in np.array_split(errors, 23) for a in batched.update(chunk)]
+    assert [(a.detected_sample, a.p0) for a in per_sample] == [(a.detected_sample, a.p0) for a in in_batches]
+    first, *later = per_sample
+    assert 4000 < first.detected_sample < 4400 and abs(first.p0 - 0.1) < 0.02
+    # before the alarm: in control were the reference and all but the latest 200 samples
+    # (at the first p0 update once the count has doubled: updates are 1/8 apart)
+    assert levels[0] == 300 and all(2 <= b / a < 2 * 1.125 for a, b in zip(levels[:4], levels[1:4]))
+    # the old reference kept watching while the new regime was learnt: the drift fired again
+    assert later[0].p0 == first.p0 and later[0].detected_sample < first.detected_sample + 300
+    # then the reference was the new regime's: the next alarm, on the next rise, is against ~0.3
+    after = [a for a in later if a.p0 != first.p0]
+    assert after and abs(after[0].p0 - 0.3) < 0.06 and after[0].detected_sample > 6000
+    assert one.p0 == batched.p0 and abs(one.p0 - 0.5) < 0.05
+
+
+def test_a_refined_reference_finds_a_rise_a_misestimated_one_hides():
+    """The first reference estimate is off (its 500 samples ran at 0.13; the model then runs
+    at 0.1): a rise to 0.14 is 0.01 over the fixed reference and 0.04 over the refined one."""
+    fixed_found, refined_found = [], []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        reference = rng.random(500) < 0.13
+        errors = np.r_[rng.random(6000) < 0.10, rng.random(4000) < 0.14]
+        c = calibrate_cusum(reference, 20_000, streams=128, seed=seed)
+        for found, detector in ((fixed_found, ErrorCusum(c.p0, c.threshold, c.shifts)),
+                                (refined_found, refined_cusum(reference, 20_000, streams=128, seed=seed))):
+            alarms = [a for chunk in np.array_split(errors, 50) for a in detector.update(chunk)]
+            assert all(a.detected_sample > 6000 for a in alarms)  # no false alarm before the rise
+            found.append(alarms[0].detected_sample - 6000 if alarms else 4000)
+    assert max(refined_found) < 2000 and np.mean(refined_found) < 0.5 * np.mean(fixed_found), \
+        (refined_found, fixed_found)
+
+
 def _run_length_alarms(p: float, reference_n: int, ert: float, events: int, seed: int) -> tuple[int, int]:
     """False alarms of CUSUMs calibrated on fresh references, over `events` stationary samples."""
     rng = np.random.default_rng(seed)
@@ -81,6 +130,29 @@ def test_the_cusum_threshold_holds_its_expected_run_length_on_stationary_errors(
     expected = events / ert  # 40
     # Generous bounds: the check is that the rate is set by the ERT, not by luck or a constant.
     assert expected / 3 <= alarms <= expected * 2, (alarms, expected)
+
+
+def test_a_refined_reference_holds_its_expected_run_length_too():
+    """Lower thresholds as the in-control sample grows, yet the rate holds: the bootstrap's
+    allowance is for the count p0 was estimated from, and the guard keeps the samples the
+    CUSUMs are reading out of it. A reference that came out low (0.12 for a stream at 0.15)
+    keeps a fixed reference alarming; a refined one is learnt again after the first alarms."""
+    ert, fair, events = 5000, 0, 0
+    for run in range(6):
+        rng = np.random.default_rng(100 + run)
+        detector = refined_cusum(rng.random(500) < 0.15, ert, streams=128, seed=run)
+        fair += sum(len(detector.update(chunk)) for chunk in np.array_split(rng.random(20_000) < 0.15, 40))
+        events += 20_000
+    assert events / ert / 3 <= fair <= events / ert * 1.6, (fair, events / ert)  # 24 expected
+    fixed, refined = 0, 0
+    for run in range(3):
+        rng = np.random.default_rng(200 + run)
+        low, stream = rng.random(500) < 0.12, rng.random(20_000) < 0.15
+        c = calibrate_cusum(low, ert, streams=128, seed=run)
+        for detector in (ErrorCusum(c.p0, c.threshold, c.shifts), refined_cusum(low, ert, streams=128, seed=run)):
+            found = sum(len(detector.update(chunk)) for chunk in np.array_split(stream, 40))
+            fixed, refined = (fixed + found, refined) if detector.bootstrap is None else (fixed, refined + found)
+    assert refined <= 60_000 / ert * 2 < 60_000 / ert * 4 <= fixed, (refined, fixed)  # 12 expected
 
 
 def test_thresholds_follow_the_target_and_the_data_not_constants():
@@ -162,15 +234,20 @@ def test_a_tracker_raises_one_alert_per_signal_while_the_drift_keeps_firing():
     tracker = _tracker(config)
     rng = np.random.default_rng(1)
     for i in range(3000):
-        wrong = rng.random() < (0.1 if i < 1000 else 0.5)
+        wrong = rng.random() < (0.1 if i < 1000 else 0.5 if i < 2000 else 0.8)
         tracker.add_outcome(Joined(f"e{i}", Predicted("m", 1, int(wrong)), Label(0, 1000 * i)))
         if i % 100 == 99:
             tracker.flush()
+        if i == 1999:  # after the alarm the CUSUMs learnt the new regime as their reference
+            assert tracker.cusum.p0 == pytest.approx(0.5, abs=0.07) and not tracker.cusum.learning
+            assert tracker.drift is not None and abs(tracker.drift.event_time_ms - 1_000_000) <= 60_000
     concept = [a for a in tracker.alerts if a.signal == CONCEPT]
     cusum = [a for a in concept if a.statistic == "cusum"]
-    assert len(cusum) == 1 and cusum[0].refires > 0  # it kept firing; still one alert
+    assert len(cusum) == 1 and cusum[0].refires > 0  # it fired again on the further rise; still one alert
     assert abs(cusum[0].change_sample - 1001) <= 60 and cusum[0].value > cusum[0].threshold
-    assert tracker.drift is not None and abs(tracker.drift.event_time_ms - 1_000_000) <= 60_000
+    # the alert names the reference the rise was from, not the one learnt since
+    assert float(cusum[0].description.split("over the reference ")[1].split()[0]) < 0.15
+    assert tracker.drift is not None  # (ADWIN has since seen the second rise)
     tracker.add_predictions(rng.uniform(0, 1, (400, 2)), rng.uniform(0, 1, 400), 0, None)
     shifted = np.c_[rng.uniform(0, 1, 400), rng.uniform(0.5, 1.5, 400)]
     tracker.add_predictions(shifted, rng.uniform(0.6, 1.0, 400), 0, None)
@@ -178,7 +255,7 @@ def test_a_tracker_raises_one_alert_per_signal_while_the_drift_keeps_firing():
     assert (DATA, ("b",)) in signals_seen and (PREDICTION, (SCORE,)) in signals_seen
     assert (DATA, ("a",)) not in signals_seen
     report = tracker.report(0)
-    assert report.prediction_drift and report.error_cusum_threshold > 0 and report.reference_error_rate < 0.2
+    assert report.prediction_drift and report.error_cusum_threshold > 0 and report.reference_error_rate > 0.6
     by_name = {f.feature: f for f in report.features}
     assert by_name["b"].drifted and by_name["b"].ks > by_name["b"].ks_threshold > 0
     assert not by_name["a"].drifted

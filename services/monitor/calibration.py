@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .categorical import js_distance
-from .signals import CUSUM_SHIFTS, cusum_coefficients, cusum_level, cusum_path, window_statistics
+from .signals import (CUSUM_GUARD, CUSUM_SHIFTS, ErrorCusum, cusum_coefficients, cusum_level, cusum_path,
+                      window_statistics)
 
 
 def no_alarm_quantile(length: int, ert: float) -> float:
@@ -55,17 +56,8 @@ def calibrate_cusum(reference_errors: Sequence[int] | np.ndarray, ert: float,
                     shifts: Sequence[float] = CUSUM_SHIFTS, *, streams: int = 256,
                     length: int = 3000, seed: int = 0, floor: float = 0.0) -> CusumCalibration:
     """The threshold of a bank of Bernoulli CUSUMs (one per error-rate increase in `shifts`)
-    for the expected run length `ert`, in labelled samples.
-
-    The threshold is one level on the `cusum_level` scale, i.e. one LLR threshold per member
-    with (approximately) equal shares of the false alarms; the bootstrap takes each stream's
-    largest level over every member and event, so the members' correlation and the
-    approximation's own error are allowed for, and the bank as a whole keeps the rate.
-
-    Parametric bootstrap: the statistic uses the reference's error rate p̂; the stationary
-    streams are Bernoulli(p̂), and each stream's detector is built on a resample of the
-    reference (its own p̂*), so the threshold allows for the error in estimating p̂ from a
-    few hundred samples — the part of a false alarm a fixed threshold forgets.
+    for the expected run length `ert`, in labelled samples, against the reference's error
+    rate p̂ (never under `floor`): `cusum_bootstrap_level` for p̂ and the reference's size.
 
     >>> rng = np.random.default_rng(1)
     >>> c = calibrate_cusum(rng.random(500) < 0.1, ert=5000)
@@ -77,23 +69,72 @@ def calibrate_cusum(reference_errors: Sequence[int] | np.ndarray, ert: float,
     errors = np.asarray(reference_errors, dtype=np.float64)
     if errors.size < 20:
         raise ValueError("at least 20 reference samples are needed")
-    rng = np.random.default_rng(seed)
-    p0 = float(errors.mean())
+    # a reference better than the model's held-out error is in-sample: use the latter
+    p0 = max(float(errors.mean()), float(floor))
     shifts = tuple(float(s) for s in shifts)
-    if p0 < floor:  # a reference better than the model's held-out error is in-sample: use the latter
-        p0 = float(floor)
-        resampled = rng.binomial(errors.size, _clip(p0), size=streams) / errors.size
-    else:
-        # Each simulated stream's detector is built on its own resample of the reference.
-        resampled = rng.choice(errors, size=(streams, errors.size), replace=True).mean(axis=1)
+    threshold = cusum_bootstrap_level(p0, errors.size, ert, shifts, streams=streams, length=length, seed=seed)
+    return CusumCalibration(p0, shifts, threshold, ert)
+
+
+def cusum_bootstrap_level(p0: float, samples: int, ert: float, shifts: Sequence[float] = CUSUM_SHIFTS, *,
+                          streams: int = 256, length: int = 3000, seed: int = 0) -> float:
+    """The level (`cusum_level` scale; ErrorCusum's threshold) of a bank whose reference
+    error rate p0 was estimated from `samples` labelled samples, for the run length `ert`.
+
+    The level is one LLR threshold per member with (approximately) equal shares of the false
+    alarms; the bootstrap takes each stream's largest level over every member and event, so
+    the members' correlation and the approximation's own error are allowed for, and the
+    bank as a whole keeps the rate.
+
+    Parametric bootstrap: the stationary streams are Bernoulli(p0), and each stream's
+    detector is built on its own p̂* ~ Binomial(samples, p0) / samples — exactly the mean of
+    a with-replacement resample of a 0/1 reference with that rate — so the level allows for
+    the error in estimating p0, the part of a false alarm a fixed threshold forgets. That
+    allowance shrinks as the sample grows: a refined reference (`refined_cusum`) asks again
+    each time its in-control count doubles.
+
+    >>> levels = [cusum_bootstrap_level(0.1, n, 5000) for n in (500, 8000)]
+    >>> levels[0] > levels[1] > math.log(5000)
+    True
+    """
+    rng = np.random.default_rng(seed)
+    shifts = tuple(float(s) for s in shifts)
+    resampled = rng.binomial(samples, _clip(p0), size=streams) / samples
     a, b = cusum_coefficients(resampled, shifts)                           # (B, J) each
     x = (rng.random((streams, length)) < _clip(p0)).astype(np.float32)   # (B, L)
     maxima = np.empty((streams, len(shifts)))
     for j in range(len(shifts)):  # one member at a time: (B, L) arrays, not (B, L, J)
         maxima[:, j] = cusum_path(x, a[:, j:j + 1], b[:, j:j + 1])[..., 0].max(axis=1)
     levels = cusum_level(maxima, resampled, shifts).max(axis=1)          # (B,) monotone in each max
-    threshold = _quantile(levels, no_alarm_quantile(length, ert))
-    return CusumCalibration(p0, shifts, threshold, ert)
+    return _quantile(levels, no_alarm_quantile(length, ert))
+
+
+def refined_cusum(reference_errors: Sequence[int] | np.ndarray, ert: float,
+                  shifts: Sequence[float] = CUSUM_SHIFTS, *, guard: int = CUSUM_GUARD, relearn: int = 0,
+                  streams: int = 256, length: int = 3000, seed: int = 0, floor: float = 0.0) -> ErrorCusum:
+    """The monitor's concept-drift detector: a bank calibrated for `ert` on the reference,
+    whose reference is then refined from the stream (`ErrorCusum.refined`), with the level
+    bootstrapped again (`cusum_bootstrap_level`, same seed) each time the in-control count
+    doubles; `relearn` samples make a new reference after an alarm (default: as many as
+    this one). A few bootstraps of tens of milliseconds over a stream's life.
+
+    With 500 samples the error of p0 calls for a much higher level than with 3000:
+
+    >>> rng = np.random.default_rng(3)
+    >>> det = refined_cusum(rng.random(500) < 0.1, ert=20_000, streams=64)
+    >>> first = det.threshold
+    >>> det.update(rng.random(3000) < 0.1), det.in_control[0], round(first, 1), round(det.threshold, 1)
+    ([], 3000, 14.9, 11.3)
+    """
+    errors = np.asarray(reference_errors, dtype=np.float64)
+    if errors.size < 20:
+        raise ValueError("at least 20 reference samples are needed")
+    shifts = tuple(float(s) for s in shifts)
+
+    def bootstrap(p0: float, samples: int) -> float:
+        return cusum_bootstrap_level(p0, samples, ert, shifts, streams=streams, length=length, seed=seed)
+
+    return ErrorCusum.refined(errors, bootstrap, shifts, guard=guard, relearn=relearn, floor=floor)
 
 
 def _clip(p: float | np.ndarray):

@@ -20,6 +20,16 @@
   the members' last departures from zero: the one whose errors since then have
   the largest generalised likelihood ratio n·KL(p̂ ‖ p0) (a small-shift member that
   crosses first may have left zero long before an abrupt change).
+  The reference is refined from the stream (`ErrorCusum.refined`): p0 is re-estimated
+  from every labelled sample seen since the reference (re)started and no alarm, except
+  the last `guard` ones (so a slow drift in progress is not learnt as normal). A few
+  hundred reference samples leave p0 an error as large as the smallest shifts, and the
+  bootstrap must allow for it with higher thresholds; thousands of in-control samples
+  make both the error and the allowance small. p0, the coefficients and the members'
+  thresholds follow the estimate each time the in-control count grows by 1/8; the level
+  is bootstrapped again, for the current count, each time it doubles. After an alarm the
+  reference restarts: the new regime is learnt from the samples that follow, while the
+  old reference keeps watching.
 * `WindowDrift` — data and prediction drift: a ring buffer of the last `window`
   rows' reference-bin indices per feature; every `step` rows one bincount gives
   every feature's histogram, and from it PSI and the two-sample Kolmogorov–Smirnov
@@ -36,7 +46,7 @@ Thresholds come from `calibration.py`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +57,12 @@ EPSILON = 1e-4
 # The monitor's bank (TrackerConfig.cusum_shifts): rises of the error rate over the reference's.
 CUSUM_SHIFTS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
 OVERSHOOT = 1.166  # Siegmund's correction for the overshoot of the threshold, in standard deviations
+# A refined reference (ErrorCusum.refined): p0 follows the in-control sample whenever it has grown
+# by this factor (the estimate's standard error then falls ~6 %, a fraction of itself, per step;
+# geometric, so a long stream costs a few dozen cheap updates); the level is bootstrapped again
+# each time the count doubles (the bootstrap costs tens of milliseconds).
+CUSUM_REFRESH = 1.125
+CUSUM_GUARD = 500  # the latest samples kept out of the in-control estimate
 
 
 def cusum_coefficients(p0, shifts: Sequence[float]):
@@ -142,6 +158,7 @@ class CusumAlarm:
     shift: float
     llr: float = 0.0       # the member's CUSUM (log-likelihood ratio) ...
     llr_threshold: float = 0.0  # ... and its own threshold
+    p0: float = 0.0        # the reference error rate it rose from (a refined reference restarts after it)
 
 
 class ErrorCusum:
@@ -150,6 +167,10 @@ class ErrorCusum:
 
     The level is per member; the bank, six members wide, needs about log(ERT) + 2
     (`calibrate_cusum` finds it; 12 is about what it gives for ERT 20,000).
+
+    Built with `ErrorCusum(p0, threshold)`, the reference is fixed and after an alarm only
+    the CUSUMs restart. `ErrorCusum.refined` (what the monitor runs) refines it from the
+    stream and restarts it after an alarm (see there).
 
     >>> rng = np.random.default_rng(3)
     >>> det = ErrorCusum(p0=0.1, threshold=12.0)
@@ -161,16 +182,95 @@ class ErrorCusum:
     """
 
     def __init__(self, p0: float, threshold: float, shifts: Sequence[float] = CUSUM_SHIFTS) -> None:
-        self.p0 = p0
-        self.threshold = float(threshold)
         self.shifts = tuple(shifts)
-        self.a, self.b = cusum_coefficients(p0, self.shifts)  # (J,) each
-        self.thresholds = cusum_thresholds(p0, self.shifts, self.threshold)  # (J,) LLR
+        self._set(p0, threshold)
         self.s = np.zeros(len(self.shifts))
         self.left_zero = np.zeros(len(self.shifts), dtype=np.int64)  # sample count when each was last 0
         self.left_zero_errors = np.zeros(len(self.shifts))  # ... and the error count then
         self.samples = 0
         self.errors = 0.0
+        # A refined reference (`refined`); with bootstrap None the reference is fixed.
+        self.bootstrap: Callable[[float, int], float] | None = None
+        self.floor, self.guard, self.relearn = 0.0, 0, 0
+        self._t, self._k = 0, 0.0       # samples and errors since the reference (re)started
+        self._tail = np.zeros(0)        # the last `guard` of them
+        self._reference = 0             # the reference's size: in control from the start
+        self._bootstrapped = self._refreshed = 0  # in-control counts at the last bootstrap / p0 update
+        self._next = 0                  # `_t` at the next update (or at the end of the reference)
+
+    def _set(self, p0: float, threshold: float) -> None:
+        self.p0 = float(p0)
+        self.threshold = float(threshold)
+        self.a, self.b = cusum_coefficients(self.p0, self.shifts)  # (J,) each
+        self.thresholds = cusum_thresholds(self.p0, self.shifts, self.threshold)  # (J,) LLR
+
+    @classmethod
+    def refined(cls, reference_errors, bootstrap: Callable[[float, int], float],
+                shifts: Sequence[float] = CUSUM_SHIFTS, *, guard: int = CUSUM_GUARD, relearn: int = 0,
+                floor: float = 0.0) -> ErrorCusum:
+        """A bank whose reference error rate p0 is refined from the stream.
+
+        In control are the reference's samples and every later one, since the reference
+        (re)started, except the last `guard`: n = max(reference, t − guard) after t
+        samples, and p0 = max(their error rate, `floor`). The first estimate comes from a
+        few hundred samples, and its error (sd ≈ 0.013 at p0 = 0.1 from 500) is as large as
+        the bank's smallest shifts: the bootstrap has to allow for it and raise every
+        threshold, and a fixed reference whose rate came out low or high stays wrong.
+        The guard keeps the slow start of a drift (which no member has detected yet) out
+        of p0, as long as the drift is detected within `guard` samples of it.
+
+        Each time n has grown by `CUSUM_REFRESH` (1/8), p0, the coefficients and the
+        members' LLR thresholds at the current level follow (`cusum_thresholds`: the
+        level scale is what stays put when p0 moves); at the first such update after it
+        has doubled, `bootstrap(p0, n)` gives the level for n in-control samples, whose estimation
+        error, and allowance, are smaller. The CUSUM values carry over an update: the
+        evidence they hold was measured against a p0 within its own standard error.
+
+        After an alarm the reference restarts: p0 is the old regime's, and the alarm says
+        the stream left it, so the next `relearn` samples are a new reference, and
+        refinement starts over from them. Meanwhile the old reference keeps watching (its
+        CUSUMs from zero; a persistent drift fires again, a false alarm costs no blind
+        spell). All update points are sample counts, so the alarms do not depend on how
+        the stream is batched.
+
+        A reference that came out high (0.136 where the stream runs at 0.1) is learnt away:
+
+        >>> rng = np.random.default_rng(5)
+        >>> det = ErrorCusum.refined(rng.random(500) < 0.13, lambda p0, n: 12.0, relearn=500)
+        >>> round(det.p0, 3), det.update(rng.random(8000) < 0.1), det.in_control, round(det.p0, 3)
+        (0.136, [], (8000, 840.0), 0.105)
+
+        And after an alarm the new regime is learnt from the samples that follow it:
+
+        >>> alarm, *again = det.update(rng.random(400) < 0.3)
+        >>> round(alarm.p0, 3), alarm.detected_sample < 8600, det.learning
+        (0.105, True, True)
+        >>> again += det.update(rng.random(1000) < 0.3); len(again) > 0, det.learning, round(det.p0, 1)
+        (True, False, 0.3)
+        >>> det.update(rng.random(1000) < 0.3)
+        []
+        """
+        x = np.asarray(reference_errors, dtype=np.float64).ravel()
+        det = cls(0.0, 0.0, shifts)
+        det.bootstrap, det.floor, det.guard = bootstrap, float(floor), int(guard)
+        det.relearn = int(relearn) or x.size
+        det._restart(x.size)
+        det._advance(x)
+        det._start()
+        return det
+
+    @property
+    def learning(self) -> bool:
+        """True while a refined reference is being learnt again, after an alarm (the old one
+        still watches, and refires, meanwhile)."""
+        return self.bootstrap is not None and self._t < self._reference
+
+    @property
+    def in_control(self) -> tuple[int, float]:
+        """(samples, errors) p0 is estimated from: the refined reference's in-control sample."""
+        n = max(min(self._t, self._reference), self._t - self.guard)
+        back = self._t - n  # the latest samples, inside the guard (at most `guard`)
+        return n, self._k - (float(self._tail[-back:].sum()) if back else 0.0)
 
     @property
     def value(self) -> float:
@@ -182,15 +282,47 @@ class ErrorCusum:
         self.left_zero[:] = self.samples
         self.left_zero_errors[:] = self.errors
 
+    def _restart(self, reference: int) -> None:
+        self._t, self._k, self._tail, self._reference = 0, 0.0, np.zeros(0), reference
+
+    def _advance(self, x: np.ndarray) -> None:
+        self._t += x.size
+        self._k += float(x.sum())
+        if self.guard:
+            self._tail = np.concatenate([self._tail, x])[-self.guard:]
+
+    def _start(self) -> None:
+        """A (new) reference is complete: its estimate and bootstrap; the CUSUMs start from zero."""
+        n, k = self.in_control
+        p0 = max(k / n, self.floor)
+        self._set(p0, self.bootstrap(p0, n))
+        self._bootstrapped = self._refreshed = n
+        self._next = math.ceil(n * CUSUM_REFRESH) + self.guard
+        self.reset()
+
+    def _refresh(self) -> None:
+        n, k = self.in_control
+        p0 = max(k / n, self.floor)
+        level = self.threshold
+        if n >= 2 * self._bootstrapped:
+            level, self._bootstrapped = self.bootstrap(p0, n), n
+        self._set(p0, level)
+        self._refreshed = n
+        self._next = math.ceil(n * CUSUM_REFRESH) + self.guard
+
     def update(self, errors) -> list[CusumAlarm]:
         """Adds a batch of errors (1 = wrong); returns the alarms in it. After an alarm the
-        CUSUMs restart from zero, so a drift that persists fires again (and again)."""
-        x = np.asarray(errors, dtype=np.float64)
+        CUSUMs restart from zero, so a drift that persists fires again (and again) against
+        a fixed reference, and against a refined one until the new regime is learnt."""
+        x = np.asarray(errors, dtype=np.float64).ravel()
         alarms: list[CusumAlarm] = []
         while x.size:
-            path = cusum_path(x, self.a, self.b, self.s)                   # (n, J)
-            positions = np.arange(1, x.size + 1) + self.samples          # sample numbers
-            counted = np.cumsum(x) + self.errors                         # errors so far
+            part = x  # up to the end of a new reference or the next update of a refined one
+            if self.bootstrap is not None:
+                part = x[:(self._reference if self.learning else self._next) - self._t]
+            path = cusum_path(part, self.a, self.b, self.s)                # (n, J)
+            positions = np.arange(1, part.size + 1) + self.samples       # sample numbers
+            counted = np.cumsum(part) + self.errors                      # errors so far
             zero = path <= 0
             last_zero = np.maximum(np.maximum.accumulate(np.where(zero, positions[:, None], 0), axis=0),
                                    self.left_zero)
@@ -201,9 +333,11 @@ class ErrorCusum:
             if not over.any():
                 self.s = path[-1].copy()
                 self.left_zero, self.left_zero_errors = last_zero[-1].copy(), zero_errors[-1].copy()
-                self.samples += x.size
+                self.samples += part.size
                 self.errors = float(counted[-1])
-                break
+                x = x[part.size:]
+                self._learn(part)
+                continue
             i = int(np.argmax(over))
             levels = np.where(path[i] > self.thresholds, cusum_level(path[i], self.p0, self.shifts), -np.inf)
             j = int(np.argmax(levels))
@@ -211,13 +345,28 @@ class ErrorCusum:
             rate = (counted[i] - zero_errors[i]) / np.maximum(since, 1)
             start = int(last_zero[i, int(np.argmax(_glr(rate, since, self.p0)))]) + 1
             alarms.append(CusumAlarm(max(float(levels[j]), self.threshold), self.threshold, start,
-                                     int(positions[i]), self.shifts[j], float(path[i, j]), float(self.thresholds[j])))
+                                     int(positions[i]), self.shifts[j], float(path[i, j]), float(self.thresholds[j]),
+                                     self.p0))
             self.samples += i + 1
             self.errors = float(counted[i])
             self.reset()
+            if self.learning:  # a new regime is being learnt already: this alarm only confirms it
+                self._learn(part[:i + 1])
+            elif self.bootstrap is not None:
+                self._restart(self.relearn)
             x = x[i + 1:]
         return alarms
 
+    def _learn(self, part: np.ndarray) -> None:
+        """A refined reference takes in samples the CUSUMs have read without alarm."""
+        if self.bootstrap is None:
+            return
+        learning = self.learning
+        self._advance(part)
+        if learning and not self.learning:
+            self._start()
+        elif not learning and self._t >= self._next:
+            self._refresh()
 
 @dataclass
 class WindowAlarm:

@@ -4,8 +4,10 @@ Signals per version:
 
 * concept drift on the 0/1 error stream of labelled predictions — a bank of
   Bernoulli CUSUMs against the error rate of the version's first
-  `error_reference_samples` labelled predictions (numpy, per batch), with its
-  threshold bootstrapped for the expected run length; and river's ADWIN, whose
+  `error_reference_samples` labelled predictions, refined from the later ones
+  (but the latest `error_guard_samples`) until an alarm, after which it is learnt
+  again (numpy, per batch), with its threshold bootstrapped for the expected run
+  length and the in-control count; and river's ADWIN, whose
   delta is bootstrapped on the same reference. ADWIN is the river detector of
   choice because it assumes nothing about the error rate's level or trend (DDM
   assumes a learner whose error only falls and misfires on a fixed, deployed
@@ -32,7 +34,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from driftline.v1 import monitor_pb2
 
-from .calibration import calibrate_adwin, calibrate_cusum, calibrate_windows
+from .calibration import calibrate_adwin, calibrate_windows, refined_cusum
 from .detectors import ChangePoint, ErrorRateChange, RollingAccuracy
 from .joiner import Joined
 from .references import ModelReference
@@ -55,10 +57,23 @@ class TrackerConfig:
     window_confirm: int = 2              # consecutive tests over the threshold to raise an alert
     window_clear_ratio: float = 0.8      # ... and under ratio × threshold to clear it
     expected_run_length: float = 20_000  # events between false alarms, per version and signal
-    error_reference_samples: int = 500
+    error_reference_samples: int = 500  # ... and after each CUSUM alarm, the new regime's
+    # The CUSUMs' reference error rate is refined from the labelled samples seen since, except the
+    # latest error_guard_samples (a slow drift in progress is not learnt as normal).
+    error_guard_samples: int = 500
     cusum_shifts: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)  # = signals.CUSUM_SHIFTS
     calibration_streams: int = 128
     psi_min_samples: int = 0             # kept for old configurations; the window must be full
+
+
+def error_cusum(reference_errors, config: TrackerConfig, floor: float = 0.0) -> ErrorCusum:
+    """A version's concept-drift CUSUMs, calibrated on its first labelled predictions and
+    refined from the rest (`calibration.refined_cusum`); bench/drift.py runs this too.
+    After an alarm they learn the new regime from `error_reference_samples` more; the version's
+    alert stays up (ADWIN clears it), and a further rise fires again."""
+    return refined_cusum(reference_errors, config.expected_run_length, config.cusum_shifts,
+                         guard=config.error_guard_samples, relearn=config.error_reference_samples,
+                         streams=config.calibration_streams, floor=floor)
 
 
 class Position(NamedTuple):
@@ -241,9 +256,7 @@ class VersionTracker:
         c = self.config
         started = time.perf_counter()
         floor = (self.reference.eval_error or 0.0) if self.reference is not None else 0.0
-        calibration = calibrate_cusum(self._reference_errors, c.expected_run_length, c.cusum_shifts,
-                                      streams=c.calibration_streams, floor=floor)
-        self.cusum = ErrorCusum(calibration.p0, calibration.threshold, calibration.shifts)
+        self.cusum = error_cusum(self._reference_errors, c, floor)
         self.cusum.samples = self.samples
         self.cusum.reset()
         if c.calibrate_adwin:
@@ -251,8 +264,8 @@ class VersionTracker:
             self.errors = ErrorRateChange(self.adwin_delta)
             self.errors.samples = self.samples
         log.info("error-stream thresholds calibrated", extra={
-            "model": self.model_name, "version": self.version, "reference_error_rate": round(calibration.p0, 4),
-            "cusum_threshold": round(calibration.threshold, 3), "adwin_delta": self.adwin_delta,
+            "model": self.model_name, "version": self.version, "reference_error_rate": round(self.cusum.p0, 4),
+            "cusum_threshold": round(self.cusum.threshold, 3), "adwin_delta": self.adwin_delta,
             "ert": c.expected_run_length, "seconds": round(time.perf_counter() - started, 3)})
 
     def _sample(self, sample: int) -> tuple[int, Position]:
@@ -275,11 +288,11 @@ class VersionTracker:
         _, detected_at = self._sample(alarm.detected_sample)
         after = self.error_rate_since(alarm.change_sample)
         if self.drift is None:  # a CUSUM that fires again during the same drift does not move its start
-            self.drift = ChangePoint(alarm.change_sample, change_ms, self.cusum.p0, after)
+            self.drift = ChangePoint(alarm.change_sample, change_ms, alarm.p0, after)
         self._raise(Alert(
             CONCEPT, "cusum", [], alarm.value, alarm.threshold, alarm.change_sample, alarm.detected_sample,
             change_ms, change_at, detected_at,
-            f"CUSUM for an error-rate rise of {alarm.shift:g} over the reference {self.cusum.p0:.3f} reached "
+            f"CUSUM for an error-rate rise of {alarm.shift:g} over the reference {alarm.p0:.3f} reached "
             f"{alarm.value:.2f} > {alarm.threshold:.2f} (calibrated for one false alarm per "
             f"{self.config.expected_run_length:.0f} samples); the change began at labelled sample "
             f"{alarm.change_sample}"))
