@@ -301,3 +301,18 @@ def test_the_error_reference_is_never_better_than_the_models_held_out_error():
     # ...where the in-sample rate would have alarmed at once
     naive = calibrate_cusum(in_sample, 20_000)
     assert ErrorCusum(naive.p0, naive.threshold, naive.shifts).update(rng.random(5000) < 0.03)
+
+
+def test_the_service_settings_run_the_detector_the_drift_bench_measures():
+    """bench/drift.py measures TrackerConfig's CUSUM bank, reference and guard; a monitor started
+    from its settings must run the same (only the run length and bootstrap size are its own)."""
+    import dataclasses
+
+    from services.monitor.server import tracker_config
+    from services.monitor.settings import MonitorSettings
+    from services.monitor.tracker import TrackerConfig
+
+    served, measured = tracker_config(MonitorSettings()), TrackerConfig()
+    differ = {f.name for f in dataclasses.fields(TrackerConfig)
+              if getattr(served, f.name) != getattr(measured, f.name)}
+    assert differ <= {"expected_run_length", "calibration_streams"}, differ

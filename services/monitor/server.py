@@ -107,5 +107,6 @@ def tracker_config(settings: MonitorSettings) -> TrackerConfig:
         window_step=settings.window_step, window_confirm=settings.window_confirm,
         window_clear_ratio=settings.window_clear_ratio, expected_run_length=settings.expected_run_length,
         error_reference_samples=settings.error_reference_samples,
+        error_guard_samples=settings.error_guard_samples,
         cusum_shifts=tuple(float(v) for v in _names(settings.cusum_shifts)),
         calibration_streams=settings.calibration_streams)

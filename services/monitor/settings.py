@@ -26,9 +26,12 @@ class MonitorSettings(CommonSettings):
     # costs a retraining, so the default is long: at 400 labelled events/s, one in ~8 minutes
     # per version at worst, far rarer once the policy's min samples and cooldown apply.
     expected_run_length: float = 200_000
-    # Labelled predictions a version's error-stream reference is built from.
+    # Labelled predictions a version's error-stream reference is built from (and, after an alarm,
+    # the new regime's); it is refined from every later sample but the latest error_guard_samples.
     error_reference_samples: int = 500
-    cusum_shifts: str = "0.05,0.1,0.2,0.4"
+    error_guard_samples: int = 500
+    # The CUSUM bank: error-rate increases over the reference, one CUSUM (and threshold) each.
+    cusum_shifts: str = "0.01,0.02,0.05,0.1,0.2,0.4"
     # ADWIN's delta until the reference is complete; then bootstrapped (unless calibrate_adwin is off).
     adwin_delta: float = 0.002
     calibrate_adwin: bool = True
