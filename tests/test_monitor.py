@@ -125,6 +125,20 @@ def test_the_policy_asks_once_per_version_until_rearmed():
     assert rules.decide("other", 1, 999).retrain  # other models do not
 
 
+def test_a_rearmed_version_asks_again_after_the_retry_pause_not_the_whole_cooldown():
+    now = [0.0]
+    rules = DriftPolicy(min_samples=1, cooldown_s=600, clock=lambda: now[0], retry_s=15)
+    rules.requested("m", 1)
+    now[0] = 20.0  # the retrain landed and was not promoted
+    rules.rearm("m", 1)
+    assert rules.decide("m", 1, 99).rule == "cooldown"
+    now[0] = 35.0
+    assert rules.decide("m", 1, 99).retrain
+    rules.requested("m", 1)
+    rules.landed("m")  # promoted: v2 need not wait out v1's cooldown
+    assert rules.decide("m", 2, 99).retrain
+
+
 def test_a_version_tracker_clears_drift_when_errors_recover():
     tracker = VersionTracker("m", 1, TrackerConfig(accuracy_window=100))
     rng = random.Random(11)

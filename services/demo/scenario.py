@@ -129,6 +129,11 @@ class LoopObserver:
         self.last_scored_event = -1
         self.scores: dict[tuple[str, int], Scored] = {}
         self.versions_promoted: list[int] = []
+        self.versions_answered: set[int] = set()
+        # The versions that served before the drift: the monitor may retrain on a change of its own
+        # before the injected one (the entity features settle as their history grows); only a version
+        # that came after the drift is its recovery.
+        self.pre_drift_versions: set[int] | None = None
         self.lock = threading.Lock()
 
     # -- timeline -------------------------------------------------------------
@@ -159,6 +164,7 @@ class LoopObserver:
                     while not self.v1_serving.wait(0.5) and not self.done.is_set():
                         pass
                     next_at = time.monotonic()
+                self.pre_drift_versions = set(self.versions_promoted) | self.versions_answered
                 self.result.drift_injected_s = self.now()
                 self.mark(f"drift injected: concept {self.stream.concept_of(index - 1)} → "
                           f"{self.stream.concept_of(index)}", index)
@@ -216,18 +222,21 @@ class LoopObserver:
             self.result.first_version = version
             self.mark(f"serving answered with v{version}")
             self.v1_serving.set()
+        pre_drift = self.pre_drift_versions
+        if pre_drift is None:
+            self.versions_answered.add(version)
+        old_model = pre_drift is None or version in pre_drift
         for record, prediction in zip(records, reply.predictions):
             index = index_of(record.event_id)
             self.last_scored_event = max(self.last_scored_event, index)
-            if version == self.result.first_version:
+            if old_model:
                 phase = "before" if index < self.options.drift_at else "after_drift"
             else:
                 phase = "recovered"
             scored = self.scores.setdefault((phase, version), Scored(version))
             scored.total += 1
             scored.correct += int(prediction.label == record.label)
-        if (version != self.result.first_version and self.result.recovered_s is None
-                and self.result.drift_injected_s is not None):
+        if not old_model and self.result.recovered_s is None:
             self.result.recovered_s = self.now()
             self.result.new_version = version
             self.mark(f"serving answered with v{version} — recovered")

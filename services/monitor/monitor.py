@@ -253,10 +253,12 @@ class DriftMonitor:
                        when)
 
     def _on_training_result(self, result: training_pb2.TrainingResult, at: Position) -> None:
-        # A retrain that failed or was not promoted leaves the drifted version serving:
-        # let it ask again once the cooldown has passed.
+        # A promoted retrain ends the model's cooldown (its new version starts its own count); one
+        # that failed or was not promoted leaves the drifted version serving: it may ask again soon.
         key = self._requested_by.get(result.request_id)
-        if key and (result.status != training_pb2.TrainingResult.SUCCEEDED or not result.promoted):
+        if key and result.status == training_pb2.TrainingResult.SUCCEEDED and result.promoted:
+            self.policy.landed(key[0])
+        elif key:
             self.policy.rearm(*key)
             log.info("re-armed after an unsuccessful retrain", extra={
                 "model": key[0], "version": key[1], "request_id": result.request_id,
@@ -347,6 +349,7 @@ class DriftMonitor:
         self.policy.requested(tracker.model_name, tracker.version)
         self._requested_by[request.request_id] = key
         alert.confirmed, alert.training_request_id = True, request.request_id
+        alert.requested_refires = alert.refires
         TRAINING_REQUESTS.labels(tracker.model_name).inc()
         log.warning("drift confirmed; training requested", extra={
             "model": key[0], "version": key[1], "request_id": request.request_id, "reason": request.reason})

@@ -6,9 +6,11 @@ serving model, so the policy asks three more questions first:
 * has this version seen `min_samples` labelled predictions? (a detector on a
   few dozen samples is mostly noise, and a new version deserves a fair start)
 * has the model been asked to retrain in the last `cooldown_s` seconds?
-  (the retrain already requested needs time to land)
-* has this version already asked? Once per version, unless `rearm()` — e.g.
-  when the retrain it asked for failed or was not promoted.
+  (the retrain already requested needs time to land; once it has landed and
+  been promoted, the new version need not wait out the rest)
+* has this version already asked? Once per version, unless `rearm()` — when
+  the retrain it asked for failed or was not promoted; it may then ask again
+  `retry_s` later, without waiting out the rest of the cooldown.
 
 Which signals may ask at all is configuration too (`signals`: concept_drift,
 data_drift, prediction_drift); the rest only alert. Thresholds (run length) and
@@ -49,9 +51,10 @@ class DriftPolicy:
 
     def __init__(self, min_samples: int, cooldown_s: float,
                  clock: Callable[[], float] = time.monotonic,
-                 signals: Iterable[str] = ("concept_drift:cusum",)) -> None:
+                 signals: Iterable[str] = ("concept_drift:cusum",), retry_s: float = 15.0) -> None:
         self.min_samples = min_samples
         self.cooldown_s = cooldown_s
+        self.retry_s = min(retry_s, cooldown_s)
         self.signals = frozenset(signals)
         self._clock = clock
         self._last_request: dict[str, float] = {}  # model → when it last asked
@@ -84,6 +87,17 @@ class DriftPolicy:
         self._asked.add((model_name, version))
         self._last_request[model_name] = self._clock()
 
+    def landed(self, model_name: str) -> None:
+        """The retrain the model asked for was promoted: its cooldown has done its job. The new
+        version asks only once it has its own `min_samples`."""
+        self._last_request.pop(model_name, None)
+
     def rearm(self, model_name: str, version: int) -> None:
-        """Lets this version ask again (after its cooldown)."""
+        """Lets this version ask again, `retry_s` after the retrain it asked for landed (failed,
+        or was not promoted): the cooldown gave that retrain time to land; waiting it out again
+        would leave the drifted version serving, while a short pause keeps a trainer that fails
+        at once from being asked in a tight loop."""
         self._asked.discard((model_name, version))
+        last = self._last_request.get(model_name)
+        if last is not None:
+            self._last_request[model_name] = min(last, self._clock() - self.cooldown_s + self.retry_s)

@@ -62,7 +62,7 @@ def build(settings: MonitorSettings) -> ServiceProcess:
     monitor = DriftMonitor(
         topics=topics, stream=settings.stream, producer=producer, references=references,
         policy=DriftPolicy(settings.policy_min_samples, settings.policy_cooldown_s,
-                           signals=_names(settings.policy_signals)),
+                           signals=_names(settings.policy_signals), retry_s=settings.policy_retry_s),
         join=LabelJoin(settings.join_ttl_s, settings.join_max_pending, read_time=event_time_ms),
         tracker_config=tracker_config(settings),
         report_every_samples=settings.report_every_samples, report_every_s=settings.report_every_s,

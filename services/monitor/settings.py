@@ -59,6 +59,8 @@ class MonitorSettings(CommonSettings):
     policy_signals: str = "concept_drift:cusum"
     policy_min_samples: int = 500
     policy_cooldown_s: float = 600.0
+    # After a retrain that failed or was not promoted, the version may ask again this much later.
+    policy_retry_s: float = 15.0
 
     # The ops dashboard (HTTP, server-sent events); 0 = off. Binds dashboard_host.
     dashboard_port: int = 8055

@@ -102,6 +102,7 @@ class Alert:
     training_request_id: str = ""
     active: bool = True
     refires: int = 0
+    requested_refires: int = -1  # `refires` when its training request went out
 
     def to_proto(self) -> monitor_pb2.Alert:
         out = monitor_pb2.Alert(
@@ -310,6 +311,13 @@ class VersionTracker:
         for existing in self.alerts:
             if (existing.active and existing.signal == alert.signal and existing.statistic == alert.statistic
                     and existing.features == alert.features):
+                if existing.confirmed and existing.refires == existing.requested_refires:
+                    # The first firing since its training request: the change is located afresh. Should
+                    # that retrain not be promoted (its window reached back to an earlier, smaller change),
+                    # the next request starts from here.
+                    existing.change_sample, existing.change_time_ms = alert.change_sample, alert.change_time_ms
+                    existing.change_at, existing.detected_sample = alert.change_at, alert.detected_sample
+                    existing.detected_at, existing.description = alert.detected_at, alert.description
                 existing.refires += 1
                 existing.value = alert.value
                 return
