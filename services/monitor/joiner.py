@@ -235,24 +235,10 @@ class LabelJoin:
         1
         """
         joined: list[Joined] = []
-        take_label = self._labels.entries.pop
-        mine = self._predictions.entries
-        now = self._clock()  # one log, one arrival
         for event_id, label in zip(event_ids, labels):
-            if not event_id:
-                continue
-            prediction = Predicted(model_name, model_version, label, served_at_ms)
-            found = take_label(event_id, None)
-            if found is None:
-                if event_id not in mine:  # a redelivered duplicate keeps the first arrival's place
-                    mine[event_id] = (now, prediction)
-                continue
-            value = found[1]
-            if not isinstance(value, Label):
-                value = Label(value[0], self._read_time(value[1]))
-            joined.append(self._join(event_id, prediction, value))
-        if len(mine) > self.max_pending:
-            self._predictions.bound(self.max_pending)
+            if event_id and (one := self.add_prediction(
+                    event_id, Predicted(model_name, model_version, label, served_at_ms))) is not None:
+                joined.append(one)
         return joined
 
     def _take_or_wait(self, other: _Waiting, mine: _Waiting, event_id: str, item: object):
