@@ -38,7 +38,7 @@ from .calibration import calibrate_adwin, calibrate_windows, refined_cusum
 from .detectors import ChangePoint, ErrorRateChange, RollingAccuracy
 from .joiner import Joined
 from .references import ModelReference
-from .signals import ErrorCusum, WindowDrift
+from .signals import CUSUM_GUARD, CUSUM_SHIFTS, ErrorCusum, WindowDrift
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ class TrackerConfig:
     error_reference_samples: int = 500  # ... and after each CUSUM alarm, the new regime's
     # The CUSUMs' reference error rate is refined from the labelled samples seen since, except the
     # latest error_guard_samples (a slow drift in progress is not learnt as normal).
-    error_guard_samples: int = 500
-    cusum_shifts: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)  # = signals.CUSUM_SHIFTS
+    error_guard_samples: int = CUSUM_GUARD
+    cusum_shifts: tuple[float, ...] = CUSUM_SHIFTS
     calibration_streams: int = 128
     psi_min_samples: int = 0             # kept for old configurations; the window must be full
 
