@@ -78,14 +78,13 @@ def rows_to_matrix(rows: Sequence[serving_pb2.Row], feature_count: int | None,
 
 class Predictor(serving_pb2_grpc.PredictorServicer):
     def __init__(self, model_name: str, models: ModelManager | Router, prediction_log: PredictionLogger,
-                 inline_max_rows: int = 64, batcher: Batcher | None = None,
+                 batcher: Batcher | None = None,
                  max_request_rows: int = 65_536, *, shadow_batcher: Batcher | None = None,
                  max_message_bytes: int = 0) -> None:
         self.model_name = model_name
         self.router = models if isinstance(models, Router) else Router(models)
         self.models = self.router.production
         self.prediction_log = prediction_log
-        self.inline_max_rows = inline_max_rows  # kept for compatibility; the batcher runs every batch
         self.batcher = batcher or Batcher(model_name=model_name)
         # Mirrored requests queue apart, so the shadow can never fill the callers' queue.
         self.shadow_batcher = shadow_batcher
@@ -348,7 +347,7 @@ async def build(settings: ServingSettings) -> ServingProcess:
                                  max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
                                  max_queued=max(1, settings.shadow_max_queued), workers=1,
                                  model_name=settings.model_name, inline_max_s=settings.inline_max_us / 1e6)
-    predictor = Predictor(settings.model_name, router, prediction_log, settings.inline_max_rows,
+    predictor = Predictor(settings.model_name, router, prediction_log,
                           batcher, settings.max_request_rows, shadow_batcher=shadow_batcher,
                           max_message_bytes=settings.max_message_bytes)
     inference = InferenceService(predictor, server_version())

@@ -46,9 +46,6 @@ class ServingSettings(CommonSettings):
     # Prediction logs wait here for the producer thread; beyond it they are dropped (counted),
     # because a slow broker must never slow down Predict.
     prediction_log_queue: int = 10_000
-    # No longer used: every batch now runs on the batcher's worker thread (kept so existing
-    # DRIFTLINE_INLINE_MAX_ROWS settings still parse).
-    inline_max_rows: int = 64
     # Dynamic batching (services/serving/batcher.py), for Predict and ModelInfer alike:
     # requests that arrive together run as one session call of up to `max_batch_rows` rows;
     # the oldest waits at most `max_queue_delay_ms` for others to join (0: no waiting, batches
