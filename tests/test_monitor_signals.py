@@ -228,6 +228,39 @@ def _tracker(config: TrackerConfig) -> VersionTracker:
     return tracker
 
 
+def _requested_cusum_alert(rates: list[tuple[int, float]], ask_at: int, seed: int):
+    """A tracker fed error rates segment by segment (samples, rate); its CUSUM alert is marked as
+    asked for at sample `ask_at` (as the monitor does when it publishes the training request)."""
+    config = TrackerConfig(accuracy_window=200, psi_window=200, window_step=50, expected_run_length=50_000,
+                           error_reference_samples=300, calibrate_adwin=False, calibration_streams=64)
+    tracker = _tracker(config)
+    rng = np.random.default_rng(seed)
+    wrong = np.concatenate([rng.random(n) < rate for n, rate in rates])
+    for i, w in enumerate(wrong):
+        tracker.add_outcome(Joined(f"e{i}", Predicted("m", 1, int(w)), Label(0, 1000 * i)))
+        if i % 50 == 49:
+            tracker.flush()
+        if i == ask_at:
+            alert = next(a for a in tracker.alerts if a.statistic == "cusum")
+            alert.confirmed, alert.requested_refires, asked = True, alert.refires, alert.change_sample
+    return alert, asked
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_lasting_drift_that_fires_again_after_its_request_keeps_its_start(seed):
+    # 10 % errors, then 80 % from sample 1000 on; asked at 1200, refiring after since the CUSUM restarted.
+    alert, asked = _requested_cusum_alert([(1000, 0.1), (1500, 0.8)], 1200, seed)
+    assert alert.refires > alert.requested_refires  # it did fire again after the request
+    assert abs(asked - 1000) <= 60 and alert.change_sample == asked
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_second_larger_rise_after_the_request_moves_the_change(seed):
+    # 10 % -> 25 % at 1000 (asked for), then -> 80 % at 2000: a retry must start at the second rise.
+    alert, asked = _requested_cusum_alert([(1000, 0.1), (1000, 0.25), (1000, 0.8)], 1990, seed)
+    assert asked < 1900 and abs(alert.change_sample - 2000) <= 80, (asked, alert.change_sample)
+
+
 def test_a_tracker_raises_one_alert_per_signal_while_the_drift_keeps_firing():
     config = TrackerConfig(accuracy_window=200, psi_window=200, window_step=50, expected_run_length=50_000,
                            error_reference_samples=300, calibrate_adwin=False, calibration_streams=64)

@@ -23,6 +23,7 @@ Signals per version:
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections import deque
@@ -304,6 +305,35 @@ class VersionTracker:
             return 0.0
         return sum(e for *_, e in list(self._sample_at)[-n:]) / n
 
+    def _changed_again(self, existing: Alert, refire: Alert) -> bool:
+        """Whether a refiring concept alert marks a second change rather than the same one.
+
+        A CUSUM restarts after it fires, so during one lasting drift its next firing places the
+        change where it restarted, not where the errors rose. The later point is a new change only
+        if the error rate after it is higher than between the two points (one-sided two-proportion
+        z-test at z > 3); data-drift alerts and changes older than the kept samples move as found."""
+        if existing.signal != CONCEPT or refire.change_sample <= existing.change_sample:
+            return True
+        between = self._errors_between(existing.change_sample, refire.change_sample)
+        after = self._errors_between(refire.change_sample, self.samples + 1)
+        if between is None or after is None:
+            return True
+        (e1, n1), (e2, n2) = between, after
+        pooled = (e1 + e2) / (n1 + n2)
+        if pooled in (0.0, 1.0):
+            return False
+        z = (e2 / n2 - e1 / n1) / math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+        return z > 3.0
+
+    def _errors_between(self, first: int, end: int) -> tuple[int, int] | None:
+        """(errors, samples) over labelled samples first..end-1, or None when not all are kept."""
+        oldest = self.samples - len(self._sample_at) + 1
+        if first < oldest or end <= first:
+            return None
+        kept = list(self._sample_at)
+        window = kept[first - oldest:end - oldest]
+        return sum(e for *_, e in window), len(window)
+
     def _raise(self, alert: Alert | None) -> None:
         if alert is None:
             return
@@ -311,10 +341,11 @@ class VersionTracker:
         for existing in self.alerts:
             if (existing.active and existing.signal == alert.signal and existing.statistic == alert.statistic
                     and existing.features == alert.features):
-                if existing.confirmed and existing.refires == existing.requested_refires:
-                    # The first firing since its training request: the change is located afresh. Should
-                    # that retrain not be promoted (its window reached back to an earlier, smaller change),
-                    # the next request starts from here.
+                if (existing.confirmed and existing.refires == existing.requested_refires
+                        and self._changed_again(existing, alert)):
+                    # The first firing since its training request, at a second change: should that retrain
+                    # not be promoted (its window reached back to the earlier, smaller change), the next
+                    # request starts from here.
                     existing.change_sample, existing.change_time_ms = alert.change_sample, alert.change_time_ms
                     existing.change_at, existing.detected_sample = alert.change_at, alert.detected_sample
                     existing.detected_at, existing.description = alert.detected_at, alert.description
