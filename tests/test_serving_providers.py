@@ -53,6 +53,18 @@ def test_thread_settings_reach_the_session_and_the_provider_is_reported():
     assert warmup_rows(settings) == (1, 8, 32)
 
 
+def test_idle_onnxruntime_threads_spin_unless_told_not_to():
+    spinning = "session.intra_op.allow_spinning"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # onnxruntime's default: spin
+        session_config(ServingSettings()).session_options().get_session_config_entry(spinning)
+    quiet = session_config(ServingSettings(ort_spin_threads=False))
+    model = load_model(tiny_model(WEIGHTS[1]), name="m", version=1, sha256="-", feature_names=FEATURES,
+                       config=quiet, warmup_rows=(1,))
+    options = model.session.get_session_options()
+    assert options.get_session_config_entry(spinning) == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+
+
 def test_an_artifact_that_is_no_model_is_refused_not_raised_raw():
     with pytest.raises(InvalidModel, match="cannot load"):
         load_model(b"\x08\x09not onnx", name="m", version=3, sha256="-")

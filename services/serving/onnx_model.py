@@ -79,6 +79,8 @@ class SessionConfig:
     providers: tuple[str, ...] = (CPU,)
     intra_op_threads: int = 0  # 0: onnxruntime's default (one per physical core)
     inter_op_threads: int = 0
+    # Whether idle onnxruntime pool threads spin waiting for work (its default) or sleep at once.
+    spin_threads: bool = True
     # Options per provider name, e.g. TensorRT's engine cache.
     provider_options: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
@@ -88,6 +90,9 @@ class SessionConfig:
             options.intra_op_num_threads = self.intra_op_threads
         if self.inter_op_threads:
             options.inter_op_num_threads = self.inter_op_threads
+        if not self.spin_threads:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         return options
 
     def options_for(self, provider: str) -> dict[str, str]:

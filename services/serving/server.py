@@ -299,7 +299,8 @@ def session_config(settings: ServingSettings) -> SessionConfig:
             trt.update(trt_engine_cache_enable="True", trt_engine_cache_path=settings.trt_engine_cache_dir)
         options.append((TENSORRT, tuple(trt.items())))
     return SessionConfig(providers=providers, intra_op_threads=settings.intra_op_threads,
-                         inter_op_threads=settings.inter_op_threads, provider_options=tuple(options))
+                         inter_op_threads=settings.inter_op_threads, spin_threads=settings.ort_spin_threads,
+                         provider_options=tuple(options))
 
 
 def warmup_rows(settings: ServingSettings) -> tuple[int, ...]:

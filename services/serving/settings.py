@@ -17,6 +17,10 @@ class ServingSettings(CommonSettings):
     # inter-op runs independent operators at once (only with a parallel execution mode).
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    # Idle onnxruntime threads spin for work by default: the fastest back-to-back runs when the
+    # session has the cores to itself, but a spinning pool takes CPU from the gRPC threads and
+    # the event loop that feed it when cores are few.
+    ort_spin_threads: bool = True
     # TensorRT EP: where built engines are cached (empty: not cached) and whether FP16 is allowed.
     trt_engine_cache_dir: str = ""
     trt_fp16: bool = False
