@@ -129,11 +129,12 @@ class LoopObserver:
         self.last_scored_event = -1
         self.scores: dict[tuple[str, int], Scored] = {}
         self.versions_promoted: list[int] = []
-        self.versions_answered: set[int] = set()
-        # The versions that served before the drift: the monitor may retrain on a change of its own
-        # before the injected one (the entity features settle as their history grows); only a version
-        # that came after the drift is its recovery.
-        self.pre_drift_versions: set[int] | None = None
+        # The monitor may retrain on a change of its own before the injected one (the entity features
+        # settle as their history grows), and that version may reach serving after the drift: only a
+        # version trained for a request published after the drift is its recovery.
+        self.post_drift_requests: set[str] = set()
+        self.recovery_versions: set[int] = set()
+        self.drift_injected_ms: int | None = None  # wall clock, as the monitor stamps its requests
         self.lock = threading.Lock()
 
     # -- timeline -------------------------------------------------------------
@@ -164,8 +165,8 @@ class LoopObserver:
                     while not self.v1_serving.wait(0.5) and not self.done.is_set():
                         pass
                     next_at = time.monotonic()
-                self.pre_drift_versions = set(self.versions_promoted) | self.versions_answered
                 self.result.drift_injected_s = self.now()
+                self.drift_injected_ms = int(time.time() * 1000)
                 self.mark(f"drift injected: concept {self.stream.concept_of(index - 1)} → "
                           f"{self.stream.concept_of(index)}", index)
             event["event_time"] = int(time.time() * 1000)
@@ -222,10 +223,7 @@ class LoopObserver:
             self.result.first_version = version
             self.mark(f"serving answered with v{version}")
             self.v1_serving.set()
-        pre_drift = self.pre_drift_versions
-        if pre_drift is None:
-            self.versions_answered.add(version)
-        old_model = pre_drift is None or version in pre_drift
+        old_model = version not in self.recovery_versions
         for record, prediction in zip(records, reply.predictions):
             index = index_of(record.event_id)
             self.last_scored_event = max(self.last_scored_event, index)
@@ -260,12 +258,21 @@ class LoopObserver:
         finally:
             consumer.close()
 
+    def after_drift(self, request: training_pb2.TrainingRequest) -> bool:
+        """Whether the monitor asked after the drift was injected (not merely announced after it)."""
+        if self.drift_injected_ms is None:
+            return False
+        return not request.HasField("requested_at") or request.requested_at.ToMilliseconds() >= self.drift_injected_ms
+
     def on_announcement(self, message) -> None:
         R = registry_pb2.RegistryEvent
         if isinstance(message, training_pb2.TrainingRequest):
             if message.reason.startswith("bootstrap"):
                 return
-            if self.result.detected_s is None and self.result.drift_injected_s is not None:
+            if not self.after_drift(message):
+                return
+            self.post_drift_requests.add(message.request_id)
+            if self.result.detected_s is None:
                 self.result.detected_s = self.now()
                 self.result.detected_event = self.last_scored_event
                 self.mark(f"drift detected by the monitor: {message.reason}", self.last_scored_event)
@@ -275,18 +282,21 @@ class LoopObserver:
             if message.status == training_pb2.TrainingResult.SUCCEEDED:
                 metrics = ", ".join(f"{k}={v:.3f}" for k, v in sorted(message.metrics.items()))
                 self.mark(f"trainer: v{message.version} trained on dataset {message.dataset_id[:12]} ({metrics})")
-                if self.result.drift_injected_s is not None:
+                if message.request_id in self.post_drift_requests:
                     self.result.new_dataset = message.dataset_id
             else:
                 self.mark(f"trainer: request {message.request_id[:8]} failed: {message.error}")
         elif isinstance(message, R):
+            if (message.kind in (R.VERSION_REGISTERED, R.ALIAS_MOVED)
+                    and message.model_version.params.get("request_id") in self.post_drift_requests):
+                self.recovery_versions.add(message.model_version.version)  # before serving can have it
             if message.kind == R.GATE_DECIDED:
                 d = message.decision
                 verdict = "promote" if d.promoted else "refuse"
                 baseline = f"v{d.baseline_version} {d.baseline_accuracy:.3f}" if d.baseline_version else "none"
                 self.mark(f"gate: {verdict} v{d.candidate_version} (accuracy {d.candidate_accuracy:.3f} vs "
                           f"production {baseline} on {d.eval_rows} recent rows) — {d.reason}")
-                if self.result.drift_injected_s is not None and d.promoted:
+                if d.candidate_version in self.recovery_versions and d.promoted:
                     self.result.gate = {"candidate_version": d.candidate_version,
                                         "candidate_accuracy": round(d.candidate_accuracy, 4),
                                         "baseline_version": d.baseline_version,

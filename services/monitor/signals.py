@@ -149,6 +149,27 @@ def _glr(rate: np.ndarray, n: np.ndarray, p0: float) -> np.ndarray:
     return np.where((rate > q) & (n > 0), n * kl, 0.0)
 
 
+def glr_change(errors, p0: float) -> int:
+    """Where in `errors` (0/1, oldest first) a rise above the reference rate p0 most likely
+    began: the start of the suffix with the largest log-likelihood ratio at its own rate
+    against p0 (the GLR change-point estimate). A bank member's last zero, found on the
+    way, is only bounded by the member's shift: a small member climbs through a slow
+    drift's early noise and may have left zero long before the errors rose.
+
+    >>> errors = np.r_[np.zeros(900), np.ones(40), np.zeros(60), np.ones(50)]
+    >>> int(glr_change(errors, 0.05))
+    900
+    >>> int(glr_change(np.zeros(10), 0.05))  # nothing rose: the start
+    0
+    """
+    x = np.asarray(errors, dtype=np.float64).ravel()
+    if x.size == 0:
+        return 0
+    n = np.arange(x.size, 0, -1, dtype=np.float64)  # suffix lengths
+    k = np.cumsum(x[::-1])[::-1]                     # suffix error counts
+    return int(np.argmax(_glr(k / n, n, p0)))
+
+
 @dataclass
 class CusumAlarm:
     value: float           # the alarming member's level (log in-control run length, `cusum_level`)

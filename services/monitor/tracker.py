@@ -22,6 +22,7 @@ Signals per version:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -39,7 +40,7 @@ from .calibration import calibrate_adwin, calibrate_windows, refined_cusum
 from .detectors import ChangePoint, ErrorRateChange, RollingAccuracy
 from .joiner import Joined
 from .references import ModelReference
-from .signals import CUSUM_GUARD, CUSUM_SHIFTS, ErrorCusum, WindowDrift
+from .signals import CUSUM_GUARD, CUSUM_SHIFTS, ErrorCusum, WindowDrift, glr_change
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,9 @@ class VersionTracker:
         if not alarms:
             return
         alarm = alarms[0]
+        kept = self._kept_errors(alarm.change_sample, alarm.detected_sample + 1)
+        if kept is not None:
+            alarm.change_sample += glr_change(kept, alarm.p0)
         change_ms, change_at = self._sample(alarm.change_sample)
         _, detected_at = self._sample(alarm.detected_sample)
         after = self.error_rate_since(alarm.change_sample)
@@ -314,25 +318,24 @@ class VersionTracker:
         z-test at z > 3); data-drift alerts and changes older than the kept samples move as found."""
         if existing.signal != CONCEPT or refire.change_sample <= existing.change_sample:
             return True
-        between = self._errors_between(existing.change_sample, refire.change_sample)
-        after = self._errors_between(refire.change_sample, self.samples + 1)
+        between = self._kept_errors(existing.change_sample, refire.change_sample)
+        after = self._kept_errors(refire.change_sample, self.samples + 1)
         if between is None or after is None:
             return True
-        (e1, n1), (e2, n2) = between, after
+        (e1, n1), (e2, n2) = (float(between.sum()), between.size), (float(after.sum()), after.size)
         pooled = (e1 + e2) / (n1 + n2)
         if pooled in (0.0, 1.0):
             return False
         z = (e2 / n2 - e1 / n1) / math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
         return z > 3.0
 
-    def _errors_between(self, first: int, end: int) -> tuple[int, int] | None:
-        """(errors, samples) over labelled samples first..end-1, or None when not all are kept."""
+    def _kept_errors(self, first: int, end: int) -> np.ndarray | None:
+        """The 0/1 errors of labelled samples first..end-1, or None when not all are kept."""
         oldest = self.samples - len(self._sample_at) + 1
-        if first < oldest or end <= first:
+        if first < oldest or end <= first or end > self.samples + 1:
             return None
-        kept = list(self._sample_at)
-        window = kept[first - oldest:end - oldest]
-        return sum(e for *_, e in window), len(window)
+        window = itertools.islice(self._sample_at, first - oldest, end - oldest)
+        return np.fromiter((e for *_, e in window), dtype=np.float64, count=end - first)
 
     def _raise(self, alert: Alert | None) -> None:
         if alert is None:
