@@ -217,15 +217,59 @@ def test_the_join_counts_late_too_late_duplicate_and_unmatched_labels():
     assert (counts["expired_labels"], counts["expired_predictions"], join.pending) == (1, 1, 0)
 
 
-def _tracker(config: TrackerConfig) -> VersionTracker:
+def _tracker(config: TrackerConfig, eval_error: float | None = None, eval_rows: int = 0) -> VersionTracker:
     rng = np.random.default_rng(0)
     tracker = VersionTracker("m", 1, config)
     tracker.set_reference(ModelReference(
         feature_names=("a", "b"),
         features={"a": Bins.from_json(reference_bins(rng.uniform(0, 1, 2000))),
                   "b": Bins.from_json(reference_bins(rng.uniform(0, 1, 2000)))},
-        scores=Bins.from_json(reference_bins(rng.uniform(0, 1, 2000)))))
+        scores=Bins.from_json(reference_bins(rng.uniform(0, 1, 2000))),
+        eval_error=eval_error, eval_rows=eval_rows))
     return tracker
+
+
+def _fed(tracker: VersionTracker, wrong: np.ndarray) -> VersionTracker:
+    for i, w in enumerate(wrong):
+        tracker.add_outcome(Joined(f"e{i}", Predicted("m", 1, int(w)), Label(0, 1000 * i)))
+        if i % 50 == 49:
+            tracker.flush()
+    return tracker
+
+
+DEPLOYED = TrackerConfig(accuracy_window=200, psi_window=200, window_step=50, expected_run_length=50_000,
+                         error_reference_samples=500, calibrate_adwin=False, calibration_streams=64)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_version_deployed_into_a_drift_is_seen_against_its_held_out_error(seed):
+    # Held out: 5 % errors on 400 rows; live: 40 % from its first labelled sample on. Nothing changes
+    # within the live stream (ADWIN sees no change) and the CUSUMs would learn 40 % as normal.
+    rng = np.random.default_rng(seed)
+    tracker = _fed(_tracker(DEPLOYED, eval_error=0.05, eval_rows=400), rng.random(600) < 0.4)
+    alert, = [a for a in tracker.alerts if a.signal == CONCEPT]
+    assert alert.statistic == "cusum" and alert.change_sample <= 10
+    assert alert.detected_sample <= 100  # checked as the reference fills, not once it is full
+    assert "held-out error 0.050 (400 rows)" in alert.description and tracker.drift is not None
+    assert tracker.cusum.p0 > 0.3  # what the CUSUMs learnt as normal: they alone would not fire
+    # without a held-out error (an old metadata.json) there is nothing to compare with
+    assert [a for a in _fed(_tracker(DEPLOYED), rng.random(600) < 0.4).alerts if a.signal == CONCEPT] == []
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_drift_beginning_in_the_first_samples_is_placed_where_it_began(seed):
+    rng = np.random.default_rng(seed)
+    tracker = _fed(_tracker(DEPLOYED, eval_error=0.05, eval_rows=400),
+                   np.r_[rng.random(100) < 0.05, rng.random(500) < 0.4])
+    cusum = [a for a in tracker.alerts if a.statistic == "cusum"]
+    assert len(cusum) == 1 and abs(cusum[0].change_sample - 101) <= 30, cusum[0].description
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_version_as_good_live_as_held_out_raises_nothing_at_deployment(seed):
+    rng = np.random.default_rng(seed)
+    tracker = _fed(_tracker(DEPLOYED, eval_error=0.05, eval_rows=400), rng.random(600) < 0.05)
+    assert [a for a in tracker.alerts if a.signal == CONCEPT] == []
 
 
 def _requested_cusum_alert(rates: list[tuple[int, float]], ask_at: int, seed: int):

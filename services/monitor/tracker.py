@@ -36,7 +36,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from driftline.v1 import monitor_pb2
 
-from .calibration import calibrate_adwin, calibrate_windows, refined_cusum
+from .calibration import calibrate_adwin, calibrate_windows, cusum_bootstrap_level, refined_cusum
 from .detectors import ChangePoint, ErrorRateChange, RollingAccuracy
 from .joiner import Joined
 from .references import ModelReference
@@ -137,6 +137,9 @@ class VersionTracker:
         self.cusum: ErrorCusum | None = None
         self._reference_errors: list[int] = []
         self._pending_errors: list[int] = []
+        # The reference's errors against the held-out error, until the reference is complete.
+        self._deployment: ErrorCusum | None = None
+        self._deployment_checked = False
         # (event time, position, error) of recent labelled samples, to name where a change began.
         self._sample_at: deque[tuple[int, Position, int]] = deque(maxlen=50_000)
         # (first row, served-at ms, position) of recent prediction logs, for data-drift alerts.
@@ -259,6 +262,8 @@ class VersionTracker:
         c = self.config
         started = time.perf_counter()
         floor = (self.reference.eval_error or 0.0) if self.reference is not None else 0.0
+        self._check_against_evaluation()
+        self._deployment_checked, self._deployment = True, None
         self.cusum = error_cusum(self._reference_errors, c, floor)
         self.cusum.samples = self.samples
         self.cusum.reset()
@@ -271,6 +276,42 @@ class VersionTracker:
             "cusum_threshold": round(self.cusum.threshold, 3), "adwin_delta": self.adwin_delta,
             "ert": c.expected_run_length, "seconds": round(time.perf_counter() - started, 3)})
 
+    def _check_against_evaluation(self) -> None:
+        """Concept drift already there when the version went live: its reference (first labelled
+        samples) is what the CUSUMs learn as normal, so a drift that began around the deployment
+        would never be seen by them. While the reference fills, its errors also run through a
+        CUSUM bank against the error rate of the version's held-out evaluation, at the same
+        expected run length, its level bootstrapped for a rate estimated from `eval_rows` samples."""
+        ref = self.reference
+        if self._deployment_checked or ref is None or ref.eval_error is None or ref.eval_rows < 20:
+            return
+        c = self.config
+        p0 = float(np.clip(ref.eval_error, 0.005, 0.995))
+        if self._deployment is None:
+            level = cusum_bootstrap_level(p0, ref.eval_rows, c.expected_run_length, c.cusum_shifts,
+                                          streams=c.calibration_streams)
+            self._deployment = ErrorCusum(p0, level, c.cusum_shifts)
+        errors = np.asarray(self._reference_errors, dtype=np.float64)
+        alarms = self._deployment.update(errors[self._deployment.samples:])
+        if not alarms:
+            return
+        self._deployment_checked = True
+        alarm = alarms[0]
+        start = alarm.change_sample - 1 + glr_change(errors[alarm.change_sample - 1:alarm.detected_sample], p0)
+        first = self.samples - errors.size + 1  # the reference's first labelled sample
+        change_sample, detected_sample = first + start, first + alarm.detected_sample - 1
+        change_ms, change_at = self._sample(change_sample)
+        _, detected_at = self._sample(detected_sample)
+        after = float(errors[start:].mean())
+        self.drift = ChangePoint(change_sample, change_ms, p0, after)
+        self._raise(Alert(
+            CONCEPT, "cusum", [], alarm.value, alarm.threshold, change_sample, detected_sample, change_ms,
+            change_at, detected_at,
+            f"the error rate since deployment, {after:.3f} from labelled sample {change_sample}, is above the "
+            f"version's held-out error {ref.eval_error:.3f} ({ref.eval_rows} rows): CUSUM reached "
+            f"{alarm.value:.2f} > {alarm.threshold:.2f} (calibrated for one false alarm per "
+            f"{c.expected_run_length:.0f} samples)"))
+
     def _sample(self, sample: int) -> tuple[int, Position]:
         back = self.samples - sample
         if not self._sample_at:
@@ -280,6 +321,8 @@ class VersionTracker:
 
     def flush(self) -> None:
         """Runs the CUSUMs over the errors added since the last flush, in one numpy pass."""
+        if self.cusum is None:
+            self._check_against_evaluation()
         if self.cusum is None or not self._pending_errors:
             return
         errors, self._pending_errors = self._pending_errors, []
