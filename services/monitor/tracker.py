@@ -291,12 +291,13 @@ class VersionTracker:
             level = cusum_bootstrap_level(p0, ref.eval_rows, c.expected_run_length, c.cusum_shifts,
                                           streams=c.calibration_streams)
             self._deployment = ErrorCusum(p0, level, c.cusum_shifts)
-        errors = np.asarray(self._reference_errors, dtype=np.float64)
-        alarms = self._deployment.update(errors[self._deployment.samples:])
+        alarms = self._deployment.update(np.asarray(self._reference_errors[self._deployment.samples:],
+                                                    dtype=np.float64))
         if not alarms:
             return
         self._deployment_checked = True
         alarm = alarms[0]
+        errors = np.asarray(self._reference_errors, dtype=np.float64)
         start = alarm.change_sample - 1 + glr_change(errors[alarm.change_sample - 1:alarm.detected_sample], p0)
         first = self.samples - errors.size + 1  # the reference's first labelled sample
         change_sample, detected_sample = first + start, first + alarm.detected_sample - 1
@@ -347,10 +348,10 @@ class VersionTracker:
             f"{alarm.change_sample}"))
 
     def error_rate_since(self, sample: int) -> float:
-        n = min(self.samples - sample + 1, len(self._sample_at))
-        if n <= 0:
-            return 0.0
-        return sum(e for *_, e in list(self._sample_at)[-n:]) / n
+        """The error rate from labelled sample `sample` on (from the oldest kept, if it is older)."""
+        oldest = self.samples - len(self._sample_at) + 1
+        kept = self._kept_errors(max(sample, oldest), self.samples + 1)
+        return float(kept.mean()) if kept is not None else 0.0
 
     def _changed_again(self, existing: Alert, refire: Alert) -> bool:
         """Whether a refiring concept alert marks a second change rather than the same one.
