@@ -11,9 +11,7 @@ import numpy as np
 
 from driftline.v1 import serving_pb2
 from inference import grpc_service_pb2 as pb
-from test_serving_support import (  # noqa: F401  (stack is a fixture)
-    MODEL, as_numpy, infer_request, predict, stack,
-)
+from serving_stack import MODEL, as_numpy, infer_request, predict
 from tiny_models import expected_scores
 
 ROWS = [[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]]

@@ -1,10 +1,10 @@
 """Talks to a running Driftline serving with NVIDIA's real `tritonclient.grpc` and prints what it
-saw as one JSON object (tests/test_serving_triton.py asserts on it).
+saw as one JSON object (tests/serving/test_serving_triton.py asserts on it).
 
 Runs in its own venv (tritonclient[grpc] pins protobuf<7; the project runs protobuf 7), so it
 imports nothing from this repository:
 
-    .cache/venvs/tritonclient/bin/python tests/triton_client_check.py --url 127.0.0.1:50054 --model m
+    .cache/venvs/tritonclient/bin/python tests/serving/triton_client_check.py --url 127.0.0.1:50054 --model m
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ import filecmp
 import importlib.util
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GENERATED = (Path("driftline", "v1"), Path("inference"))
 
 

@@ -16,9 +16,7 @@ from services.common.kafka import Consumer
 from services.monitor.joiner import prediction_columns
 from services.serving.traffic import bucket
 from support import wait_for
-from test_serving_support import (  # noqa: F401  (stack is a fixture)
-    MODEL, as_numpy, infer_request, predict, stack,
-)
+from serving_stack import MODEL, as_numpy, infer_request, predict
 from tiny_models import expected_scores
 
 WEIGHT = 0.2

@@ -24,7 +24,7 @@ from services.common.objectstore import MinioObjectStore
 from services.common.settings import Topics
 from services.monitor.psi import reference_bins
 from support import ROOT, GrpcThread, ServiceRun, free_port, wait_for
-from test_monitor import RegistryStandIn
+from registry_stand_in import RegistryStandIn
 
 FEATURES = ["f0", "f1", "f2"]
 JOIN_TTL_S = 2.0

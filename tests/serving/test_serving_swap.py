@@ -21,9 +21,7 @@ import grpc
 import numpy as np
 
 from support import wait_for
-from test_serving_support import (  # noqa: F401  (stack is a fixture)
-    MODEL, as_numpy, infer_request, predict, stack,
-)
+from serving_stack import MODEL, as_numpy, infer_request, predict
 from tiny_models import expected_scores
 
 ROWS = [[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]]

@@ -26,7 +26,7 @@ from services.feature.segments import SegmentRow, encode_parquet, segment_stem
 from services.feature.transform import EntityState, compute_features, compute_features_offline
 from support import ServiceRun, free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = load_schema(REPO_ROOT / "config/streams/default.json")
 FEATURES = SCHEMA.feature_names
 FEATURE_STORE = "driftline.v1.FeatureStore"

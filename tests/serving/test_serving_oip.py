@@ -39,7 +39,7 @@ from services.serving.onnx_model import load_model
 from services.serving.server import INFERENCE
 from tiny_models import FEATURES, WEIGHTS, expected_scores, tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "tiny-oip"
 
 

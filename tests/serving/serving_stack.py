@@ -1,4 +1,4 @@
-"""Shared by tests/test_serving_{swap,traffic,errors,triton}.py (this module holds no tests):
+"""The serving tests' stack (used through the `stack` fixture in conftest.py):
 a registry stand-in that keeps several aliases (production, canary, shadow) and publishes
 real ALIAS_MOVED events on the real topic, and `python -m services.serving` around it.
 
@@ -150,19 +150,6 @@ class Stack:
             return (answer.model_version, answer.variant) == (version, variant)
 
         wait_for(answers, timeout, f"{variant} to answer with v{version}")
-
-
-@pytest.fixture
-def stack(kafka_bootstrap, s3, topic_prefix, bucket_name, tmp_path):
-    store = MinioObjectStore(s3.endpoint, s3.access_key, s3.secret_key, bucket_name, s3.secure)
-    store.ensure_bucket()
-    topics = Topics(topic_prefix)
-    ensure_topics(kafka_bootstrap, [topics.registry_events, topics.predictions])
-    registry = GrpcThread(Registry(), registry_pb2_grpc.add_RegistryServicer_to_server)
-    try:
-        yield Stack(kafka_bootstrap, topics, store, registry, Producer(kafka_bootstrap), tmp_path)
-    finally:
-        registry.stop()
 
 
 def predict(stub, rows, key: str = "", timeout: float = 10) -> serving_pb2.PredictResponse:

@@ -22,7 +22,7 @@ from services.ingest.dedup import RecentIds
 from services.ingest.validation import ValidationError, validate_record
 from support import ServiceRun, free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = load_schema(REPO_ROOT / "config/streams/default.json")
 
 

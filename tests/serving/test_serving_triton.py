@@ -5,7 +5,7 @@ serving process — live/ready, model metadata (-1 for the batch dimension), inf
 tritonclient[grpc] pins protobuf<7 and cannot share the project venv (protobuf 7), so it gets
 its own small venv under the git-ignored `.cache/venvs/tritonclient`, built here on first use
 (python3.11 -m venv; pip install 'tritonclient[grpc]' numpy; pip's cache makes later builds
-fast), and tests/triton_client_check.py runs in it as a subprocess and prints JSON. No skip: if
+fast), and tests/serving/triton_client_check.py runs in it as a subprocess and prints JSON. No skip: if
 the venv cannot be built, the test fails with pip's error."""
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 
 from support import ROOT
-from test_serving_support import MODEL, stack  # noqa: F401  (stack is a fixture)
+from serving_stack import MODEL
 from tiny_models import expected_scores
 
 VENV = ROOT / ".cache" / "venvs" / "tritonclient"
 PYTHON = VENV / "bin" / "python"
 READY = VENV / ".driftline-ready"  # written once the install and an import check succeeded
 REQUIREMENTS = ["tritonclient[grpc]", "numpy"]
-CHECK = ROOT / "tests" / "triton_client_check.py"
+CHECK = ROOT / "tests" / "serving" / "triton_client_check.py"
 
 
 def _python311() -> str:
