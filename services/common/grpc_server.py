@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -117,11 +118,27 @@ class _Capture:
         self.service, self.handlers = service, dict(handlers)
 
 
+def advertised_address_host(bind_host: str, advertised_host: str = "") -> str:
+    """The host clients are told to dial for a server bound to `bind_host`.
+
+    >>> advertised_address_host("127.0.0.1")
+    '127.0.0.1'
+    >>> advertised_address_host("0.0.0.0", "serving.driftline.svc")
+    'serving.driftline.svc'
+    >>> advertised_address_host("0.0.0.0") == socket.gethostname()
+    True
+    """
+    if advertised_host:
+        return advertised_host
+    return socket.gethostname() if bind_host in ("0.0.0.0", "::", "[::]", "") else bind_host
+
+
 class GrpcServer:
-    """One service's gRPC server on 127.0.0.1 (or `host`)."""
+    """One service's gRPC server on 127.0.0.1 (or `host`); `address` is what clients dial."""
 
     def __init__(self, name: str, services: Iterable[Service], port: int = 0,
-                 host: str = "127.0.0.1", options: Iterable[tuple[str, object]] = ()) -> None:
+                 host: str = "127.0.0.1", options: Iterable[tuple[str, object]] = (),
+                 advertised_host: str = "") -> None:
         self.name = name
         self.services = list(services)
         exclude = [path for svc in self.services for path in svc.own_metric_paths]
@@ -136,7 +153,7 @@ class GrpcServer:
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], self.server)
         self.port = self.server.add_insecure_port(f"{host}:{port}")
-        self.address = f"{host}:{self.port}"
+        self.address = f"{advertised_address_host(host, advertised_host)}:{self.port}"
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,3 +154,41 @@ class MinioObjectStore(ObjectStore):
             if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
                 return False
             raise
+
+
+class ObjectStores:
+    """One `MinioObjectStore` per bucket of the configured S3 server, made on first use.
+
+    A ModelVersion's URIs (`s3://bucket/key`) may name any bucket, so the services that
+    follow them (registry, serving, monitor) read through this instead of one store.
+
+    >>> stores = ObjectStores(endpoint="127.0.0.1:9", access_key="a", secret_key="b")
+    >>> stores.for_bucket("models") is stores.for_bucket("models")
+    True
+    """
+
+    def __init__(self, endpoint: str, access_key: str, secret_key: str, secure: bool = False) -> None:
+        self._credentials = (endpoint, access_key, secret_key)
+        self._secure = secure
+        self._stores: dict[str, MinioObjectStore] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings) -> "ObjectStores":
+        return cls(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_secure)
+
+    def for_bucket(self, bucket: str) -> "MinioObjectStore":
+        with self._lock:
+            store = self._stores.get(bucket)
+            if store is None:
+                store = self._stores[bucket] = MinioObjectStore(*self._credentials, bucket, self._secure)
+            return store
+
+    def read_bytes(self, uri: str, expected_sha256: str | None = None) -> bytes:
+        """The verified bytes at `s3://bucket/key`; raises ValueError for a malformed URI,
+        ObjectNotFound or IntegrityError."""
+        bucket, key = split_uri(uri)
+        return self.for_bucket(bucket).get_bytes(key, expected_sha256 or None)
+
+    def read_json(self, uri: str, expected_sha256: str | None = None) -> object:
+        return json.loads(self.read_bytes(uri, expected_sha256))

@@ -98,7 +98,9 @@ class ServiceProcess:
                  grpc_options: Iterable[tuple[str, object]] = ()) -> None:
         self.name = name
         self.settings = settings
-        self.grpc = GrpcServer(name, services, port=settings.grpc_port, options=grpc_options) if services else None
+        self.grpc = GrpcServer(
+            name, services, port=settings.grpc_port, host=settings.grpc_host, options=grpc_options,
+            advertised_host=settings.advertised_host) if services else None
         self.workers = list(workers)
         self.on_stop = list(on_stop)
         self._stop_requested = asyncio.Event()
@@ -167,7 +169,7 @@ def run_service(name: str, settings: CommonSettings,
                 build: Callable[[CommonSettings], "ServiceProcess | asyncio.Future"]) -> None:
     """The body of every `python -m services.<name>`."""
     configure_logging(name, settings.log_level, settings.log_json)
-    start_metrics(settings.metrics_port)
+    start_metrics(settings.metrics_port, settings.metrics_host)
 
     async def main() -> None:
         process = build(settings)

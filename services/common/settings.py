@@ -42,6 +42,12 @@ class CommonSettings(BaseSettings):
     # 0 disables the Prometheus endpoint (tests start many services in one process).
     metrics_port: int = 0
     grpc_port: int = 0
+    # Where the gRPC server and the metrics endpoint bind: loopback unless a deployment says
+    # otherwise (the image sets 0.0.0.0). Clients are told `advertised_host` (default: the bind
+    # host, or this machine's name when that is a wildcard), since 0.0.0.0 is no address to dial.
+    grpc_host: str = "127.0.0.1"
+    metrics_host: str = "127.0.0.1"
+    advertised_host: str = ""
     shutdown_grace_s: float = 5.0
     # uvloop (when installed) or asyncio: the event loop every service runs on.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"

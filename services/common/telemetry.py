@@ -53,7 +53,7 @@ def configure_logging(service: str, level: str = "INFO", as_json: bool = True) -
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
-def start_metrics(port: int) -> None:
-    """Serves /metrics on `port`; 0 means no endpoint (several services in one test process)."""
+def start_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Serves /metrics on `host:port`; port 0 means no endpoint (several services in one test process)."""
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=host)

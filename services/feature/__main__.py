@@ -9,5 +9,5 @@ from .worker import build_worker
 if __name__ == "__main__":
     settings = FeatureSettings()
     configure_logging("feature", settings.log_level, settings.log_json)
-    start_metrics(settings.metrics_port)
+    start_metrics(settings.metrics_port, settings.metrics_host)
     build_worker(settings).execute_from_commandline()

@@ -64,7 +64,8 @@ class OnlineServer:
     async def start(self) -> None:
         self.server = GrpcServer("feature", [Service(
             self.servicer, features_pb2_grpc.add_FeatureStoreServicer_to_server,
-            service_name(features_pb2.DESCRIPTOR, "FeatureStore"))], port=self.settings.grpc_port)
+            service_name(features_pb2.DESCRIPTOR, "FeatureStore"))], port=self.settings.grpc_port,
+            host=self.settings.grpc_host, advertised_host=self.settings.advertised_host)
         await self.server.start()
 
     async def stop(self) -> None:
