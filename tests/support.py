@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.demo.supervisor import free_port
+from services.devstack.supervisor import free_port
 
 __all__ = ["ROOT", "GrpcThread", "ServiceRun", "free_port", "wait_for", "wait_serving"]
 

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services import devstack
-
 from services.common.settings import Topics
+from services.devstack.supervisor import LoopProcesses
 
 from .scenario import LoopObserver, Options, Result
-from .supervisor import LoopProcesses
 
 
 def stop_on_sigterm() -> None:
