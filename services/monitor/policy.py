@@ -14,7 +14,7 @@ serving model, so the policy asks three more questions first:
 
 Which signals may ask at all is configuration too (`signals`: concept_drift,
 data_drift, prediction_drift); the rest only alert. Thresholds (run length) and
-hysteresis live with the detectors (tracker.TrackerConfig); together these are
+hysteresis live with the detectors (settings.TrackerConfig); together these are
 the policy. A drift that keeps firing refreshes its alert and is stopped here by
 "once per version" and the cooldown: it never floods training requests.
 """

@@ -17,7 +17,6 @@ from .monitor import DriftMonitor, event_time_ms
 from .policy import DriftPolicy
 from .references import ObjectStoreJson, RegistryReferences
 from .settings import MonitorSettings
-from .tracker import TrackerConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +50,15 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServicer):
 
 
 def build(settings: MonitorSettings) -> ServiceProcess:
+    # (MonitorSettings validated every setting on construction: a ValueError names a bad one.)
     topics = settings.topics
-    inputs = [topics.features, topics.labels, topics.predictions, topics.training_results,
-              topics.registry_events]
-    ensure_topics(settings.kafka_bootstrap, [*inputs, topics.monitor_stats, topics.training_requests],
-                  partitions=settings.topic_partitions, replication=settings.topic_replication)
     producer = Producer(settings.kafka_bootstrap)
     references = RegistryReferences(settings.registry_address, ObjectStoreJson(settings),
                                     timeout_s=settings.registry_timeout_s, retry_s=settings.reference_retry_s)
-    monitor = DriftMonitor(
-        topics=topics, stream=settings.stream, producer=producer, references=references,
-        policy=DriftPolicy(settings.policy_min_samples, settings.policy_cooldown_s,
-                           signals=_names(settings.policy_signals), retry_s=settings.policy_retry_s),
-        join=LabelJoin(settings.join_ttl_s, settings.join_max_pending, read_time=event_time_ms),
-        tracker_config=tracker_config(settings),
-        report_every_samples=settings.report_every_samples, report_every_s=settings.report_every_s,
-        training_min_rows=settings.monitor_retrain_min_rows,
-        max_versions_per_model=settings.max_versions_per_model, hub=Hub(), history=settings.history)
-    assert set(monitor.inputs) == set(inputs)
+    monitor = drift_monitor(settings, producer, references)
+    inputs = monitor.inputs  # the topics it has a handler for: the consumer reads exactly these
+    ensure_topics(settings.kafka_bootstrap, [*inputs, topics.monitor_stats, topics.training_requests],
+                  partitions=settings.topic_partitions, replication=settings.topic_replication)
     consumer = Consumer(settings.kafka_bootstrap, f"{settings.topic_prefix}{settings.consumer_group}", inputs)
     # Offsets are committed asynchronously after each batch (a synchronous commit costs a broker
     # round trip per batch, more than the batch's work) and synchronously when idle. The state is
@@ -96,17 +86,15 @@ def build(settings: MonitorSettings) -> ServiceProcess:
         workers=workers, on_stop=[producer.flush, references.close])
 
 
-def _names(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
 
-
-def tracker_config(settings: MonitorSettings) -> TrackerConfig:
-    return TrackerConfig(
-        accuracy_window=settings.accuracy_window, adwin_delta=settings.adwin_delta,
-        calibrate_adwin=settings.calibrate_adwin, psi_window=settings.psi_window,
-        window_step=settings.window_step, window_confirm=settings.window_confirm,
-        window_clear_ratio=settings.window_clear_ratio, expected_run_length=settings.expected_run_length,
-        error_reference_samples=settings.error_reference_samples,
-        error_guard_samples=settings.error_guard_samples,
-        cusum_shifts=tuple(float(v) for v in _names(settings.cusum_shifts)),
-        calibration_streams=settings.calibration_streams)
+def drift_monitor(settings: MonitorSettings, producer: Producer, references: RegistryReferences) -> DriftMonitor:
+    """The stream processing these settings configure (`build` adds the consumer and servers)."""
+    return DriftMonitor(
+        topics=settings.topics, stream=settings.stream, producer=producer, references=references,
+        policy=DriftPolicy(settings.policy_min_samples, settings.policy_cooldown_s,
+                           signals=settings.policy_signals, retry_s=settings.policy_retry_s),
+        join=LabelJoin(settings.join_ttl_s, settings.join_max_pending, read_time=event_time_ms),
+        tracker_config=settings.tracker_config(),
+        report_every_samples=settings.report_every_samples, report_every_s=settings.report_every_s,
+        training_min_rows=settings.monitor_retrain_min_rows,
+        max_versions_per_model=settings.max_versions_per_model, hub=Hub(), history=settings.history)

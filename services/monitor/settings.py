@@ -1,11 +1,95 @@
-"""Monitor's settings (`DRIFTLINE_*` environment variables)."""
+"""Monitor's settings (`DRIFTLINE_*` environment variables), defined once.
+
+`TrackerConfig` holds what each version's statistics need (tracker.py, signals.py,
+calibration.py); `MonitorSettings` is the service's whole configuration and a
+`TrackerConfig` too, so its fields are declared once, with the deployed defaults, and
+read from the same environment variables as before (`DRIFTLINE_EXPECTED_RUN_LENGTH`, …).
+List settings take a JSON list or, as older deployments write them, a comma-separated
+string:
+
+>>> settings = MonitorSettings(cusum_shifts="0.05, 0.2", policy_signals='["concept_drift", "data_drift:ks"]')
+>>> settings.cusum_shifts, settings.policy_signals, settings.tracker_config().cusum_shifts
+((0.05, 0.2), ['concept_drift', 'data_drift:ks'], (0.05, 0.2))
+
+A setting that cannot be right stops the service with a ValueError that names it:
+
+>>> try:
+...     MonitorSettings(policy_signals="concept_drift:cusm")
+... except ValueError as error:
+...     print(error.errors()[0]["msg"])
+Value error, policy_signals: unknown statistic 'cusm' in 'concept_drift:cusm' (one of adwin, cusum, js, ks, psi)
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
 from services.common.settings import CommonSettings
 
+from .signals import CUSUM_GUARD, CUSUM_SHIFTS
 
-class MonitorSettings(CommonSettings):
+SIGNALS = ("concept_drift", "data_drift", "prediction_drift")
+STATISTICS = ("adwin", "cusum", "js", "ks", "psi")
+
+
+def _listed(value):
+    """A list setting from the environment: a JSON list, or the older comma-separated form."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+class TrackerConfig(BaseModel):
+    """What a version's statistics need; `MonitorSettings().tracker_config()` is the deployed one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    accuracy_window: int = Field(500, ge=1)
+    # Expected run length: events between two false alarms, per version and signal family.
+    # Every threshold is bootstrapped for it; none is a hand-picked constant. A false alarm
+    # costs a retraining, so the default is long: at 400 labelled events/s, one in ~8 minutes
+    # per version at worst, far rarer once the policy's min samples and cooldown apply.
+    expected_run_length: float = Field(200_000, gt=0)
+    # Labelled predictions a version's error-stream reference is built from (and, after an alarm,
+    # the new regime's); it is refined from every later sample but the latest error_guard_samples
+    # (a slow drift in progress is not learnt as normal).
+    error_reference_samples: int = Field(500, ge=1)
+    error_guard_samples: int = Field(CUSUM_GUARD, ge=0)
+    # The CUSUM bank: error-rate increases over the reference, one CUSUM (and threshold) each.
+    cusum_shifts: Annotated[tuple[float, ...], NoDecode] = CUSUM_SHIFTS
+    # ADWIN's delta until the reference is complete; then bootstrapped (unless calibrate_adwin is off).
+    adwin_delta: float = Field(0.002, gt=0, lt=1)
+    calibrate_adwin: bool = True
+    # Data and prediction drift: sliding windows of this many rows, tested every window_step rows;
+    # window_confirm consecutive tests over the threshold raise an alert, as many under
+    # window_clear_ratio × threshold clear it (hysteresis).
+    psi_window: int = Field(1000, ge=1)
+    window_step: int = Field(100, ge=1)
+    window_confirm: int = Field(2, ge=1)
+    window_clear_ratio: float = Field(0.8, gt=0)
+    # Enough bootstrap streams to resolve the no-alarm quantile of a long expected run length.
+    calibration_streams: int = Field(256, ge=1)
+
+    _shifts_listed = field_validator("cusum_shifts", mode="before")(_listed)
+
+    @field_validator("cusum_shifts")
+    @classmethod
+    def _rises(cls, shifts: tuple[float, ...]) -> tuple[float, ...]:
+        if not shifts or not all(0 < s < 1 for s in shifts):
+            raise ValueError(f"cusum_shifts: error-rate rises in (0, 1), at least one; got {list(shifts)}")
+        return shifts
+
+
+class MonitorSettings(CommonSettings, TrackerConfig):
+    model_config = SettingsConfigDict(frozen=False)
+
     grpc_port: int = 50055
     # The group is prefixed with the topic prefix, so isolated loops never share offsets.
     consumer_group: str = "driftline-monitor"
@@ -19,31 +103,7 @@ class MonitorSettings(CommonSettings):
     join_ttl_s: float = 600.0
     join_max_pending: int = 100_000
 
-    # Statistics per model version (see tracker.py, signals.py, calibration.py).
-    accuracy_window: int = 500
-    # Expected run length: events between two false alarms, per version and signal family.
-    # Every threshold is bootstrapped for it; none is a hand-picked constant. A false alarm
-    # costs a retraining, so the default is long: at 400 labelled events/s, one in ~8 minutes
-    # per version at worst, far rarer once the policy's min samples and cooldown apply.
-    expected_run_length: float = 200_000
-    # Labelled predictions a version's error-stream reference is built from (and, after an alarm,
-    # the new regime's); it is refined from every later sample but the latest error_guard_samples.
-    error_reference_samples: int = 500
-    error_guard_samples: int = 500
-    # The CUSUM bank: error-rate increases over the reference, one CUSUM (and threshold) each.
-    cusum_shifts: str = "0.01,0.02,0.05,0.1,0.2,0.4"
-    # ADWIN's delta until the reference is complete; then bootstrapped (unless calibrate_adwin is off).
-    adwin_delta: float = 0.002
-    calibrate_adwin: bool = True
-    # Data and prediction drift: sliding windows of this many rows, tested every window_step rows;
-    # window_confirm consecutive tests over the threshold raise an alert, as many under
-    # window_clear_ratio × threshold clear it (hysteresis).
-    psi_window: int = 1000
-    window_step: int = 100
-    window_confirm: int = 2
-    window_clear_ratio: float = 0.8
-    # Enough bootstrap streams to resolve the no-alarm quantile of a long expected run length.
-    calibration_streams: int = 256
+    # (Statistics per model version: the TrackerConfig fields above.)
     # Versions tracked per model; older ones are forgotten.
     max_versions_per_model: int = 5
     # A version whose metadata.json could not be read is asked for again after this.
@@ -53,10 +113,10 @@ class MonitorSettings(CommonSettings):
     report_every_samples: int = 500
     report_every_s: float = 10.0
 
-    # Drift policy (see policy.py): the signals that may ask for training, comma-separated, each
-    # a signal (concept_drift, data_drift, prediction_drift) or signal:statistic (concept_drift:cusum,
+    # Drift policy (see policy.py): the signals that may ask for training, each a signal
+    # (concept_drift, data_drift, prediction_drift) or signal:statistic (concept_drift:cusum,
     # concept_drift:adwin, data_drift:ks, data_drift:psi, ...); then min samples and cooldown.
-    policy_signals: str = "concept_drift:cusum"
+    policy_signals: Annotated[list[str], NoDecode] = ["concept_drift:cusum"]
     policy_min_samples: int = 500
     policy_cooldown_s: float = 600.0
     # After a retrain that failed or was not promoted, the version may ask again this much later.
@@ -69,3 +129,22 @@ class MonitorSettings(CommonSettings):
     # The fewest labelled rows a training request asks the trainer for
     # (DRIFTLINE_MONITOR_RETRAIN_MIN_ROWS, the name the demo sets).
     monitor_retrain_min_rows: int = 1000
+
+    _signals_listed = field_validator("policy_signals", mode="before")(_listed)
+
+    @field_validator("policy_signals")
+    @classmethod
+    def _known_signals(cls, names: list[str]) -> list[str]:
+        # A misspelt name would silently keep every alert from asking for training.
+        for name in names:
+            signal, _, statistic = name.partition(":")
+            if signal not in SIGNALS:
+                raise ValueError(f"policy_signals: unknown signal {signal!r} in {name!r} (one of {', '.join(SIGNALS)})")
+            if statistic and statistic not in STATISTICS:
+                raise ValueError(f"policy_signals: unknown statistic {statistic!r} in {name!r} "
+                                 f"(one of {', '.join(STATISTICS)})")
+        return names
+
+    def tracker_config(self) -> TrackerConfig:
+        """The statistics' part of these settings, as every version tracker gets it."""
+        return TrackerConfig(**{name: getattr(self, name) for name in TrackerConfig.model_fields})

@@ -40,32 +40,14 @@ from .calibration import calibrate_adwin, calibrate_windows, cusum_bootstrap_lev
 from .detectors import ChangePoint, ErrorRateChange, RollingAccuracy
 from .joiner import Joined
 from .references import ModelReference
-from .signals import CUSUM_GUARD, CUSUM_SHIFTS, ErrorCusum, WindowDrift, glr_change
+from .settings import TrackerConfig
+from .signals import ErrorCusum, WindowDrift, glr_change
 
 log = logging.getLogger(__name__)
 
 # The positive-class score is compared like a feature, under this name.
 SCORE = "_score"
 CONCEPT, DATA, PREDICTION = "concept_drift", "data_drift", "prediction_drift"
-
-
-@dataclass(frozen=True)
-class TrackerConfig:
-    accuracy_window: int = 500
-    adwin_delta: float = 0.002           # until the reference is complete; then calibrated
-    calibrate_adwin: bool = True
-    psi_window: int = 1000               # rows in the data-drift window
-    window_step: int = 100               # rows between two tests of the window
-    window_confirm: int = 2              # consecutive tests over the threshold to raise an alert
-    window_clear_ratio: float = 0.8      # ... and under ratio × threshold to clear it
-    expected_run_length: float = 20_000  # events between false alarms, per version and signal
-    error_reference_samples: int = 500  # ... and after each CUSUM alarm, the new regime's
-    # The CUSUMs' reference error rate is refined from the labelled samples seen since, except the
-    # latest error_guard_samples (a slow drift in progress is not learnt as normal).
-    error_guard_samples: int = CUSUM_GUARD
-    cusum_shifts: tuple[float, ...] = CUSUM_SHIFTS
-    calibration_streams: int = 128
-    psi_min_samples: int = 0             # kept for old configurations; the window must be full
 
 
 def error_cusum(reference_errors, config: TrackerConfig, floor: float = 0.0) -> ErrorCusum:

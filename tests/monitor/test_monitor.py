@@ -135,7 +135,8 @@ def test_a_rearmed_version_asks_again_after_the_retry_pause_not_the_whole_cooldo
 
 
 def test_a_version_tracker_clears_drift_when_errors_recover():
-    tracker = VersionTracker("m", 1, TrackerConfig(accuracy_window=100))
+    tracker = VersionTracker("m", 1, TrackerConfig(accuracy_window=100, expected_run_length=20_000,
+                                                   calibration_streams=128))
     rng = random.Random(11)
 
     def feed(n: int, p_wrong: float, offset: int) -> None:
@@ -178,7 +179,7 @@ def test_columnar_and_row_wise_prediction_logs_feed_the_join_and_windows_alike(k
         references=_FixedReferences(reference), policy=DriftPolicy(10_000, 600),
         join=LabelJoin(600, 10_000, read_time=event_time_ms),
         tracker_config=TrackerConfig(psi_window=200, window_step=50, error_reference_samples=50,
-                                     calibration_streams=16),
+                                     expected_run_length=20_000, calibration_streams=16),
         report_every_samples=10**9, report_every_s=1e9, training_min_rows=10**9)
     at = Position("predictions", 0, 0)
     stream = {form: samples(form, 120, 120, 0.8, 0.8, False, seed=3) for form in ("columnar", "rows")}
@@ -316,7 +317,7 @@ def scenario(kafka_bootstrap, s3, tmp_path_factory) -> Scenario:
            "DRIFTLINE_GRPC_PORT": str(port), "DRIFTLINE_STREAM": STREAM, "DRIFTLINE_LOG_JSON": "false",
            "DRIFTLINE_POLICY_MIN_SAMPLES": str(MIN_SAMPLES), "DRIFTLINE_POLICY_COOLDOWN_S": "1",
            "DRIFTLINE_MONITOR_RETRAIN_MIN_ROWS": str(MIN_ROWS), "DRIFTLINE_ACCURACY_WINDOW": "200",
-           "DRIFTLINE_PSI_WINDOW": "400", "DRIFTLINE_PSI_MIN_SAMPLES": "100",
+           "DRIFTLINE_PSI_WINDOW": "400",
            "DRIFTLINE_REPORT_EVERY_SAMPLES": "200", "DRIFTLINE_REPORT_EVERY_S": "0.5",
            "DRIFTLINE_ERROR_REFERENCE_SAMPLES": str(MIN_SAMPLES), "DRIFTLINE_WINDOW_STEP": "100",
            "DRIFTLINE_DASHBOARD_PORT": "0"}

@@ -115,7 +115,8 @@ def _monitor(producer: _Producer):
 
     return DriftMonitor(topics=Topics("t."), stream="s", producer=producer, references=NoReferences(),
                         policy=DriftPolicy(10, 60), join=LabelJoin(600, 1000, read_time=event_time_ms),
-                        tracker_config=TrackerConfig(), report_every_samples=10, report_every_s=3600,
+                        tracker_config=TrackerConfig(expected_run_length=20_000, calibration_streams=128),
+                        report_every_samples=10, report_every_s=3600,
                         training_min_rows=10)
 
 

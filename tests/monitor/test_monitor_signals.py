@@ -374,16 +374,32 @@ def test_the_error_reference_is_never_better_than_the_models_held_out_error():
     assert ErrorCusum(naive.p0, naive.threshold, naive.shifts).update(rng.random(5000) < 0.03)
 
 
-def test_the_service_settings_run_the_detector_the_drift_bench_measures():
-    """bench/drift.py measures TrackerConfig's CUSUM bank, reference and guard; a monitor started
-    from its settings must run the same (only the run length and bootstrap size are its own)."""
-    import dataclasses
-
-    from services.monitor.server import tracker_config
+def test_the_service_settings_run_the_detector_the_drift_bench_measures(monkeypatch):
+    """bench/drift.py measures `TrackerConfig(expected_run_length=ert)`: the CUSUM bank, reference,
+    guard and bootstrap size as TrackerConfig declares them. A monitor started from its settings
+    must run the same (only the run length is the bench's own), and what the environment sets
+    must reach the trackers."""
+    from services.monitor.server import drift_monitor
     from services.monitor.settings import MonitorSettings
-    from services.monitor.tracker import TrackerConfig
 
-    served, measured = tracker_config(MonitorSettings()), TrackerConfig()
-    differ = {f.name for f in dataclasses.fields(TrackerConfig)
-              if getattr(served, f.name) != getattr(measured, f.name)}
-    assert differ <= {"expected_run_length", "calibration_streams"}, differ
+    served = drift_monitor(MonitorSettings(), producer=None, references=None).tracker_config
+    measured = TrackerConfig(expected_run_length=served.expected_run_length)
+    differ = {name for name in TrackerConfig.model_fields if getattr(served, name) != getattr(measured, name)}
+    assert not differ, differ
+    assert served.expected_run_length == 200_000 and served.calibration_streams == 256  # the deployed defaults
+    monkeypatch.setenv("DRIFTLINE_EXPECTED_RUN_LENGTH", "5000")
+    monkeypatch.setenv("DRIFTLINE_CUSUM_SHIFTS", "0.05,0.2")  # the comma form older deployments use
+    served = drift_monitor(MonitorSettings(), producer=None, references=None).tracker_config
+    assert (served.expected_run_length, served.cusum_shifts) == (5000, (0.05, 0.2))
+    monkeypatch.setenv("DRIFTLINE_CUSUM_SHIFTS", "[0.1, 0.3]")
+    assert MonitorSettings().tracker_config().cusum_shifts == (0.1, 0.3)
+
+
+def test_a_setting_that_cannot_be_right_is_a_value_error_naming_it():
+    from services.monitor.settings import MonitorSettings
+
+    for setting, value in (("policy_signals", "concept_drift:cusm"), ("policy_signals", "data_drfit"),
+                           ("cusum_shifts", "0.1,1.5"), ("cusum_shifts", "[]"), ("window_confirm", 0),
+                           ("expected_run_length", -1)):
+        with pytest.raises(ValueError, match=setting):
+            MonitorSettings(**{setting: value})
