@@ -1,16 +1,16 @@
-"""Categorical features: their reference, their binning and their window statistic.
+"""Categorical features: their window statistic.
 
-A feature is categorical when its reference (metadata.json, written by the trainer) lists
-``"categories"``: the values seen in the training data, ascending, with ``"proportions"`` their
-shares. (The trainer also writes ``"edges"``, the midpoints between categories, so a monitor that
-predates categories still reads the feature as a histogram of one bin per category.)
+A feature is categorical when its reference lists categories (`services.common.reference.
+CategoricalShares`, written by the trainer into metadata.json): the values seen in the training
+data, ascending, and their shares.
 
 The monitor bins a categorical value to its category, and anything else — a value the training
-data never had, NaN — to one more bucket, *unseen*, whose reference share is 0. The window
-statistic is the Jensen–Shannon distance (base 2, in [0, 1]) of the window's category shares
-against the reference's: it is symmetric, bounded, and defined when a category is missing on
-either side, where χ² and KL are not (an unseen category has expected count 0). KS needs an order
-the categories do not have, so categorical features get JS in its place; PSI is kept for both.
+data never had, NaN — to one more bucket, *unseen*, whose reference share is 0 (the contract's
+`category_indices`). The window statistic is the Jensen–Shannon distance (base 2, in [0, 1]) of
+the window's category shares against the reference's: it is symmetric, bounded, and defined when
+a category is missing on either side, where χ² and KL are not (an unseen category has expected
+count 0). KS needs an order the categories do not have, so categorical features get JS in its
+place; PSI is kept for both.
 """
 
 from __future__ import annotations
@@ -19,52 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# A feature whose training values are all integers and take at most this many distinct
-# values is categorical (bools, codes, small counts), unless the trainer is told otherwise.
-MAX_CATEGORIES = 20
+from services.common.reference import category_indices
 
-def is_categorical(values: np.ndarray, max_categories: int = MAX_CATEGORIES) -> bool:
-    """Integer-valued (all finite) with at most `max_categories` distinct values.
-
-    >>> is_categorical(np.array([0, 1, 1, 0.0])), is_categorical(np.array([0.5, 1.0]))
-    (True, False)
-    >>> is_categorical(np.arange(21.0)), is_categorical(np.array([]))
-    (False, False)
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if not values.size or not np.isfinite(values).all() or (values != np.round(values)).any():
-        return False
-    return len(np.unique(values)) <= max_categories
-
-
-def categorical_reference(values: np.ndarray) -> dict[str, list[float]]:
-    """The reference of a categorical feature: its categories, their shares, and the midpoints
-    between them as histogram edges (one bin per category, for readers without categories).
-
-    >>> categorical_reference(np.array([2, 0, 2, 2.0]))
-    {'edges': [0.0, 1.0, 2.0], 'proportions': [0.25, 0.75], 'categories': [0.0, 2.0]}
-    >>> categorical_reference(np.array([1, 1.0]))
-    {'edges': [1.0, 1.0], 'proportions': [1.0], 'categories': [1.0]}
-    """
-    values = np.asarray(values, dtype=np.float64)
-    categories, counts = np.unique(values, return_counts=True)
-    middles = (categories[1:] + categories[:-1]) / 2
-    edges = np.concatenate([categories[:1], middles, categories[-1:]])
-    return {"edges": [float(e) for e in edges], "proportions": [float(c) for c in counts / len(values)],
-            "categories": [float(c) for c in categories]}
-
-
-def category_indices(categories: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Each value's category index; len(categories) (the unseen bucket) for any other value.
-
-    >>> category_indices(np.array([0.0, 1.0, 5.0]), np.array([5, 1, 2, np.nan, 0, -1])).tolist()
-    [2, 1, 3, 3, 0, 3]
-    """
-    categories = np.asarray(categories, dtype=np.float64)
-    k = len(categories)
-    index = np.searchsorted(categories, values)
-    hit = categories[np.minimum(index, k - 1)] == values
-    return np.where(hit, index, k)
+__all__ = ["category_indices", "category_proportions", "js_distance"]  # category_indices: signals.py bins with it
 
 
 def js_distance(counts: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -1,10 +1,10 @@
 """The training-data reference a model version is compared against.
 
 The trainer writes decile bins of every feature (and of the positive-class
-score) into the version's metadata.json; the registry knows where that file is
-(`ModelVersion.metadata_uri`). A version without one — an older trainer, a
-registry that is down — is tolerated: it is monitored without PSI, and asked
-for again every `retry_s`.
+score) into the version's metadata.json — the contract is `services.common.reference`;
+the registry knows where that file is (`ModelVersion.metadata_uri`). A version
+without one — an older trainer, a registry that is down — is tolerated: it is
+monitored without PSI, and asked for again every `retry_s`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from driftline.v1 import registry_pb2, registry_pb2_grpc
-from services.common.objectstore import MinioObjectStore, split_uri
-
-from .psi import Bins
+from services.common.objectstore import ObjectStores
+from services.common.reference import DecileBins, FeatureReference, TrainingReference
+from services.common.registry_client import RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +26,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ModelReference:
     feature_names: tuple[str, ...]
-    features: Mapping[str, Bins]   # features without a reference are simply not compared
-    scores: Bins | None            # the positive-class score's bins, when recorded
+    features: Mapping[str, FeatureReference]  # features without a reference are simply not compared
+    scores: DecileBins | None                 # the positive-class score's bins, when recorded
     # The error rate on the held-out evaluation slice (1 - metrics.accuracy) and its size: the
     # model's error on data it did not train on. The first labelled predictions of a version
     # may be of its own training rows (a backlog scored after the model came up), whose error
@@ -42,10 +41,11 @@ class ModelReference:
     def from_metadata(cls, metadata: Mapping) -> "ModelReference":
         metrics = metadata.get("metrics") or {}
         accuracy = metrics.get("accuracy")
+        reference = TrainingReference.from_metadata(metadata)
         return cls(
             feature_names=tuple(metadata.get("feature_names") or ()),
-            features={name: Bins.from_json(bins) for name, bins in (metadata.get("reference") or {}).items()},
-            scores=Bins.from_json(metadata["scores_reference"]) if metadata.get("scores_reference") else None,
+            features=reference.features,
+            scores=reference.scores,
             eval_error=None if accuracy is None else max(0.0, 1.0 - float(accuracy)),
             eval_rows=int(metrics.get("eval_rows") or 0),
             reference_rows=int(metrics.get("train_rows") or 0))
@@ -57,10 +57,8 @@ class RegistryReferences:
     def __init__(self, registry_address: str, read_json: Callable[[str], Mapping], *,
                  timeout_s: float = 2.0, retry_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._channel = grpc.insecure_channel(registry_address)
-        self._stub = registry_pb2_grpc.RegistryStub(self._channel)
+        self._registry = RegistryClient(registry_address, timeout_s)
         self._read_json = read_json
-        self._timeout_s = timeout_s
         self._retry_s = retry_s
         self._clock = clock
         self._found: dict[tuple[str, int], ModelReference] = {}
@@ -85,8 +83,7 @@ class RegistryReferences:
 
     def _load(self, model_name: str, version: int) -> ModelReference:
         try:
-            record = self._stub.GetModelVersion(
-                registry_pb2.GetModelVersionRequest(name=model_name, version=version), timeout=self._timeout_s)
+            record = self._registry.version(model_name, version)
         except grpc.RpcError as exc:
             raise LookupError(f"registry: {exc.code().name} {exc.details()}") from exc
         if not record.metadata_uri:
@@ -94,20 +91,10 @@ class RegistryReferences:
         return ModelReference.from_metadata(self._read_json(record.metadata_uri))
 
     def close(self) -> None:
-        self._channel.close()
+        self._registry.close()
 
 
-class ObjectStoreJson:
-    """Reads `s3://bucket/key` JSON (sha256-verified) with the service's credentials."""
-
-    def __init__(self, settings) -> None:
-        self._settings = settings
-        self._stores: dict[str, MinioObjectStore] = {}
-
-    def __call__(self, uri: str) -> Mapping:
-        bucket, key = split_uri(uri)
-        if bucket not in self._stores:
-            s = self._settings
-            self._stores[bucket] = MinioObjectStore(s.s3_endpoint, s.s3_access_key, s.s3_secret_key,
-                                                    bucket, s.s3_secure)
-        return self._stores[bucket].get_json(key)
+def ObjectStoreJson(settings) -> Callable[[str], object]:  # noqa: N802 (the name server.py builds it by)
+    """Reads `s3://bucket/key` JSON (sha256-verified) with the service's credentials: kept for
+    `server.build` until it passes `ObjectStores.from_settings(settings).read_json` itself."""
+    return ObjectStores.from_settings(settings).read_json

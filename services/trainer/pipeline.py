@@ -15,13 +15,14 @@ import torch
 
 from driftline.v1 import registry_pb2, registry_pb2_grpc, training_pb2
 from services.common.objectstore import ObjectStore, sha256_of
+from services.common.reference import DecileBins, TrainingReference
 
 from .dataset import (
     Dataset, SegmentReader, Window, dataset_id, eval_key, features_and_labels, manifest_key, to_parquet,
     wait_for_rows,
 )
 from .export import INPUT_NAME, OUTPUT_NAME, check_matches_torch, export_onnx, predict_proba, session
-from .reference import decile_histogram, feature_references
+from .reference import feature_references
 from .settings import TrainerSettings
 from .train import TrainParams, train
 
@@ -38,8 +39,7 @@ class Candidate:
     feature_names: list[str]
     n_classes: int
     metrics: dict[str, float]
-    reference: dict[str, dict]  # per-feature decile histograms of the training rows
-    scores_reference: dict  # the same for the positive-class score
+    reference: TrainingReference  # of the training rows' features and positive-class scores
 
     def metadata(self, name: str, data_id: str, version: int = 0) -> dict:
         """metadata.json; version 0 means "assigned at registration"."""
@@ -52,8 +52,7 @@ class Candidate:
             "output_name": OUTPUT_NAME,
             "dataset_id": data_id,
             "metrics": self.metrics,
-            "reference": self.reference,
-            "scores_reference": self.scores_reference,
+            **self.reference.to_metadata(),  # "reference" and "scores_reference"
         }
 
 
@@ -129,8 +128,8 @@ class TrainingPipeline:
             "final_loss": trained.final_loss,
         }
         return Candidate(onnx_bytes, feature_names, n_classes, metrics,
-                         reference=feature_references(x_train, feature_names),
-                         scores_reference=decile_histogram(train_proba[:, 1]))
+                         TrainingReference(feature_references(x_train, feature_names),
+                                           scores=DecileBins.fit(train_proba[:, 1])))
 
     def _register(self, request: training_pb2.TrainingRequest, name: str, stream: str, dataset: Dataset,
                   data_id: str, params: TrainParams, candidate: Candidate, eval_uri: str) -> registry_pb2.ModelVersion:

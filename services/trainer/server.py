@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import threading
 
-import grpc
-
-from driftline.v1 import registry_pb2_grpc
 from services.common.kafka import Consumer, Producer, ensure_topics
 from services.common.objectstore import MinioObjectStore
+from services.common.registry_client import RegistryClient
 from services.common.runtime import ServiceProcess
 
 from .lineage import code_version
@@ -26,9 +24,9 @@ def build(settings: TrainerSettings) -> ServiceProcess:
     ensure_topics(settings.kafka_bootstrap, [topics.training_requests, topics.training_results],
                   partitions=settings.topic_partitions, replication=settings.topic_replication)
     store = MinioObjectStore.from_settings(settings)
-    channel = grpc.insecure_channel(settings.registry_address)
+    registry = RegistryClient(settings.registry_address, settings.registry_timeout_s)
     cancelled = threading.Event()
-    pipeline = TrainingPipeline(settings, store, registry_pb2_grpc.RegistryStub(channel),
+    pipeline = TrainingPipeline(settings, store, registry.stub,
                                 code_version(settings.code_version), cancelled)
     producer = Producer(settings.kafka_bootstrap)
     handler = TrainingRequestHandler(store, pipeline, producer, topics.training_results, settings.model_name)
@@ -36,4 +34,4 @@ def build(settings: TrainerSettings) -> ServiceProcess:
         settings.kafka_bootstrap, f"{settings.topic_prefix}{settings.consumer_group}", [topics.training_requests],
         config={"max.poll.interval.ms": int((settings.wait_timeout_s + TRAINING_HEADROOM_S) * 1000)})
     worker = TrainerWorker(consumer, handler, cancelled)
-    return ServiceProcess("trainer", settings, workers=[worker], on_stop=[producer.close, channel.close])
+    return ServiceProcess("trainer", settings, workers=[worker], on_stop=[producer.close, registry.close])

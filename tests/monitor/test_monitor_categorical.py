@@ -1,19 +1,19 @@
-"""Categorical data drift: the reference the trainer keeps, the Jensen–Shannon window statistic
-calibrated by bootstrap, and the alert the tracker raises — a real shift alarms, a stationary
-stream does not."""
+"""Categorical data drift: the Jensen–Shannon window statistic calibrated by bootstrap, and the
+alert the tracker raises — a real shift alarms, a stationary stream does not. (That the monitor
+reads the categories the trainer keeps: tests/common/test_reference_contract.py.)"""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.spatial.distance import jensenshannon
 
+from services.common.reference import TrainingReference, fit_reference
 from services.monitor.calibration import calibrate_windows
-from services.monitor.categorical import category_indices, js_distance
+from services.monitor.categorical import js_distance
 from services.monitor.monitor import compact
 from services.monitor.references import ModelReference
 from services.monitor.signals import WindowDrift
 from services.monitor.tracker import DATA, Position, TrackerConfig, VersionTracker
-from services.trainer.reference import feature_references
 
 SHARES = np.array([0.5, 0.25, 0.15, 0.1])  # channel codes 0..3 in training
 SHIFTED = np.array([0.35, 0.25, 0.15, 0.25])  # a campaign moves 15 % of traffic to code 3
@@ -26,7 +26,8 @@ def _training(rng: np.random.Generator, n: int = 20_000) -> np.ndarray:
 
 def _tracker(rng: np.random.Generator, **config) -> VersionTracker:
     x = _training(rng)
-    metadata = {"feature_names": ["amount", "channel"], "reference": feature_references(x, ["amount", "channel"]),
+    reference = TrainingReference({"amount": fit_reference(x[:, 0]), "channel": fit_reference(x[:, 1])})
+    metadata = {"feature_names": ["amount", "channel"], **reference.to_metadata(),
                 "metrics": {"train_rows": float(len(x))}}
     tracker = VersionTracker("m", 1, TrackerConfig(psi_window=1000, window_step=100, window_confirm=2,
                                                    expected_run_length=50_000, calibration_streams=128, **config))
@@ -46,18 +47,6 @@ def test_js_distance_is_scipys():
     reference = rng.dirichlet(np.ones(6))
     expected = [jensenshannon(c / c.sum(), reference, base=2) for c in counts]
     assert np.allclose(js_distance(counts, reference), expected)
-
-
-def test_the_trainer_keeps_categories_and_the_monitor_reads_them():
-    x = _training(np.random.default_rng(1))
-    reference = ModelReference.from_metadata({"feature_names": ["amount", "channel"],
-                                              "reference": feature_references(x, ["amount", "channel"])})
-    channel, amount = reference.features["channel"], reference.features["amount"]
-    assert channel.categorical and channel.categories == (0.0, 1.0, 2.0, 3.0)
-    assert np.allclose(channel.proportions, SHARES, atol=0.02)
-    assert not amount.categorical and len(amount.proportions) == 10
-    # values never seen in training (and NaN) fall in the unseen bucket
-    assert category_indices(np.array(channel.categories), np.array([3.0, 7.0, np.nan, 0.0])).tolist() == [3, 4, 4, 0]
 
 
 def test_a_categorical_shift_alarms_with_js_and_a_stationary_stream_does_not():
