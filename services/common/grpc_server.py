@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .errors import translating
 from .telemetry import GRPC_LATENCY, GRPC_REQUESTS
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,48 @@ class Service:
         return tuple(f"/{self.full_name}/{method}" for method in self.own_metrics)
 
 
+class HandlerCapture:
+    """Stands in for the server while a generated add_*_to_server function registers its
+    handlers, so that they can be wrapped before the real server gets them."""
+
+    def __init__(self) -> None:
+        self.service: str | None = None
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass  # the same handlers come again through add_registered_method_handlers
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+HandlerWrap = Callable[[str, str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
+
+
+def wrapping_handlers(add_to_server: Callable[[object, object], None],
+                      wrap: HandlerWrap) -> Callable[[object, object], None]:
+    """`add_to_server` with each method's handler replaced by `wrap(service, method, handler)`
+    (the service's full name, the method's short name), once, at registration: no per-call cost
+    beyond what `wrap` adds. Generated code of another shape is registered unchanged."""
+
+    def add(servicer, server) -> None:
+        capture = HandlerCapture()
+        add_to_server(servicer, capture)
+        if capture.service is None:
+            add_to_server(servicer, server)
+            return
+        handlers = {name: wrap(capture.service, name, handler) for name, handler in capture.handlers.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
+        server.add_registered_method_handlers(capture.service, handlers)
+
+    return add
+
+
 class CallMetrics:
     """Counts every unary call by final status code and times it.
 
-    The handlers are wrapped once, when a servicer is registered (`register`), not per call:
-    a grpc.aio server interceptor runs a coroutine of its own on every call, which measured
+    The handlers are wrapped once, when a servicer is registered (`wrapping_handlers`), not per
+    call: a grpc.aio server interceptor runs a coroutine of its own on every call, which measured
     about a third of a bare server's throughput on small calls (bench/serving.py's
     floor-ort-icpt row). Methods in `exclude` (full paths "/pkg.Service/Method", or whole
     services ending in "/") pass through untouched."""
@@ -59,19 +97,16 @@ class CallMetrics:
                                             and method.startswith(self._excluded_prefixes))
 
     def register(self, add_to_server: Callable[[object, object], None], servicer, server) -> None:
-        """`add_to_server(servicer, server)`, with each unary method's handler observed."""
-        capture = _Capture()
-        add_to_server(servicer, capture)
-        if capture.service is None:  # generated code of another shape: register it unchanged
-            add_to_server(servicer, server)
-            return
-        handlers = {}
-        for name, handler in capture.handlers.items():
-            path = f"/{capture.service}/{name}"
-            observe = handler.unary_unary is not None and not self.excluded(path)
-            handlers[name] = self.observe(handler, name) if observe else handler
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
-        server.add_registered_method_handlers(capture.service, handlers)
+        """`add_to_server(servicer, server)`, with each handler wrapped by `wrap`."""
+        wrapping_handlers(add_to_server, self.wrap)(servicer, server)
+
+    def wrap(self, service: str, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler as a server registers it: `ServiceError`s answered with their status
+        code (`errors.translating`), and a unary call observed unless excluded."""
+        handler = translating(handler)
+        if handler.unary_unary is None or self.excluded(f"/{service}/{method}"):
+            return handler
+        return self.observe(handler, method)
 
     def observe(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         behavior = handler.unary_unary
@@ -102,20 +137,6 @@ class CallMetrics:
         return grpc.unary_unary_rpc_method_handler(
             observed, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
-
-
-class _Capture:
-    """Stands in for the server while a generated add_*_to_server function registers its handlers."""
-
-    def __init__(self) -> None:
-        self.service: str | None = None
-        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
-
-    def add_generic_rpc_handlers(self, handlers) -> None:
-        pass  # the same handlers come again through add_registered_method_handlers
-
-    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
-        self.service, self.handlers = service, dict(handlers)
 
 
 def advertised_address_host(bind_host: str, advertised_host: str = "") -> str:

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer as _Consumer,
     KafkaError,
     KafkaException,
@@ -51,11 +50,6 @@ def schema_headers(message: Message) -> list[tuple[str, bytes]]:
     opt-in: for records read by outside tools, such as the dead-letter topic.
     """
     return [(CONTENT_TYPE, PROTOBUF.encode()), (MESSAGE_TYPE, message.DESCRIPTOR.full_name.encode())]
-
-
-def encode(message: Message) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """Returns the wire value and the headers that make it self-describing."""
-    return message.SerializeToString(), schema_headers(message)
 
 
 def decode(value: bytes | None, message_type: type[M]) -> M:
@@ -284,10 +278,6 @@ class Consumer:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 raise
 
-    def seek_to_beginning(self) -> None:
-        for tp in self.raw.assignment():
-            self.raw.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
-
     def close(self) -> None:
         self.raw.close()
 
@@ -302,8 +292,47 @@ def _is_data(msg: _KafkaMessage) -> bool:
     raise KafkaException(err)
 
 
-def to_record(msg: _KafkaMessage, message_type: type[M]) -> Record[M]:
-    return Record(msg, decode(msg.value(), message_type))
+def position_at_end(consumer: Consumer, topic: str, timeout: float = 10.0) -> None:
+    """Assigns every partition of `topic` at its current end and commits there.
+
+    For a consumer that must see every record published from now on, in every
+    instance (serving follows the registry's events this way). Explicit offsets
+    rather than `auto.offset.reset=latest`: "latest" is resolved lazily, so a
+    record published just after start could be skipped. The commit makes a
+    `ConsumerWorker`'s rewind-on-failure return here, not to the topic's start.
+    """
+    raw = consumer.raw
+    raw.unsubscribe()  # the group's own partitions, not a share of them: every instance sees every record
+    # A topic created a moment ago may have no leader yet (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE,
+    # UNKNOWN_TOPIC_OR_PART): retry until `timeout`, rather than fail the start of the process.
+    deadline = time.monotonic() + timeout
+    pause = 0.1
+    while True:
+        try:
+            metadata = raw.list_topics(topic, timeout=timeout).topics[topic]
+            if metadata.error is not None:
+                raise KafkaException(metadata.error)
+            ends = [TopicPartition(topic, p, raw.get_watermark_offsets(TopicPartition(topic, p), timeout)[1])
+                    for p in sorted(metadata.partitions)]
+            if not ends:
+                raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"{topic} has no partitions yet"))
+            raw.assign(ends)
+            raw.commit(offsets=ends, asynchronous=False)
+            return
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            retriable = error is not None and (error.retriable() or error.code() in _NOT_READY)
+            if not retriable or time.monotonic() + pause > deadline:
+                raise
+            log.info("the topic is not ready yet; retrying", extra={"topic": topic, "error": str(exc)})
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+
+_NOT_READY = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+              KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
+              KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+              KafkaError.COORDINATOR_LOAD_IN_PROGRESS}
 
 
 def ensure_topics(bootstrap: str, topics: Iterable[str], *, partitions: int = 1,

@@ -19,12 +19,13 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from .grpc_server import GrpcServer, Service, install_signal_handlers
 from .kafka import Consumer
 from .settings import CommonSettings
+from .threads import Backoff, StoppableThread
 from .telemetry import configure_logging, start_metrics
 
 log = logging.getLogger(__name__)
 
 
-class ConsumerWorker(threading.Thread):
+class ConsumerWorker(StoppableThread):
     """Polls a consumer, hands each batch to `handle`, then commits.
 
     `handle` must have produced (and flushed) everything the batch leads to
@@ -38,7 +39,7 @@ class ConsumerWorker(threading.Thread):
     def __init__(self, name: str, consumer: Consumer, handle: Callable[[Sequence[Message]], None],
                  *, max_records: int = 500, poll_timeout: float = 0.5,
                  on_idle: Callable[[], None] | None = None, commits_offsets: bool = False) -> None:
-        super().__init__(name=name, daemon=True)
+        super().__init__(name)
         self.consumer = consumer
         self.handle = handle
         self.commits_offsets = commits_offsets
@@ -47,11 +48,10 @@ class ConsumerWorker(threading.Thread):
         self.on_idle = on_idle
         self.processed = 0
         self.failures = 0
-        self._stopping = threading.Event()
 
     def run(self) -> None:
-        backoff = 0.5
-        while not self._stopping.is_set():
+        backoff = Backoff()
+        while not self.stopping:
             try:
                 messages = self.consumer.poll_messages(self.max_records, self.poll_timeout)
                 if messages:
@@ -61,17 +61,16 @@ class ConsumerWorker(threading.Thread):
                     self.processed += len(messages)
                 elif self.on_idle:
                     self.on_idle()
-                backoff = 0.5
+                backoff.reset()
             except Exception:
-                if self._stopping.is_set():
+                if self.stopping:
                     # A handler cut short by the stop: the batch is uncommitted and will be redelivered.
                     log.info("batch interrupted by the stop; left uncommitted", extra={"worker": self.name})
                     break
                 self.failures += 1
                 log.exception("batch failed; rewinding to the last commit", extra={"worker": self.name})
                 self._rewind()
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                self.wait(backoff.next())
         self.consumer.close()
 
     def _rewind(self) -> None:
@@ -83,11 +82,6 @@ class ConsumerWorker(threading.Thread):
                 raw.seek(TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
         except KafkaException:
             log.exception("rewind failed", extra={"worker": self.name})
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stopping.set()
-        if self.is_alive():
-            self.join(timeout)
 
 
 class ServiceProcess:
@@ -116,14 +110,20 @@ class ServiceProcess:
             await self.grpc.start()
 
     async def stop(self) -> None:
-        grace = self.settings.shutdown_grace_s
+        """The gRPC server (in-flight calls finish), then `finish_calls`, then each worker in
+        order, then the `on_stop` callbacks."""
         if self.grpc:
-            await self.grpc.stop(grace)
+            await self.grpc.stop(self.settings.shutdown_grace_s)
+        await self.finish_calls()
         for worker in self.workers:
             await asyncio.to_thread(worker.stop)
         for callback in self.on_stop:
             await asyncio.to_thread(callback)
         log.info("stopped", extra={"service": self.name})
+
+    async def finish_calls(self) -> None:
+        """What the answered calls left running once the gRPC server has stopped, before the workers
+        stop (serving's batcher and mirrored requests); nothing by default."""
 
     def request_stop(self) -> None:
         self._stop_requested.set()

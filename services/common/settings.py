@@ -7,14 +7,38 @@ fields in `services/<name>/settings.py`.
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Annotated, Literal, TypeVar
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def comma_list(value: object) -> object:
+    """A list setting as deployments write it: comma-separated ("1, 8"; spaces and empty parts
+    dropped) or a JSON list. Anything else (a list already) is left to pydantic.
+
+    >>> comma_list("1, 8,"), comma_list('["cuda", "cpu"]'), comma_list(""), comma_list([1])
+    (['1', '8'], ['cuda', 'cpu'], [], [1])
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+T = TypeVar("T")
+# A list field read from one environment variable, "a,b" or '["a", "b"]' (pydantic-settings would
+# otherwise accept only JSON), e.g. `warmup_rows: CommaList[int] = [1, 8]`.
+CommaList = Annotated[list[T], NoDecode, BeforeValidator(comma_list)]
 
 
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DRIFTLINE_", extra="ignore")
 
+    # host:port[,host:port...], as Kafka clients take it (`kafka_brokers` is the list).
     kafka_bootstrap: str = "127.0.0.1:9092"
     # Prepended to every topic name, so several loops (or tests) share a broker.
     topic_prefix: str = ""
@@ -53,6 +77,15 @@ class CommonSettings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Allocations between young-generation garbage collections (0: Python's default, 700).
     gc_gen0_threshold: int = 0
+
+    @property
+    def kafka_brokers(self) -> list[str]:
+        """`kafka_bootstrap` as a list of host:port.
+
+        >>> CommonSettings(kafka_bootstrap="k1:9092, k2:9092").kafka_brokers
+        ['k1:9092', 'k2:9092']
+        """
+        return comma_list(self.kafka_bootstrap)
 
     @property
     def topics(self) -> "Topics":

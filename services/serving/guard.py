@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import grpc
 
-from services.common.grpc_server import _Capture
+from services.common.errors import InvalidArgument
+from services.common.grpc_server import wrapping_handlers
 
 
 class Undecodable:
@@ -22,11 +23,12 @@ class Undecodable:
         self.error = error
 
 
-def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def _guard(service: str, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     if handler.unary_unary is None or handler.request_deserializer is None:
         return handler
     decode = handler.request_deserializer
     behavior = handler.unary_unary
+    name = f"{service}.{method}"
 
     def deserialize(data: bytes):
         try:
@@ -36,8 +38,7 @@ def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler
 
     async def guarded(request, context):
         if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"the request is not a valid {method} message: {request.error}")
+            raise InvalidArgument(f"the request is not a valid {name} message: {request.error}")
         return await behavior(request, context)
 
     return grpc.unary_unary_rpc_method_handler(
@@ -46,15 +47,4 @@ def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler
 
 def guarded(add_to_server: Callable[[object, object], None]) -> Callable[[object, object], None]:
     """`add_to_server` with every unary method's decoding failure answered as INVALID_ARGUMENT."""
-
-    def add(servicer, server) -> None:
-        capture = _Capture()
-        add_to_server(servicer, capture)
-        if capture.service is None:  # generated code of another shape: register it unchanged
-            add_to_server(servicer, server)
-            return
-        handlers = {name: _guard(h, f"{capture.service}.{name}") for name, h in capture.handlers.items()}
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
-        server.add_registered_method_handlers(capture.service, handlers)
-
-    return add
+    return wrapping_handlers(add_to_server, _guard)

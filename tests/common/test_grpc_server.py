@@ -9,11 +9,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from driftline.v1 import features_pb2, features_pb2_grpc
+from driftline.v1 import features_pb2, features_pb2_grpc, monitor_pb2, monitor_pb2_grpc
+from services.common.errors import (
+    InvalidArgument, NotFound, ServiceError, Unavailable, error_for, translate_errors,
+)
 from services.common.grpc_server import GrpcServer, Service, service_name
 from services.common.telemetry import GRPC_REQUESTS
 
 FEATURE_STORE = service_name(features_pb2.DESCRIPTOR, "FeatureStore")
+MONITOR = service_name(monitor_pb2.DESCRIPTOR, "Monitor")
 
 
 class SampleFeatureStore(features_pb2_grpc.FeatureStoreServicer):
@@ -24,17 +28,40 @@ class SampleFeatureStore(features_pb2_grpc.FeatureStoreServicer):
             rows=[features_pb2.OnlineFeatures(entity_id=e) for e in request.entity_ids])
 
 
+class RaisingFeatureStore(features_pb2_grpc.FeatureStoreServicer):
+    """Refuses the way the services do: by raising, never touching the context."""
+
+    async def GetOnlineFeatures(self, request, context):
+        if request.feature_set:
+            raise NotFound(f"unknown feature set {request.feature_set!r}")
+        raise InvalidArgument("no entity_ids: ask for at least one")
+
+
+class RaisingMonitor(monitor_pb2_grpc.MonitorServicer):
+    """A stream that sends one report, then refuses; `closed` says its cleanup ran."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    async def WatchDriftStats(self, request, context):
+        try:
+            yield monitor_pb2.DriftReport(model_name=request.model_name)
+            raise Unavailable("the monitor lost its input")
+        finally:
+            self.closed.set()
+
+
 class ServerThread:
     """Runs a GrpcServer on its own event loop, as a service process would."""
 
-    def __init__(self) -> None:
+    def __init__(self, services=None) -> None:
         self.loop = asyncio.new_event_loop()
         self.server: GrpcServer | None = None
         started = threading.Event()
 
         def run() -> None:
             asyncio.set_event_loop(self.loop)
-            self.server = GrpcServer("sample", [Service(
+            self.server = GrpcServer("sample", services or [Service(
                 SampleFeatureStore(), features_pb2_grpc.add_FeatureStoreServicer_to_server, FEATURE_STORE)])
             self.loop.run_until_complete(self.server.start())
             started.set()
@@ -119,3 +146,68 @@ def test_a_stopping_server_reports_not_serving_then_refuses_calls(server):
         with pytest.raises(grpc.RpcError) as refused:
             health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_raised_service_error_is_the_status_code_and_message_and_is_counted():
+    monitor = RaisingMonitor()
+    running = ServerThread([
+        Service(RaisingFeatureStore(), features_pb2_grpc.add_FeatureStoreServicer_to_server, FEATURE_STORE),
+        Service(monitor, monitor_pb2_grpc.add_MonitorServicer_to_server, MONITOR)])
+    counted = GRPC_REQUESTS.labels("sample", "GetOnlineFeatures", "NOT_FOUND")
+    before = counted._value.get()
+    try:
+        with grpc.insecure_channel(running.server.address) as channel:
+            store = features_pb2_grpc.FeatureStoreStub(channel)
+            with pytest.raises(grpc.RpcError) as unknown:
+                store.GetOnlineFeatures(features_pb2.GetOnlineFeaturesRequest(feature_set="x"), timeout=5)
+            assert (unknown.value.code(), unknown.value.details()) == (
+                grpc.StatusCode.NOT_FOUND, "unknown feature set 'x'")
+            with pytest.raises(grpc.RpcError) as empty:
+                store.GetOnlineFeatures(features_pb2.GetOnlineFeaturesRequest(), timeout=5)
+            assert (empty.value.code(), empty.value.details()) == (
+                grpc.StatusCode.INVALID_ARGUMENT, "no entity_ids: ask for at least one")
+
+            stream = monitor_pb2_grpc.MonitorStub(channel).WatchDriftStats(
+                monitor_pb2.WatchDriftStatsRequest(model_name="m"), timeout=5)
+            assert next(stream).model_name == "m"
+            with pytest.raises(grpc.RpcError) as lost:
+                next(stream)
+            assert (lost.value.code(), lost.value.details()) == (
+                grpc.StatusCode.UNAVAILABLE, "the monitor lost its input")
+            assert monitor.closed.wait(5)
+        deadline = time.monotonic() + 5
+        while counted._value.get() == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert counted._value.get() == before + 1
+    finally:
+        running.stop()
+
+
+class AbortingContext:
+    """A sync handler's context: `abort` raises, as grpc's does."""
+
+    class Aborted(Exception):
+        pass
+
+    def abort(self, code, details):
+        raise self.Aborted(code, details)
+
+
+def test_sync_handlers_and_generators_are_translated_too():
+    def unary(request, context):
+        raise error_for(grpc.StatusCode.PERMISSION_DENIED, f"not for {request}")
+
+    def streaming(request, context):
+        yield 1
+        raise NotFound("gone")
+
+    with pytest.raises(AbortingContext.Aborted) as denied:
+        translate_errors(unary)("you", AbortingContext())
+    assert denied.value.args == (grpc.StatusCode.PERMISSION_DENIED, "not for you")
+    responses = translate_errors(streaming)(None, AbortingContext())
+    assert next(responses) == 1
+    with pytest.raises(AbortingContext.Aborted) as gone:
+        next(responses)
+    assert gone.value.args == (grpc.StatusCode.NOT_FOUND, "gone")
+    other = error_for(grpc.StatusCode.DATA_LOSS, "lost")
+    assert isinstance(other, ServiceError) and other.code is grpc.StatusCode.DATA_LOSS
