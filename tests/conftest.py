@@ -101,19 +101,48 @@ def kafka_bootstrap(request) -> Iterator[str]:
     bootstrap = os.environ.get("DRIFTLINE_KAFKA_BOOTSTRAP")
     with contextlib.ExitStack() as cleanup:
         if not bootstrap and _docker_engine_answers():
-            from testcontainers.community.kafka import KafkaContainer
+            # testcontainers 4.15's KafkaContainer drives Confluent's images only (its start script
+            # runs /etc/confluent/docker/configure); Apache's image is started here the way
+            # testcontainers-java's org.testcontainers.kafka.KafkaContainer does: wait for a start
+            # script, then write it with the mapped port as the advertised listener.
+            from testcontainers.core.container import DockerContainer
+            from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
+            # The Kafka of the local stack (services/devstack/kafka.py) and of docker-compose.yml;
+            # tests/deploy/test_compose.py checks that all three have one major version.
+            image = "apache/kafka:4.4.0"
+            script = "/tmp/driftline-kafka-start.sh"
             container = (
-                KafkaContainer("confluentinc/cp-kafka:7.9.0")
-                .with_kraft()
-                # Transactions (ingest's exactly-once) need these on a single broker.
-                .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
-                .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
-                .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "true")
+                DockerContainer(image)
+                .with_exposed_ports(9092)
+                .with_envs(
+                    CLUSTER_ID="0h9-Gno8TFWbHi8Mao5LEA",
+                    KAFKA_NODE_ID="1",
+                    KAFKA_PROCESS_ROLES="broker,controller",
+                    # PLAINTEXT: the tests (mapped port); BROKER: inter-broker; CONTROLLER: KRaft.
+                    KAFKA_LISTENERS="PLAINTEXT://0.0.0.0:9092,BROKER://0.0.0.0:9093,CONTROLLER://0.0.0.0:9094",
+                    KAFKA_LISTENER_SECURITY_PROTOCOL_MAP="PLAINTEXT:PLAINTEXT,BROKER:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    KAFKA_INTER_BROKER_LISTENER_NAME="BROKER",
+                    KAFKA_CONTROLLER_LISTENER_NAMES="CONTROLLER",
+                    KAFKA_CONTROLLER_QUORUM_VOTERS="1@localhost:9094",
+                    KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR="1",
+                    KAFKA_OFFSETS_TOPIC_NUM_PARTITIONS="1",
+                    # Transactions (ingest's exactly-once) need these on a single broker.
+                    KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR="1",
+                    KAFKA_TRANSACTION_STATE_LOG_MIN_ISR="1",
+                    KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS="0",
+                    KAFKA_AUTO_CREATE_TOPICS_ENABLE="true",
+                )
+                .with_command(["sh", "-c", f"while [ ! -f {script} ]; do sleep 0.1; done; exec bash {script}"])
             )
-            container.start(timeout=120)
+            container.start()
             cleanup.callback(container.stop)
-            bootstrap = container.get_bootstrap_server()
+            bootstrap = f"{container.get_container_host_ip()}:{container.get_exposed_port(9092)}"
+            container.copy_into_container((
+                "#!/bin/bash\n"
+                f"export KAFKA_ADVERTISED_LISTENERS=PLAINTEXT://{bootstrap},BROKER://localhost:9093\n"
+                "exec /etc/kafka/docker/run\n").encode(), script, 0o755)
+            LogMessageWaitStrategy(r"Kafka Server started").with_startup_timeout(120).wait_until_ready(container)
         if not bootstrap:
             bootstrap = request.getfixturevalue("local_stack").kafka_bootstrap
         cleanup.enter_context(_exported({"DRIFTLINE_KAFKA_BOOTSTRAP": bootstrap}))
