@@ -44,14 +44,10 @@ class FeatureApp:
     features_topic: faust.TopicT
 
 
-def broker_urls(bootstrap: str) -> list[str]:
-    return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
-
-
 def create_app(settings: FeatureSettings, schema: StreamSchema, datadir: str) -> FeatureApp:
     app = faust.App(
         settings.app_id,
-        broker=broker_urls(settings.kafka_bootstrap),
+        broker=[f"kafka://{host}" for host in settings.kafka_brokers],
         store="memory://",  # must be given here, not configured later (FIELD-NOTES)
         datadir=datadir,
         autodiscover=False,

@@ -12,6 +12,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from driftline.v1 import features_pb2, features_pb2_grpc
+from services.common.errors import InvalidArgument, NotFound
 from services.common.schema import StreamSchema
 
 from .metrics import ONLINE_LOOKUPS
@@ -27,14 +28,11 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServicer):
     async def GetOnlineFeatures(self, request: features_pb2.GetOnlineFeaturesRequest,
                                 context: grpc.aio.ServicerContext) -> features_pb2.GetOnlineFeaturesResponse:
         if request.feature_set and request.feature_set != self.schema.stream:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"unknown feature set {request.feature_set!r}; this store serves "
-                                f"{self.schema.stream!r}")
+            raise NotFound(f"unknown feature set {request.feature_set!r}; this store serves {self.schema.stream!r}")
         if not request.entity_ids:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no entity_ids: ask for at least one")
+            raise InvalidArgument("no entity_ids: ask for at least one")
         if len(request.entity_ids) > self.max_entities:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"{len(request.entity_ids)} entity_ids is above the limit of {self.max_entities}")
+            raise InvalidArgument(f"{len(request.entity_ids)} entity_ids is above the limit of {self.max_entities}")
         return features_pb2.GetOnlineFeaturesResponse(
             feature_set=self.feature_set, rows=[self._row(entity_id) for entity_id in request.entity_ids])
 

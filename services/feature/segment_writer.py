@@ -19,7 +19,6 @@ of the topic, so the last features the agent produced are in a segment).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +27,7 @@ from confluent_kafka import Consumer as _Consumer, Message, TopicPartition
 from driftline.v1 import features_pb2
 from services.common.kafka import Consumer, DecodeFailure, decode
 from services.common.objectstore import ObjectStore
+from services.common.threads import Backoff, StoppableThread
 
 from .metrics import SEGMENT_ROWS, SEGMENTS, SEGMENT_FAILURES
 from .segments import SegmentRow, covered_offset, write_segment
@@ -42,9 +42,9 @@ class _Buffer:
     opened_at: float = 0.0  # monotonic time of the oldest row
 
 
-class SegmentWriter(threading.Thread):
+class SegmentWriter(StoppableThread):
     def __init__(self, settings: FeatureSettings, store: ObjectStore, feature_names: list[str]) -> None:
-        super().__init__(name="feature-segments", daemon=True)
+        super().__init__("feature-segments")
         self.store = store
         self.stream = settings.stream
         self.feature_names = list(feature_names)
@@ -60,25 +60,23 @@ class SegmentWriter(threading.Thread):
         self._next_offset: dict[int, int] = {}  # partition -> offset after the last record seen
         self._covered: dict[int, int] = {}  # partition -> last offset already in a segment
         self._committed: dict[int, int] = {}  # partition -> offset this writer last committed
-        self._stopping = threading.Event()
         self.segments_written = 0
 
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> None:
-        backoff = 0.5
-        while not self._stopping.is_set():
+        backoff = Backoff()
+        while not self.stopping:
             try:
                 for msg in self.consumer.poll_messages(500, 0.2):
                     self._add(msg)
                 self._flush(force=False)
-                backoff = 0.5
+                backoff.reset()
             except Exception:
                 # The buffers and uncommitted offsets stay as they are; the next round retries.
                 SEGMENT_FAILURES.inc()
                 log.exception("segment round failed; retrying")
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                self.wait(backoff.next())
         try:
             self._drain()
             self._flush(force=True)
@@ -86,11 +84,6 @@ class SegmentWriter(threading.Thread):
             log.exception("final segment flush failed; the rows stay uncommitted and will be replayed")
         finally:
             self.consumer.close()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stopping.set()
-        if self.is_alive():
-            self.join(timeout)
 
     # -- rows in ----------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import grpc
 from confluent_kafka import KafkaException
 
 from driftline.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc
+from services.common.errors import InvalidArgument, Unavailable
 from services.common.grpc_server import Service, service_name
 from services.common.kafka import DeliveryError, ensure_topics
 from services.common.runtime import ServiceProcess
@@ -36,10 +37,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                           ) -> ingest_pb2.IngestResponse:
         count = len(request.records)
         if count == 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty batch: send at least one record")
+            raise InvalidArgument("empty batch: send at least one record")
         if count > self.max_batch_records:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"batch of {count} records is above the limit of {self.max_batch_records}")
+            raise InvalidArgument(f"batch of {count} records is above the limit of {self.max_batch_records}")
         inputs = [
             RawInput(payload=record.value, content_type=record.content_type or None, key=record.key or None,
                      origin=events_pb2.RecordOrigin(topic=GRPC_ORIGIN_TOPIC, partition=-1, offset=index))
@@ -50,7 +50,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                 outcomes = await asyncio.to_thread(self.pipeline.process, inputs)
             except (KafkaException, DeliveryError) as exc:
                 # Nothing of the batch was published: the client may retry it as is.
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not publish the batch: {exc}")
+                raise Unavailable(f"could not publish the batch: {exc}") from exc
         results = [outcome.result() for outcome in outcomes]
         return ingest_pb2.IngestResponse(
             results=results,

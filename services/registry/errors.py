@@ -1,17 +1,8 @@
-"""Domain errors, each mapped to one gRPC status code by the servicer."""
+"""The registry's own refusal; the rest are services.common.errors' (NotFound, InvalidArgument),
+which the gRPC server answers with their status code."""
+
+from services.common.errors import Aborted
 
 
-class RegistryError(Exception):
-    """Base class; the message is what the client sees."""
-
-
-class NotFound(RegistryError):
-    """An unknown model, version or alias (NOT_FOUND)."""
-
-
-class InvalidArgument(RegistryError):
-    """A request that can never succeed as sent (INVALID_ARGUMENT)."""
-
-
-class AliasChanged(RegistryError):
+class AliasChanged(Aborted):
     """The alias moved while the gate was evaluating; the decision is void (ABORTED)."""

@@ -23,10 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from driftline.v1 import registry_pb2
-from services.common.objectstore import IntegrityError, ObjectNotFound
+from services.common.objectstore import IntegrityError, ObjectNotFound, ObjectStores
 
 from . import events
-from .artifacts import ArtifactReader
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ class Unscorable(Exception):
 
 
 class Gate:
-    def __init__(self, artifacts: ArtifactReader, min_improvement: float = 0.0) -> None:
+    def __init__(self, artifacts: ObjectStores, min_improvement: float = 0.0) -> None:
         self.artifacts = artifacts
         self.min_improvement = min_improvement
 
@@ -95,7 +94,7 @@ class Gate:
 
     def _load_model(self, version: registry_pb2.ModelVersion) -> ort.InferenceSession:
         try:
-            data = self.artifacts.read(version.artifact_uri, version.artifact_sha256)
+            data = self.artifacts.read_bytes(version.artifact_uri, version.artifact_sha256)
         except (ObjectNotFound, IntegrityError, ValueError) as exc:
             raise Unscorable(f"artifact {version.artifact_uri}: {exc}") from exc
         options = ort.SessionOptions()
@@ -107,7 +106,7 @@ class Gate:
 
     def _load_eval_slice(self, uri: str) -> pa.Table:
         try:
-            table = pq.read_table(io.BytesIO(self.artifacts.read(uri)))
+            table = pq.read_table(io.BytesIO(self.artifacts.read_bytes(uri)))
         except (ObjectNotFound, IntegrityError, ValueError, pa.ArrowException) as exc:
             raise Unscorable(f"eval slice {uri} cannot be read: {exc}") from exc
         if LABEL_COLUMN not in table.column_names:

@@ -15,6 +15,7 @@ from prometheus_client import Counter, Gauge
 
 from driftline.v1 import registry_pb2
 from services.common.kafka import Producer
+from services.common.threads import Backoff, StoppableThread
 
 from .store import RegistryStore
 
@@ -25,10 +26,10 @@ UNSENT = Gauge("driftline_registry_outbox_unsent", "Outbox rows committed but no
 FAILURES = Counter("driftline_registry_relay_failures_total", "Relay rounds that failed and will be retried.")
 
 
-class OutboxRelay(threading.Thread):
+class OutboxRelay(StoppableThread):
     def __init__(self, store: RegistryStore, producer: Producer, topic: str, *,
                  interval_s: float = 1.0, batch: int = 100, flush_timeout_s: float = 30.0) -> None:
-        super().__init__(name="registry-outbox-relay", daemon=True)
+        super().__init__("registry-outbox-relay")
         self.store = store
         self.producer = producer
         self.topic = topic
@@ -36,26 +37,25 @@ class OutboxRelay(threading.Thread):
         self.batch = batch
         self.flush_timeout_s = flush_timeout_s
         self._wake = threading.Event()
-        self._stopping = threading.Event()
 
     def wake(self) -> None:
-        """Called after a write commits, so events go out at once instead of at the next tick."""
+        """Called after a write commits, so events go out at once instead of at the next tick
+        (and by `stop`, so a stop does not wait for the tick either)."""
         self._wake.set()
 
     def run(self) -> None:
-        backoff = 0.5
-        while not self._stopping.is_set():
+        backoff = Backoff()
+        while not self.stopping:
             self._wake.clear()
             try:
                 if self.publish_pending():
-                    backoff = 0.5
+                    backoff.reset()
                     continue  # there may be more than one batch waiting
                 self._wake.wait(self.interval_s)
             except Exception:
                 FAILURES.inc()
                 log.exception("outbox relay failed; the rows stay unsent and will be retried")
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                self.wait(backoff.next())
         # Last round on the way out, so a clean stop leaves nothing behind.
         try:
             while self.publish_pending():
@@ -75,9 +75,3 @@ class OutboxRelay(threading.Thread):
             PUBLISHED.inc(len(rows))
         UNSENT.set(self.store.count_unsent())
         return len(rows)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self.is_alive():
-            self.join(timeout)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from driftline.v1 import registry_pb2, registry_pb2_grpc
 from services.common.grpc_server import Service, service_name
 from services.common.kafka import Producer, ensure_topics
+from services.common.objectstore import ObjectStores
 from services.common.runtime import ServiceProcess
 
-from .artifacts import ArtifactReader
 from .gate import Gate
 from .relay import OutboxRelay
 from .servicer import RegistryServicer
@@ -22,7 +22,8 @@ def build(settings: RegistrySettings) -> ServiceProcess:
                   replication=settings.topic_replication)
     relay = OutboxRelay(store, Producer(settings.kafka_bootstrap), topic,
                         interval_s=settings.relay_interval_s, batch=settings.relay_batch)
-    gate = Gate(ArtifactReader(settings), settings.gate_min_improvement)
+    # The versions' objects may be in any bucket of the S3 server, read verified by sha256.
+    gate = Gate(ObjectStores.from_settings(settings), settings.gate_min_improvement)
     servicer = RegistryServicer(store, gate, on_change=relay.wake)
     service = Service(servicer, registry_pb2_grpc.add_RegistryServicer_to_server,
                       service_name(registry_pb2.DESCRIPTOR, "Registry"))

@@ -1,5 +1,5 @@
-"""gRPC `driftline.v1.Registry`: validates requests, calls the store and the gate,
-and maps domain errors to status codes.
+"""gRPC `driftline.v1.Registry`: validates requests, calls the store and the gate.
+Refusals are raised as `services.common.errors` (the server answers each with its code).
 
 Database and object-store work runs in worker threads so the asyncio loop
 keeps answering (health checks included) while a gate scores models.
@@ -8,19 +8,17 @@ keeps answering (health checks included) while a gate scores models.
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 from collections.abc import Callable
 
-import grpc
 import urllib3
 from minio.error import S3Error
 from prometheus_client import Counter
 
 from driftline.v1 import registry_pb2, registry_pb2_grpc
+from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.common.objectstore import split_uri
 
-from .errors import AliasChanged, InvalidArgument, NotFound
 from .gate import Gate
 from .store import RegistryStore
 
@@ -32,25 +30,6 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DECISIONS = Counter("driftline_registry_gate_decisions_total", "Gate decisions, by outcome.", ["promoted"])
 
 
-def _status_errors(method):
-    """Turns domain errors into gRPC status codes with the error's message."""
-
-    @functools.wraps(method)
-    async def wrapper(self, request, context):
-        try:
-            return await method(self, request, context)
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except AliasChanged as exc:
-            await context.abort(grpc.StatusCode.ABORTED, str(exc))
-        except (S3Error, urllib3.exceptions.HTTPError) as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"object store: {exc}")
-
-    return wrapper
-
-
 class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     def __init__(self, store: RegistryStore, gate: Gate, on_change: Callable[[], None] = lambda: None) -> None:
         self.store = store
@@ -59,7 +38,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         # One promotion at a time: the gate's comparison must not race another promotion.
         self._promotions = asyncio.Lock()
 
-    @_status_errors
     async def RegisterModelVersion(self, request, context):
         version = request.model_version
         _check_name(version.name, "model_version.name")
@@ -79,19 +57,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             self.on_change()
         return stored
 
-    @_status_errors
     async def GetModelVersion(self, request, context):
         _check_name(request.name, "name")
         _check_version(request.version)
         return await asyncio.to_thread(self.store.get_version, request.name, request.version)
 
-    @_status_errors
     async def ListModelVersions(self, request, context):
         _check_name(request.name, "name")
         versions = await asyncio.to_thread(self.store.list_versions, request.name)
         return registry_pb2.ListModelVersionsResponse(model_versions=versions)
 
-    @_status_errors
     async def SetAlias(self, request, context):
         _check_name(request.name, "name")
         _check_name(request.alias, "alias")
@@ -100,7 +75,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         self.on_change()
         return await asyncio.to_thread(self.store.get_version, request.name, request.version)
 
-    @_status_errors
     async def GetAlias(self, request, context):
         _check_name(request.name, "name")
         _check_name(request.alias, "alias")
@@ -113,14 +87,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             raise NotFound(f"alias {alias!r} of model {name!r} points nowhere")
         return self.store.get_version(name, version)
 
-    @_status_errors
     async def Promote(self, request, context):
         _check_name(request.name, "name")
         _check_version(request.version)
         alias = request.alias or DEFAULT_ALIAS
         _check_name(alias, "alias")
         async with self._promotions:
-            decision = await asyncio.to_thread(self._promote, request.name, request.version, alias)
+            try:
+                decision = await asyncio.to_thread(self._promote, request.name, request.version, alias)
+            except (S3Error, urllib3.exceptions.HTTPError) as exc:  # the gate could not read an object
+                raise Unavailable(f"object store: {exc}") from exc
         DECISIONS.labels(str(decision.promoted).lower()).inc()
         self.on_change()
         return decision
@@ -134,7 +110,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         self.store.record_decision(decision)
         return decision
 
-    @_status_errors
     async def GetGateDecisions(self, request, context):
         _check_name(request.name, "name")
         decisions = await asyncio.to_thread(self.store.list_decisions, request.name)

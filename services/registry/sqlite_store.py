@@ -15,9 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from driftline.v1 import registry_pb2
+from services.common.errors import NotFound
 
 from . import events
-from .errors import AliasChanged, NotFound
+from .errors import AliasChanged
 from .store import OutboxRow, RegistryStore
 
 SCHEMA = """

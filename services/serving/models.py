@@ -20,74 +20,27 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 import grpc
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Message
 
-from driftline.v1 import registry_pb2, registry_pb2_grpc
-from services.common.kafka import Consumer, DecodeFailure, decode
-from services.common.objectstore import IntegrityError, MinioObjectStore, ObjectNotFound, split_uri
+from driftline.v1 import registry_pb2
+from services.common.kafka import DecodeFailure, decode
+from services.common.objectstore import IntegrityError, ObjectNotFound, ObjectStores
+from services.common.registry_client import ModelVersion, RegistryClient
+from services.common.threads import StoppableThread
 
 from .metrics import ALIAS_LOADS, MODEL_LOADS, MODEL_VERSION
 from .onnx_model import CPU, InvalidModel, LoadedModel, SessionConfig, load_model
 
 log = logging.getLogger(__name__)
 
-ModelVersion = registry_pb2.ModelVersion
 
-
-class ModelSource(Protocol):
-    """The registry as serving sees it."""
-
-    def alias(self, name: str, alias: str) -> ModelVersion | None:
-        """The version the alias points at, or None when it points nowhere yet."""
-
-    def version(self, name: str, version: int) -> ModelVersion: ...
-
-
-class RegistryModelSource:
-    """`ModelSource` over the Registry's gRPC API."""
-
-    def __init__(self, address: str, timeout_s: float = 5.0) -> None:
-        self._channel = grpc.insecure_channel(address)
-        self._stub = registry_pb2_grpc.RegistryStub(self._channel)
-        self._timeout = timeout_s
-
-    def alias(self, name: str, alias: str) -> ModelVersion | None:
-        try:
-            return self._stub.GetAlias(registry_pb2.GetAliasRequest(name=name, alias=alias),
-                                       timeout=self._timeout)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise
-
-    def version(self, name: str, version: int) -> ModelVersion:
-        return self._stub.GetModelVersion(
-            registry_pb2.GetModelVersionRequest(name=name, version=version), timeout=self._timeout)
-
-    def close(self) -> None:
-        self._channel.close()
-
-
-class ArtifactFetcher:
-    """Reads `s3://bucket/key` artifacts, verified against the registry's sha256."""
-
-    def __init__(self, settings) -> None:
-        self._settings = settings
-        self._stores: dict[str, MinioObjectStore] = {}
-
-    def fetch(self, uri: str, sha256: str) -> bytes:
-        if not sha256:
-            raise IntegrityError(f"the registry recorded no sha256 for {uri}; refusing to trust it")
-        bucket, key = split_uri(uri)
-        store = self._stores.get(bucket)
-        if store is None:
-            s = self._settings
-            store = self._stores[bucket] = MinioObjectStore(
-                s.s3_endpoint, s.s3_access_key, s.s3_secret_key, bucket, s.s3_secure)
-        return store.get_bytes(key, expected_sha256=sha256)
+def fetch_artifact(stores: ObjectStores, uri: str, sha256: str) -> bytes:
+    """The artifact at `s3://bucket/key`, verified against the registry's sha256 (none recorded: refused)."""
+    if not sha256:
+        raise IntegrityError(f"the registry recorded no sha256 for {uri}; refusing to trust it")
+    return stores.read_bytes(uri, sha256)
 
 
 class ModelCache:
@@ -135,7 +88,7 @@ class ModelManager:
     nowhere: then `current` is None.
     """
 
-    def __init__(self, name: str, alias: str, source: ModelSource,
+    def __init__(self, name: str, alias: str, source: RegistryClient,
                  fetch_artifact: Callable[[str, str], bytes], providers: Sequence[str] = (CPU,), *,
                  config: SessionConfig | None = None, variant: str = "production", optional: bool = False,
                  warmup_rows: Sequence[int] = (2,), cache: ModelCache | None = None) -> None:
@@ -275,10 +228,6 @@ class AliasEventHandler:
         self.managers = {m.alias: m for m in managers}
         self.name = managers[0].name
 
-    @property
-    def manager(self) -> ModelManager:
-        return next(iter(self.managers.values()))
-
     def __call__(self, messages: Sequence[Message]) -> None:
         latest: dict[str, registry_pb2.RegistryEvent] = {}
         for msg in messages:
@@ -296,61 +245,18 @@ class AliasEventHandler:
             self.managers[alias].follow_event(event.model_version)
 
 
-def position_at_end(consumer: Consumer, topic: str, timeout: float = 10.0) -> None:
-    """Assigns every partition of `topic` at its current end and commits there.
-
-    Explicit offsets rather than `auto.offset.reset=latest`: "latest" is resolved
-    lazily, so an event published just after start could be skipped. The commit
-    makes the worker's rewind-on-failure return here, not to the topic's start.
-    """
-    raw = consumer.raw
-    raw.unsubscribe()  # the group's own partitions, not a share of them: every instance sees every move
-    # A topic created a moment ago may have no leader yet (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE,
-    # UNKNOWN_TOPIC_OR_PART): retry until `timeout`, rather than fail the start of the process.
-    deadline = time.monotonic() + timeout
-    pause = 0.1
-    while True:
-        try:
-            metadata = raw.list_topics(topic, timeout=timeout).topics[topic]
-            if metadata.error is not None:
-                raise KafkaException(metadata.error)
-            ends = [TopicPartition(topic, p, raw.get_watermark_offsets(TopicPartition(topic, p), timeout)[1])
-                    for p in sorted(metadata.partitions)]
-            if not ends:
-                raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"{topic} has no partitions yet"))
-            raw.assign(ends)
-            raw.commit(offsets=ends, asynchronous=False)
-            return
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            retriable = error is not None and (error.retriable() or error.code() in _NOT_READY)
-            if not retriable or time.monotonic() + pause > deadline:
-                raise
-            log.info("the registry events topic is not ready yet; retrying",
-                     extra={"topic": topic, "error": str(exc)})
-            time.sleep(pause)
-            pause = min(pause * 2, 1.0)
-
-
-_NOT_READY = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-              KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
-              KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
-              KafkaError.COORDINATOR_LOAD_IN_PROGRESS}
-
-
-class AliasPoller(threading.Thread):
+class AliasPoller(StoppableThread):
     """Asks the registry where the aliases point: often until the serving model loads, rarely after."""
 
     def __init__(self, managers: ModelManager | Sequence[ModelManager], retry_s: float, resync_s: float) -> None:
-        super().__init__(name="alias-poller", daemon=True)
+        super().__init__("alias-poller")
         self.managers = [managers] if isinstance(managers, ModelManager) else list(managers)
         self.manager = self.managers[0]  # the serving alias; the others are optional
         self.retry_s = retry_s
         self.resync_s = resync_s
-        self._stopping = threading.Event()
 
     def run(self) -> None:
-        while not self._stopping.is_set():
+        while not self.stopping:
             for manager in self.managers:
                 try:
                     manager.reconcile()
@@ -359,11 +265,9 @@ class AliasPoller(threading.Thread):
                                 extra={"model": manager.name, "alias": manager.alias, "error": str(exc)})
             loaded = self.manager.current is not None
             if loaded and not self.resync_s:
-                self._stopping.wait()  # events alone keep it current from here
+                self.wait()  # events alone keep it current from here
             else:
-                self._stopping.wait(self.resync_s if loaded else self.retry_s)
+                self.wait(self.resync_s if loaded else self.retry_s)
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stopping.set()
-        if self.is_alive():
-            self.join(timeout)
+        super().stop(timeout)

@@ -11,31 +11,18 @@ from __future__ import annotations
 
 import time
 
-import grpc
 import numpy as np
 
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
+from services.common.errors import InvalidArgument, NotFound, ServiceError, Unavailable
 
 from .onnx_model import INPUT_NAME, OUTPUT_NAME, LoadedModel
-from .prediction_log import ServedRequest
+from .prediction_log import ServedRequest, new_request_id
 from .traffic import Route
 
 PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "driftline"
-
-
-class Refusal(Exception):
-    """A request the server answers with `code` and `message` instead of a prediction."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def invalid(message: str) -> Refusal:
-    return Refusal(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def expected_input(model: LoadedModel) -> str:
@@ -44,43 +31,43 @@ def expected_input(model: LoadedModel) -> str:
 
 
 def input_matrix(request: pb.ModelInferRequest, model: LoadedModel, max_rows: int) -> np.ndarray:
-    """The request's float32 [N, F] features; raises Refusal(INVALID_ARGUMENT) saying what was wrong."""
+    """The request's float32 [N, F] features; raises InvalidArgument saying what was wrong."""
     if len(request.inputs) != 1:
         names = [i.name for i in request.inputs]
-        raise invalid(f"the model takes exactly one input, {expected_input(model)}; got {len(names)}: {names}")
+        raise InvalidArgument(f"the model takes exactly one input, {expected_input(model)}; got {len(names)}: {names}")
     tensor = request.inputs[0]
     if tensor.name != INPUT_NAME:
-        raise invalid(f"unknown input {tensor.name!r}; the model takes {expected_input(model)}")
+        raise InvalidArgument(f"unknown input {tensor.name!r}; the model takes {expected_input(model)}")
     if tensor.datatype != "FP32":
-        raise invalid(f"input {INPUT_NAME!r} has datatype {tensor.datatype or '(none)'}; "
+        raise InvalidArgument(f"input {INPUT_NAME!r} has datatype {tensor.datatype or '(none)'}; "
                       f"the model takes FP32")
     shape = list(tensor.shape)
     features = model.feature_count
     if len(shape) != 2 or shape[0] < 1 or shape[1] < 1 or (features is not None and shape[1] != features):
-        raise invalid(f"input {INPUT_NAME!r} has shape {shape}; the model takes "
+        raise InvalidArgument(f"input {INPUT_NAME!r} has shape {shape}; the model takes "
                       f"[N, {features if features is not None else 'F'}] with N >= 1")
     rows, columns = shape
     if rows > max_rows:
-        raise invalid(f"{rows} rows in one request; at most {max_rows} are accepted")
+        raise InvalidArgument(f"{rows} rows in one request; at most {max_rows} are accepted")
     count = rows * columns
     typed = tensor.HasField("contents")
     if request.raw_input_contents:
         if typed:
-            raise invalid(f"input {INPUT_NAME!r} has both typed contents and raw_input_contents; send one")
+            raise InvalidArgument(f"input {INPUT_NAME!r} has both typed contents and raw_input_contents; send one")
         if len(request.raw_input_contents) != 1:
-            raise invalid(f"{len(request.raw_input_contents)} raw_input_contents for 1 input")
+            raise InvalidArgument(f"{len(request.raw_input_contents)} raw_input_contents for 1 input")
         raw = request.raw_input_contents[0]
         if len(raw) != count * 4:
-            raise invalid(f"raw_input_contents for {INPUT_NAME!r} holds {len(raw)} bytes; "
+            raise InvalidArgument(f"raw_input_contents for {INPUT_NAME!r} holds {len(raw)} bytes; "
                           f"shape {shape} FP32 needs {count * 4}")
         matrix = np.frombuffer(raw, dtype="<f4").reshape(rows, columns)
     else:
         values = tensor.contents.fp32_contents
         others = [f.name for f, _ in tensor.contents.ListFields() if f.name != "fp32_contents"]
         if others:
-            raise invalid(f"input {INPUT_NAME!r} is FP32 but came in {others}; use fp32_contents")
+            raise InvalidArgument(f"input {INPUT_NAME!r} is FP32 but came in {others}; use fp32_contents")
         if len(values) != count:
-            raise invalid(f"input {INPUT_NAME!r} has {len(values)} fp32_contents; shape {shape} needs {count}")
+            raise InvalidArgument(f"input {INPUT_NAME!r} has {len(values)} fp32_contents; shape {shape} needs {count}")
         matrix = np.asarray(values, dtype=np.float32).reshape(rows, columns)
     check_finite(matrix)
     return matrix
@@ -92,7 +79,7 @@ def check_size(request, max_bytes: int) -> None:
     if max_bytes:
         size = request.ByteSize()
         if size > max_bytes:
-            raise invalid(f"the request message is {size} bytes; at most {max_bytes} are accepted "
+            raise InvalidArgument(f"the request message is {size} bytes; at most {max_bytes} are accepted "
                           "(send fewer rows per request)")
 
 
@@ -109,7 +96,7 @@ def request_key(request: pb.ModelInferRequest) -> str:
 def check_finite(matrix: np.ndarray) -> None:
     if not np.isfinite(matrix).all():
         row, column = (int(i) for i in np.argwhere(~np.isfinite(matrix))[0])
-        raise invalid(f"row {row}, feature {column} is {matrix[row, column]}; the model accepts only "
+        raise InvalidArgument(f"row {row}, feature {column} is {matrix[row, column]}; the model accepts only "
                       "finite values (no NaN or Inf)")
 
 
@@ -140,10 +127,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.server_version, extensions=[])
 
     async def ModelMetadata(self, request, context) -> pb.ModelMetadataResponse:
-        try:
-            route = self._route(request.name, request.version, "")
-        except Refusal as refusal:
-            await context.abort(refusal.code, refusal.message)
+        route = self._route(request.name, request.version, "")
         model = route.model
         features = model.feature_count if model.feature_count is not None else -1
         classes = model.class_count if model.class_count is not None else -1
@@ -166,18 +150,18 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
         started = time.perf_counter()
         predictor = self.predictor
-        request_id = request.id or predictor.new_request_id()
+        request_id = request.id or new_request_id()
         try:
             check_size(request, predictor.max_message_bytes)
             route = self._route(request.model_name, request.model_version, request_key(request) or request_id)
             model = route.model
             for wanted in request.outputs:
                 if wanted.name != OUTPUT_NAME:
-                    raise invalid(f"unknown output {wanted.name!r}; the model has output {OUTPUT_NAME!r}")
+                    raise InvalidArgument(f"unknown output {wanted.name!r}; the model has output {OUTPUT_NAME!r}")
             rows = input_matrix(request, model, predictor.max_request_rows)
-        except Refusal as refusal:
+        except ServiceError as refusal:
             predictor.count("infer", refusal.code, started)
-            await context.abort(refusal.code, refusal.message)
+            raise
         probabilities = await predictor.run(model, rows, context, "infer", started)
         probabilities = np.ascontiguousarray(probabilities, dtype="<f4")
         predictor.log(ServedRequest(request_id, self.model_name, model.version, rows, probabilities,
@@ -195,19 +179,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def _route(self, name: str, version: str, key: str) -> Route:
         """The variant and model for this request, read once: a swap meanwhile does not touch the call."""
         if name != self.model_name:
-            raise Refusal(grpc.StatusCode.NOT_FOUND,
-                          f"unknown model {name!r}; this server serves {self.model_name!r}")
+            raise NotFound(f"unknown model {name!r}; this server serves {self.model_name!r}")
         router = self.predictor.router
         if router.current is None:
-            raise Refusal(grpc.StatusCode.UNAVAILABLE, "no model loaded yet")
+            raise Unavailable("no model loaded yet")
         if version:
             route = router.by_version(version)
             if route is None:
                 served = ", ".join(str(m.version) for m in router.served_versions())
-                raise Refusal(grpc.StatusCode.NOT_FOUND,
-                              f"version {version!r} of {name!r} is not served; version {served} is")
+                raise NotFound(f"version {version!r} of {name!r} is not served; version {served} is")
             return route
         route = router.route(key)
         if route is None:
-            raise Refusal(grpc.StatusCode.UNAVAILABLE, "no model loaded yet")
+            raise Unavailable("no model loaded yet")
         return route

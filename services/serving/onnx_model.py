@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnxruntime as ort
 
+from services.common.settings import comma_list
+
 # The model contract (see contracts: Models): one float32 [N, F] input, one [N, C] output.
 INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
@@ -28,13 +30,14 @@ class InvalidModel(ValueError):
     """The artifact is not an ONNX model serving can run under the model contract."""
 
 
-def execution_providers(preference: str = "auto",
+def execution_providers(preference: str | Sequence[str] = "auto",
                         available: Sequence[str] | None = None) -> list[str]:
     """The providers to open a session with, best first; CPU is always the fallback.
 
     `preference` is "auto" (TensorRT, then CUDA, then CPU: whichever onnxruntime offers),
     one of "tensorrt", "cuda", "cpu" (that one, with what is below it as fallback), or an
-    explicit comma-separated list of provider names or short names.
+    explicit list of provider names or short names (a list, or one comma-separated string,
+    as the setting `execution_provider` takes).
 
     >>> execution_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     ['CUDAExecutionProvider', 'CPUExecutionProvider']
@@ -48,20 +51,21 @@ def execution_providers(preference: str = "auto",
     ['CUDAExecutionProvider', 'CPUExecutionProvider']
     >>> execution_providers("cuda,cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    >>> execution_providers(["cuda", "cpu"], ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    ['CUDAExecutionProvider', 'CPUExecutionProvider']
     """
     available = list(ort.get_available_providers() if available is None else available)
-    preference = preference.strip()
-    lowered = preference.lower()
-    if lowered == "auto":
+    parts = [part.strip() for part in comma_list(preference) if part.strip()]
+    if [part.lower() for part in parts] == ["auto"]:
         return [p for p in PREFERENCE if p in available] or [CPU]
-    names = [_SHORT.get(part.strip().lower(), part.strip()) for part in preference.split(",") if part.strip()]
+    names = [_SHORT.get(part.lower(), part) for part in parts]
     if not names:
         raise ValueError("execution provider must be auto, tensorrt, cuda, cpu or a list of provider names")
     for name in names:
         if name not in available and name != CPU:
             if name not in PREFERENCE and not name.endswith("ExecutionProvider"):
                 raise ValueError(f"execution provider must be auto, tensorrt, cuda, cpu or provider names, "
-                                 f"not {preference!r}")
+                                 f"not {','.join(parts)!r}")
             raise ValueError(f"{name} was asked for but onnxruntime offers only {available}")
     if len(names) == 1 and names[0] in PREFERENCE:
         # One of the known ones: take it, then the rest of the preference order below it.

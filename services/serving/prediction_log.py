@@ -14,8 +14,9 @@ messages cost most of serving's throughput. The monitor reads either form back
 
 from __future__ import annotations
 
+import itertools
 import logging
-import threading
+import os
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from driftline.v1 import serving_pb2
 from services.common.kafka import DeliveryError, Producer
+from services.common.threads import StoppableThread
 
 from .metrics import PREDICTION_LOGS
 
@@ -35,6 +37,22 @@ VARIANT = "production"
 _QUEUED = PREDICTION_LOGS.labels("queued")
 _DROPPED = PREDICTION_LOGS.labels("dropped")
 _PRODUCED = PREDICTION_LOGS.labels("produced")
+
+
+class RequestIds:
+    """Unique request ids, 32 hex digits like a uuid4's, without a uuid4 (and its urandom call) per
+    request: a random 64-bit prefix per process, then a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+# The id of a request that came without one (Predict's, ModelInfer's without an `id`).
+new_request_id = RequestIds()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +150,7 @@ def _header(served: ServedRequest) -> tuple[serving_pb2.PredictionLog, tuple[byt
                  served.labels.astype("<i4", copy=False).tobytes())
 
 
-class PredictionLogger(threading.Thread):
+class PredictionLogger(StoppableThread):
     """Produces the logs the request path hands over, on a thread of its own.
 
     The hand-over is a plain deque (an append is atomic under the GIL): no lock, no condition
@@ -143,13 +161,12 @@ class PredictionLogger(threading.Thread):
 
     def __init__(self, producer: Producer, topic: str, max_queued: int = 10_000,
                  drain_interval_s: float = 0.005) -> None:
-        super().__init__(name="prediction-log", daemon=True)
+        super().__init__("prediction-log")
         self.producer = producer
         self.topic = topic
         self.max_queued = max_queued
         self.drain_interval_s = drain_interval_s
         self._queue: deque[ServedRequest] = deque()
-        self._stopping = threading.Event()
         self.dropped = 0
 
     def submit(self, served: ServedRequest) -> None:
@@ -165,10 +182,10 @@ class PredictionLogger(threading.Thread):
         waiting = self._queue
         while True:
             if not waiting:
-                if self._stopping.is_set():
+                if self.stopping:
                     return
                 self.producer.poll(0)  # serve delivery callbacks while idle
-                self._stopping.wait(self.drain_interval_s)
+                self.wait(self.drain_interval_s)
                 continue
             served = waiting.popleft()
             try:
@@ -181,9 +198,7 @@ class PredictionLogger(threading.Thread):
 
     def stop(self, timeout: float = 30.0) -> None:
         """Drains what is queued, then waits for the broker to acknowledge it."""
-        self._stopping.set()
-        if self.is_alive():
-            self.join(timeout)
+        super().stop(timeout)
         try:
             self.producer.flush(timeout)
         except DeliveryError:

@@ -4,10 +4,9 @@ process around them. Both APIs share one model, one dynamic batcher and one pred
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.metadata
-import itertools
 import logging
-import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -18,8 +17,13 @@ from grpc_health.v1 import health_pb2
 
 from driftline.v1 import serving_pb2, serving_pb2_grpc
 from inference import grpc_service_pb2, grpc_service_pb2_grpc
+from services.common.errors import (
+    DeadlineExceeded, Internal, InvalidArgument, NotFound, ResourceExhausted, ServiceError, Unavailable,
+)
 from services.common.grpc_server import Service, service_name
-from services.common.kafka import Consumer, Producer, ensure_topics
+from services.common.kafka import Consumer, Producer, ensure_topics, position_at_end
+from services.common.objectstore import ObjectStores
+from services.common.registry_client import RegistryClient
 from services.common.runtime import ConsumerWorker, ServiceProcess
 
 from .batcher import Batcher, DeadlineExpired, QueueFull
@@ -27,13 +31,10 @@ from .guard import guarded
 from .metrics import (
     MODEL_INFO, PREDICTED_ROWS, REQUEST_LATENCY, REQUESTS, SHADOW_REQUESTS, VARIANT_INFO, VARIANT_REQUESTS,
 )
-from .models import (
-    AliasEventHandler, AliasPoller, ArtifactFetcher, ModelCache, ModelManager, RegistryModelSource,
-    position_at_end,
-)
-from .oip import InferenceService, Refusal, check_finite, check_size
+from .models import AliasEventHandler, AliasPoller, ModelCache, ModelManager, fetch_artifact
+from .oip import InferenceService, check_finite, check_size
 from .onnx_model import TENSORRT, LoadedModel, SessionConfig, execution_providers
-from .prediction_log import PredictionLogger, ServedRequest
+from .prediction_log import PredictionLogger, ServedRequest, new_request_id
 from .settings import ServingSettings
 from .traffic import CANARY, PRODUCTION, SHADOW, Route, Router
 
@@ -43,23 +44,8 @@ PREDICTOR = service_name(serving_pb2.DESCRIPTOR, "Predictor")
 INFERENCE = service_name(grpc_service_pb2.DESCRIPTOR, "GRPCInferenceService")
 
 
-class InvalidRows(ValueError):
+class InvalidRows(InvalidArgument):
     pass
-
-
-class RequestIds:
-    """Unique request ids, 32 hex digits like a uuid4's, without a uuid4 (and its urandom call) per
-    request: a random 64-bit prefix per process, then a counter."""
-
-    def __init__(self) -> None:
-        self._prefix = os.urandom(8).hex()
-        self._counter = itertools.count(1)
-
-    def __call__(self) -> str:
-        return f"{self._prefix}{next(self._counter):016x}"
-
-
-new_request_id = RequestIds()
 
 
 def rows_to_matrix(rows: Sequence[serving_pb2.Row], feature_count: int | None,
@@ -98,30 +84,24 @@ class Predictor(serving_pb2_grpc.PredictorServicer):
         self._variant_requests = {v: VARIANT_REQUESTS.labels(model_name, v) for v in (PRODUCTION, CANARY)}
         self._shadow_outcomes = {o: SHADOW_REQUESTS.labels(model_name, o) for o in ("ok", "skipped", "error")}
         self._mirrors: set[asyncio.Task] = set()
-        self.new_request_id = new_request_id
 
     async def Predict(self, request: serving_pb2.PredictRequest, context) -> serving_pb2.PredictResponse:
         started = time.perf_counter()
         try:
             check_size(request, self.max_message_bytes)
-        except Refusal as refusal:
-            await self._refuse(context, "predict", started, refusal.code, refusal.message)
-        if request.model_name and request.model_name != self.model_name:
-            await self._refuse(context, "predict", started, grpc.StatusCode.NOT_FOUND,
-                               f"unknown model {request.model_name!r}; this server serves {self.model_name!r}")
-        request_id = new_request_id()
-        # One reference for the whole request: a swap meanwhile does not touch this call.
-        route = self.router.route(request.request_key or request_id)
-        if route is None:
-            await self._refuse(context, "predict", started, grpc.StatusCode.UNAVAILABLE, "no model loaded yet")
-        model = route.model
-        try:
+            if request.model_name and request.model_name != self.model_name:
+                raise NotFound(f"unknown model {request.model_name!r}; this server serves {self.model_name!r}")
+            request_id = new_request_id()
+            # One reference for the whole request: a swap meanwhile does not touch this call.
+            route = self.router.route(request.request_key or request_id)
+            if route is None:
+                raise Unavailable("no model loaded yet")
+            model = route.model
             rows = rows_to_matrix(request.rows, model.feature_count, self.max_request_rows)
             check_finite(rows)
-        except InvalidRows as exc:
-            await self._refuse(context, "predict", started, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except Refusal as refusal:
-            await self._refuse(context, "predict", started, refusal.code, refusal.message)
+        except ServiceError as refusal:
+            self.count("predict", refusal.code, started)
+            raise
         probabilities = await self.run(model, rows, context, "predict", started)
         labels = probabilities.argmax(axis=1)
         self.log(ServedRequest(request_id, self.model_name, model.version, request.rows, probabilities, labels,
@@ -137,14 +117,14 @@ class Predictor(serving_pb2_grpc.PredictorServicer):
     # -- shared with the OIP service ------------------------------------------------------------
 
     async def run(self, model: LoadedModel, rows: np.ndarray, context, api: str, started: float) -> np.ndarray:
-        """The model's probabilities through the batcher; aborts the call with the right code on failure."""
+        """The model's probabilities through the batcher; raises the `ServiceError` that answers a failure."""
         remaining = context.time_remaining()
         try:
             return await self.batcher.predict(model, rows, remaining)
         except QueueFull as exc:
-            await self._refuse(context, api, started, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise self.refused(api, started, ResourceExhausted(str(exc))) from exc
         except DeadlineExpired as exc:
-            await self._refuse(context, api, started, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+            raise self.refused(api, started, DeadlineExceeded(str(exc))) from exc
         except asyncio.CancelledError:
             # The caller went away (its deadline passed, or it cancelled) while the request waited.
             # The caller's own deadline timer fires a moment before ours, so "expired" has some slack.
@@ -153,8 +133,8 @@ class Predictor(serving_pb2_grpc.PredictorServicer):
             raise
         except Exception as exc:
             log.exception("inference failed", extra={"model": model.name, "version": model.version})
-            await self._refuse(context, api, started, grpc.StatusCode.INTERNAL,
-                               f"the model failed on this input: {exc}", outcome="error")
+            raise self.refused(api, started, Internal(f"the model failed on this input: {exc}"),
+                               outcome="error") from exc
 
     def log(self, served: ServedRequest) -> None:
         self._predicted_rows.inc(len(served.probabilities))
@@ -220,10 +200,10 @@ class Predictor(serving_pb2_grpc.PredictorServicer):
         counter = self._requests[(api, outcome)] = REQUESTS.labels(self.model_name, api, outcome)
         return counter
 
-    async def _refuse(self, context, api: str, started: float, code: grpc.StatusCode, message: str,
-                      outcome: str | None = None) -> None:
-        self.count(api, outcome or code, started)
-        await context.abort(code, message)
+    def refused(self, api: str, started: float, error: ServiceError, outcome: str | None = None) -> ServiceError:
+        """Counts a refused call (by its code, or `outcome`); returns the error, for the caller to raise."""
+        self.count(api, outcome or error.code, started)
+        return error
 
 
 def server_version() -> str:
@@ -247,20 +227,13 @@ class ServingProcess(ServiceProcess):
         for manager in {id(m): m for m in (models, *variants)}.values():
             manager.on_change(self._model_changed)
 
-    async def stop(self) -> None:
+    async def finish_calls(self) -> None:
         # In-flight calls finish (through the batcher) first, then mirrored shadow requests,
         # and only then the workers stop: the prediction log flushes what all of them logged.
-        if self.grpc:
-            await self.grpc.stop(self.settings.shutdown_grace_s)
         if self.predictor is not None:
             await self.predictor.close()
         if self.batcher is not None:
             await self.batcher.close()
-        for worker in self.workers:
-            await asyncio.to_thread(worker.stop)
-        for callback in self.on_stop:
-            await asyncio.to_thread(callback)
-        log.info("stopped", extra={"service": self.name})
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -304,18 +277,17 @@ def session_config(settings: ServingSettings) -> SessionConfig:
 
 
 def warmup_rows(settings: ServingSettings) -> tuple[int, ...]:
-    sizes = {int(part) for part in settings.warmup_rows.replace(" ", "").split(",") if part}
-    return tuple(sorted({*sizes, settings.max_batch_rows} - {0}))
+    return tuple(sorted({*settings.warmup_rows, settings.max_batch_rows} - {0}))
 
 
 async def build(settings: ServingSettings) -> ServingProcess:
     topics = settings.topics
     ensure_topics(settings.kafka_bootstrap, [topics.registry_events, topics.predictions],
                   partitions=settings.topic_partitions, replication=settings.topic_replication)
-    source = RegistryModelSource(settings.registry_address, settings.registry_timeout_s)
+    source = RegistryClient(settings.registry_address, settings.registry_timeout_s)
     config = session_config(settings)
     cache = ModelCache(settings.keep_previous_models)
-    fetch = ArtifactFetcher(settings).fetch
+    fetch = functools.partial(fetch_artifact, ObjectStores.from_settings(settings))
 
     def manager(alias: str, variant: str) -> ModelManager:
         return ModelManager(settings.model_name, alias, source, fetch, config=config, variant=variant,

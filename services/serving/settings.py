@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommaList, CommonSettings
 
 
 class ServingSettings(CommonSettings):
@@ -11,8 +11,8 @@ class ServingSettings(CommonSettings):
     alias: str = "production"
     # "auto": TensorrtExecutionProvider, then CUDAExecutionProvider, then CPU, whichever onnxruntime
     # offers; "tensorrt", "cuda" or "cpu" force one (with the ones below it as fallback); or an explicit
-    # comma-separated list of provider names.
-    execution_provider: str = "auto"
+    # list of provider names ("cuda,cpu" or a JSON list).
+    execution_provider: CommaList[str] = ["auto"]
     # onnxruntime threads per session (0: its default). Intra-op parallelises one operator,
     # inter-op runs independent operators at once (only with a parallel execution mode).
     intra_op_threads: int = 0
@@ -24,9 +24,9 @@ class ServingSettings(CommonSettings):
     # TensorRT EP: where built engines are cached (empty: not cached) and whether FP16 is allowed.
     trt_engine_cache_dir: str = ""
     trt_fp16: bool = False
-    # Warm-up batches (rows) run on a new version before it takes traffic; the largest batch the
-    # batcher forms (max_batch_rows) is always added.
-    warmup_rows: str = "1,8"
+    # Warm-up batches (rows) run on a new version before it takes traffic ("1,8" or a JSON list);
+    # the largest batch the batcher forms (max_batch_rows) is always added.
+    warmup_rows: CommaList[int] = [1, 8]
     # Recently replaced versions kept loaded (per alias), so moving an alias back (a rollback)
     # swaps at once instead of downloading again.
     keep_previous_models: int = 1

@@ -106,6 +106,5 @@ class TrainerWorker(ConsumerWorker):
         super().__init__("trainer", consumer, handler.handle_batch, max_records=1)
         self.cancelled = cancelled
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def wake(self) -> None:
         self.cancelled.set()
-        super().stop(timeout)
