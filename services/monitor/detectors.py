@@ -17,10 +17,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from river import drift
+
+from .alarms import Alarm
 
 
 class RollingAccuracy:
@@ -61,9 +63,23 @@ class ChangePoint:
     error_before: float   # the error rate before it (within ADWIN's window)
     error_after: float    # ... and from it on
 
+
+@dataclass(kw_only=True)
+class ChangeAlarm(Alarm):
+    """A change ADWIN detected, either way: value is the rise of the error rate (negative when it
+    fell), threshold ADWIN's delta; change_sample the first sample of the new regime."""
+    statistic: str = "adwin"
+    event_time_ms: int    # the change's first sample's event time
+    error_before: float   # the error rate before it (within ADWIN's window) ...
+    error_after: float    # ... and from it on
+
     @property
     def worse(self) -> bool:
         return self.error_after > self.error_before
+
+    @property
+    def point(self) -> ChangePoint:
+        return ChangePoint(self.change_sample, self.event_time_ms, self.error_before, self.error_after)
 
 
 def best_split(errors: Sequence[int]) -> int:
@@ -91,34 +107,45 @@ class ErrorRateChange:
     >>> import random
     >>> rng = random.Random(7)
     >>> detector = ErrorRateChange()
-    >>> changes = [c for i in range(2000)
-    ...            if (c := detector.add(rng.random() < (0.1 if i < 1000 else 0.5), 1000 * i))]
-    >>> change = changes[0]
-    >>> change.worse, abs(change.sample - 1001) <= 20, change.event_time_ms == 1000 * (change.sample - 1)
+    >>> errors = [rng.random() < (0.1 if i < 1000 else 0.5) for i in range(2000)]
+    >>> change = detector.update(errors, [1000 * i for i in range(2000)])[0]
+    >>> change.worse, abs(change.change_sample - 1001) <= 20, change.event_time_ms == 1000 * (change.change_sample - 1)
     (True, True, True)
     """
 
     def __init__(self, delta: float = 0.002, history: int = 50_000) -> None:
-        self._adwin = drift.ADWIN(delta=delta)
+        self.delta = delta
         # (event time, error) of the most recent samples; a window longer than this is cut to it.
         self._recent: deque[tuple[int, int]] = deque(maxlen=history)
         self.samples = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """A new ADWIN: the window and the samples it kept are forgotten (samples keep counting)."""
+        self._adwin = drift.ADWIN(delta=self.delta)
+        self._recent.clear()
 
     @property
     def error_rate(self) -> float:
         return self._adwin.estimation
 
-    def add(self, error: bool, event_time_ms: int) -> ChangePoint | None:
-        self._recent.append((event_time_ms, int(error)))
-        self.samples += 1
-        held = int(self._adwin.width) + 1  # ADWIN's window once this sample is in, before any cut
-        self._adwin.update(int(error))  # returns None in river 0.26; the flag says it all
-        if not self._adwin.drift_detected:
-            return None
+    def update(self, errors: Iterable[bool], event_times_ms: Iterable[int] | None = None) -> list[ChangeAlarm]:
+        """Adds errors (1 = wrong), with their event times (0 when not given); returns the changes."""
+        changes = []
+        for error, event_time_ms in zip(errors, itertools.repeat(0) if event_times_ms is None else event_times_ms):
+            self._recent.append((event_time_ms, int(error)))
+            self.samples += 1
+            held = int(self._adwin.width) + 1  # ADWIN's window once this sample is in, before any cut
+            self._adwin.update(int(error))  # returns None in river 0.26; the flag says it all
+            if self._adwin.drift_detected:
+                changes.append(self._located(held))
+        return changes
+
+    def _located(self, held: int) -> ChangeAlarm:
         window = list(itertools.islice(self._recent, max(0, len(self._recent) - held), None))
         errors = [e for _, e in window]
         split = best_split(errors)
-        return ChangePoint(sample=self.samples - len(window) + split + 1,
-                           event_time_ms=window[split][0],
-                           error_before=sum(errors[:split]) / split,
-                           error_after=sum(errors[split:]) / (len(errors) - split))
+        before, after = sum(errors[:split]) / split, sum(errors[split:]) / (len(errors) - split)
+        return ChangeAlarm(value=after - before, threshold=self.delta,
+                           change_sample=self.samples - len(window) + split + 1, detected_sample=self.samples,
+                           event_time_ms=window[split][0], error_before=before, error_after=after)

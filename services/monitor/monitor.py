@@ -278,7 +278,7 @@ class DriftMonitor:
             log.info("error rate changed", extra={
                 "model": tracker.model_name, "version": tracker.version, "direction": direction,
                 "error_before": round(change.error_before, 4), "error_after": round(change.error_after, 4),
-                "change_sample": change.sample, "change_time_ms": change.event_time_ms})
+                "change_sample": change.change_sample, "change_time_ms": change.event_time_ms})
 
     # -- decisions and output ------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .alarms import Alarm
 from .categorical import category_indices, js_distance
 
 EPSILON = 1e-4
@@ -170,12 +171,11 @@ def glr_change(errors, p0: float) -> int:
     return int(np.argmax(_glr(k / n, n, p0)))
 
 
-@dataclass
-class CusumAlarm:
-    value: float           # the alarming member's level (log in-control run length, `cusum_level`)
-    threshold: float       # the level threshold
-    change_sample: int     # 1-based sample number where the most likely member last left zero
-    detected_sample: int   # 1-based sample number of the alarm
+@dataclass(kw_only=True)
+class CusumAlarm(Alarm):
+    """value: the alarming member's level (log in-control run length, `cusum_level`), threshold: the
+    level threshold; change_sample: where the most likely member last left zero."""
+    statistic: str = "cusum"
     shift: float
     llr: float = 0.0       # the member's CUSUM (log-likelihood ratio) ...
     llr_threshold: float = 0.0  # ... and its own threshold
@@ -299,6 +299,7 @@ class ErrorCusum:
         return float(cusum_level(self.s, self.p0, self.shifts).max())
 
     def reset(self) -> None:
+        """The CUSUMs restart from zero (a refined reference keeps what it has learnt)."""
         self.s[:] = 0
         self.left_zero[:] = self.samples
         self.left_zero_errors[:] = self.errors
@@ -365,9 +366,9 @@ class ErrorCusum:
             since = int(positions[i]) - last_zero[i]                     # (J,) samples since each left 0
             rate = (counted[i] - zero_errors[i]) / np.maximum(since, 1)
             start = int(last_zero[i, int(np.argmax(_glr(rate, since, self.p0)))]) + 1
-            alarms.append(CusumAlarm(max(float(levels[j]), self.threshold), self.threshold, start,
-                                     int(positions[i]), self.shifts[j], float(path[i, j]), float(self.thresholds[j]),
-                                     self.p0))
+            alarms.append(CusumAlarm(value=max(float(levels[j]), self.threshold), threshold=self.threshold,
+                                     change_sample=start, detected_sample=int(positions[i]), shift=self.shifts[j],
+                                     llr=float(path[i, j]), llr_threshold=float(self.thresholds[j]), p0=self.p0))
             self.samples += i + 1
             self.errors = float(counted[i])
             self.reset()
@@ -389,14 +390,15 @@ class ErrorCusum:
         elif not learning and self._t >= self._next:
             self._refresh()
 
-@dataclass
-class WindowAlarm:
+@dataclass(kw_only=True)
+class WindowAlarm(Alarm):
+    """statistic: ks (numeric), js (categorical) or psi; positions are 1-based row numbers, the
+    change's the window's first row."""
     feature: str
-    statistic: str          # ks (numeric), js (categorical) or psi
-    value: float
-    threshold: float
-    window_start_row: int   # 1-based row number of the window's first row
-    detected_row: int
+
+    @property
+    def detected_row(self) -> int:  # (the name bench/drift.py reads)
+        return self.detected_sample
 
 
 class WindowDrift:
@@ -412,9 +414,9 @@ class WindowDrift:
     >>> wd = WindowDrift(["a", "b"], edges, props, window=200, step=50,
     ...                  psi_threshold=np.full(2, 0.2), ks_threshold=np.full(2, 0.15))
     >>> rng = np.random.default_rng(0)
-    >>> wd.add(rng.uniform(0, 1, (400, 2)))
+    >>> wd.update(rng.uniform(0, 1, (400, 2)))
     []
-    >>> [(a.feature, a.statistic) for a in wd.add(np.c_[rng.uniform(0.5, 1.5, 400), rng.uniform(0, 1, 400)])]
+    >>> [(a.feature, a.statistic) for a in wd.update(np.c_[rng.uniform(0.5, 1.5, 400), rng.uniform(0, 1, 400)])]
     [('a', 'ks'), ('a', 'psi')]
 
     A categorical column (codes 0, 1, 2 in shares 0.5/0.3/0.2) beside a numeric one:
@@ -423,9 +425,9 @@ class WindowDrift:
     ...                  np.r_[[np.full(10, 0.1)], [[0.5, 0.3, 0.2, 0, 0, 0, 0, 0, 0, 0]]], window=200, step=50,
     ...                  psi_threshold=np.full(2, 0.2), ks_threshold=np.array([0.15, 0.0]),
     ...                  categories=[None, np.array([0.0, 1.0, 2.0])], js_threshold=np.array([0.0, 0.15]))
-    >>> wd.add(np.c_[rng.uniform(0, 1, 400), rng.choice(3, 400, p=[0.5, 0.3, 0.2])])
+    >>> wd.update(np.c_[rng.uniform(0, 1, 400), rng.choice(3, 400, p=[0.5, 0.3, 0.2])])
     []
-    >>> [(a.feature, a.statistic) for a in wd.add(np.c_[rng.uniform(0, 1, 400), rng.choice(3, 400, p=[0.2, 0.3, 0.5])])]
+    >>> [(a.feature, a.statistic) for a in wd.update(np.c_[rng.uniform(0, 1, 400), rng.choice(3, 400, p=[0.2, 0.3, 0.5])])]
     [('code', 'js'), ('code', 'psi')]
     >>> wd.statistic_names, round(float(wd.js[1]), 2), float(wd.ks[1])
     (['ks', 'js'], 0.3, 0.0)
@@ -456,7 +458,13 @@ class WindowDrift:
         self.confirm, self.clear_ratio = confirm, clear_ratio
         self._ring = np.zeros((window, f), dtype=np.int16)
         self._offsets = np.zeros(f, dtype=np.int64) + np.arange(f) * self.n_bins
-        self.rows = 0
+        self.rows = 0  # rows seen, the 1-based number of the latest
+        self.reset()
+
+    def reset(self) -> None:
+        """Empties the window and forgets the tests' state (rows keep counting)."""
+        f = len(self.names)
+        self._filled = 0  # rows since the reset
         self._since_test = 0
         self.psi = np.zeros(f)
         self.ks = np.zeros(f)   # 0 for categorical columns
@@ -468,7 +476,8 @@ class WindowDrift:
 
     @property
     def count(self) -> int:
-        return min(self.rows, self.window)
+        """Rows in the window."""
+        return min(self._filled, self.window)
 
     def bin_indices(self, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=np.float64)
@@ -480,25 +489,28 @@ class WindowDrift:
                 out[:, f] = category_indices(categories, values[:, f])
         return out
 
-    def add(self, values: np.ndarray) -> list[WindowAlarm]:
+    def update(self, values: np.ndarray) -> list[WindowAlarm]:
         """Adds rows (n, F); tests every `step` rows once the window is full; returns new alarms."""
         idx = self.bin_indices(values)
         alarms: list[WindowAlarm] = []
         start = 0
         while start < len(idx):
-            take = min(len(idx) - start, self.step - self._since_test) if self.rows >= self.window \
-                else min(len(idx) - start, self.window - self.rows)
+            take = min(len(idx) - start, self.step - self._since_test) if self._filled >= self.window \
+                else min(len(idx) - start, self.window - self._filled)
             chunk = idx[start:start + take]
-            positions = (self.rows + np.arange(take)) % self.window
+            positions = (self._filled + np.arange(take)) % self.window
             self._ring[positions] = chunk
             self.rows += take
+            self._filled += take
             start += take
-            if self.rows >= self.window:
+            if self._filled >= self.window:
                 self._since_test += take
-                if self._since_test >= self.step or self.rows == self.window:
+                if self._since_test >= self.step or self._filled == self.window:
                     self._since_test = 0
                     alarms += self._test()
         return alarms
+
+    add = update  # (the name bench/drift.py calls)
 
     def counts(self) -> np.ndarray:
         n = self.count
@@ -520,8 +532,9 @@ class WindowDrift:
             over = stat > threshold
             self._over[s] = np.where(over, self._over[s] + 1, 0)
             for f in np.flatnonzero((self._over[s] == self.confirm) & ~before):
-                alarms.append(WindowAlarm(self.names[f], names[f], float(stat[f]), float(threshold[f]),
-                                          self.rows - self.window + 1, self.rows))
+                alarms.append(WindowAlarm(feature=self.names[f], statistic=names[f], value=float(stat[f]),
+                                          threshold=float(threshold[f]), change_sample=self.rows - self.window + 1,
+                                          detected_sample=self.rows))
         raised = (self._over >= self.confirm).any(axis=0)
         calm = ((self.distance < self.clear_ratio * self.distance_threshold)
                 & (self.psi < self.clear_ratio * self.psi_threshold))

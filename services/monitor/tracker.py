@@ -22,12 +22,14 @@ Signals per version:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -36,8 +38,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from driftline.v1 import monitor_pb2
 
+from .alarms import Alarm
 from .calibration import calibrate_adwin, calibrate_windows, cusum_bootstrap_level, refined_cusum
-from .detectors import ChangePoint, ErrorRateChange, RollingAccuracy
+from .detectors import ChangeAlarm, ChangePoint, ErrorRateChange, RollingAccuracy
 from .joiner import Joined
 from .references import ModelReference
 from .settings import TrackerConfig
@@ -87,6 +90,20 @@ class Alert:
     active: bool = True
     refires: int = 0
     requested_refires: int = -1  # `refires` when its training request went out
+
+    @classmethod
+    def from_alarm(cls, signal: str, alarm: Alarm, *, change_time_ms: int, change_at: Position,
+                   detected_at: Position, description: str, features: Sequence[str] = ()) -> Alert:
+        """The alert for a detector's alarm: its statistic, value, threshold and positions."""
+        return cls(signal=signal, statistic=alarm.statistic, features=list(features), value=alarm.value,
+                   threshold=alarm.threshold, change_sample=alarm.change_sample,
+                   detected_sample=alarm.detected_sample, change_time_ms=change_time_ms, change_at=change_at,
+                   detected_at=detected_at, description=description)
+
+    def requested(self, request_id: str) -> None:
+        """Its training request went out."""
+        self.confirmed, self.training_request_id = True, request_id
+        self.requested_refires = self.refires
 
     def to_proto(self) -> monitor_pb2.Alert:
         out = monitor_pb2.Alert(
@@ -184,17 +201,15 @@ class VersionTracker:
             matrix[:, i] = features[:, column] if column < width else np.nan
         if self._with_score:
             matrix[:, -1] = scores if len(scores) == n else np.nan
-        for alarm in self.window.add(matrix):
-            change_row = alarm.window_start_row
-            start_ms, change_at = self._log_at(change_row)
-            _, detected_at = self._log_at(alarm.detected_row)
-            signal = PREDICTION if alarm.feature == SCORE else DATA
-            self._raise(Alert(
-                signal, alarm.statistic, [alarm.feature], alarm.value, alarm.threshold, change_row,
-                alarm.detected_row, start_ms, change_at, detected_at,
-                f"{alarm.statistic.upper()} of {alarm.feature} over the last {self.window.window} rows "
-                f"is {alarm.value:.4f} > {alarm.threshold:.4f} (calibrated for one false alarm per "
-                f"{self.config.expected_run_length:.0f} rows) on {self.window.confirm} consecutive tests"))
+        for alarm in self.window.update(matrix):
+            start_ms, change_at = self._log_at(alarm.change_sample)
+            _, detected_at = self._log_at(alarm.detected_sample)
+            self._raise(Alert.from_alarm(
+                PREDICTION if alarm.feature == SCORE else DATA, alarm, features=[alarm.feature],
+                change_time_ms=start_ms, change_at=change_at, detected_at=detected_at, description=(
+                    f"{alarm.statistic.upper()} of {alarm.feature} over the last {self.window.window} rows "
+                    f"is {alarm.value:.4f} > {alarm.threshold:.4f} (calibrated for one false alarm per "
+                    f"{self.config.expected_run_length:.0f} rows) on {self.window.confirm} consecutive tests")))
         for alert in self.alerts:
             if alert.active and alert.signal in (DATA, PREDICTION):
                 f = self.window.names.index(alert.features[0])
@@ -209,7 +224,7 @@ class VersionTracker:
             found = (served_ms, at)
         return found
 
-    def add_outcome(self, joined: Joined, at: Position | None = None) -> ChangePoint | None:
+    def add_outcome(self, joined: Joined, at: Position | None = None) -> ChangeAlarm | None:
         """A prediction with its true label; returns a change when ADWIN detects one.
         CUSUM statistics are brought up to date by `flush()` (once per batch)."""
         self.samples += 1
@@ -221,16 +236,17 @@ class VersionTracker:
             self._reference_errors.append(error)
         else:
             self._pending_errors.append(error)
-        change = self.errors.add(bool(error), event_ms)
+        changes = self.errors.update((error,), (event_ms,))
+        change = changes[0] if changes else None
         if change is not None:
             if change.worse:
-                self.drift = change
-                _, change_at = self._sample(change.sample)
-                self._raise(Alert(
-                    CONCEPT, "adwin", [], change.error_after - change.error_before, self.adwin_delta,
-                    change.sample, self.samples, change.event_time_ms, change_at, at or Position(),
-                    f"ADWIN (delta {self.adwin_delta:g}) saw the error rate go from {change.error_before:.3f} "
-                    f"to {change.error_after:.3f} starting at labelled sample {change.sample}"))
+                self.drift = change.point
+                _, change_at = self._sample(change.change_sample)
+                self._raise(Alert.from_alarm(
+                    CONCEPT, change, change_time_ms=change.event_time_ms, change_at=change_at,
+                    detected_at=at or Position(), description=(
+                        f"ADWIN (delta {self.adwin_delta:g}) saw the error rate go from {change.error_before:.3f} "
+                        f"to {change.error_after:.3f} starting at labelled sample {change.change_sample}")))
             else:
                 self.drift = None
                 for alert in self.alerts:
@@ -287,13 +303,13 @@ class VersionTracker:
         _, detected_at = self._sample(detected_sample)
         after = float(errors[start:].mean())
         self.drift = ChangePoint(change_sample, change_ms, p0, after)
-        self._raise(Alert(
-            CONCEPT, "cusum", [], alarm.value, alarm.threshold, change_sample, detected_sample, change_ms,
-            change_at, detected_at,
-            f"the error rate since deployment, {after:.3f} from labelled sample {change_sample}, is above the "
-            f"version's held-out error {ref.eval_error:.3f} ({ref.eval_rows} rows): CUSUM reached "
-            f"{alarm.value:.2f} > {alarm.threshold:.2f} (calibrated for one false alarm per "
-            f"{c.expected_run_length:.0f} samples)"))
+        self._raise(Alert.from_alarm(
+            CONCEPT, dataclasses.replace(alarm, change_sample=change_sample, detected_sample=detected_sample),
+            change_time_ms=change_ms, change_at=change_at, detected_at=detected_at, description=(
+                f"the error rate since deployment, {after:.3f} from labelled sample {change_sample}, is above the "
+                f"version's held-out error {ref.eval_error:.3f} ({ref.eval_rows} rows): CUSUM reached "
+                f"{alarm.value:.2f} > {alarm.threshold:.2f} (calibrated for one false alarm per "
+                f"{c.expected_run_length:.0f} samples)")))
 
     def _sample(self, sample: int) -> tuple[int, Position]:
         back = self.samples - sample
@@ -321,13 +337,12 @@ class VersionTracker:
         after = self.error_rate_since(alarm.change_sample)
         if self.drift is None:  # a CUSUM that fires again during the same drift does not move its start
             self.drift = ChangePoint(alarm.change_sample, change_ms, alarm.p0, after)
-        self._raise(Alert(
-            CONCEPT, "cusum", [], alarm.value, alarm.threshold, alarm.change_sample, alarm.detected_sample,
-            change_ms, change_at, detected_at,
-            f"CUSUM for an error-rate rise of {alarm.shift:g} over the reference {alarm.p0:.3f} reached "
-            f"{alarm.value:.2f} > {alarm.threshold:.2f} (calibrated for one false alarm per "
-            f"{self.config.expected_run_length:.0f} samples); the change began at labelled sample "
-            f"{alarm.change_sample}"))
+        self._raise(Alert.from_alarm(
+            CONCEPT, alarm, change_time_ms=change_ms, change_at=change_at, detected_at=detected_at, description=(
+                f"CUSUM for an error-rate rise of {alarm.shift:g} over the reference {alarm.p0:.3f} reached "
+                f"{alarm.value:.2f} > {alarm.threshold:.2f} (calibrated for one false alarm per "
+                f"{self.config.expected_run_length:.0f} samples); the change began at labelled sample "
+                f"{alarm.change_sample}")))
 
     def error_rate_since(self, sample: int) -> float:
         """The error rate from labelled sample `sample` on (from the oldest kept, if it is older)."""
@@ -388,7 +403,7 @@ class VersionTracker:
     # -- output --------------------------------------------------------------------------
 
     def feature_drift(self) -> list[monitor_pb2.FeatureDrift]:
-        if self.window is None or self.window.rows < self.window.window:
+        if self.window is None or self.window.count < self.window.window:
             return []
         w = self.window
         return [monitor_pb2.FeatureDrift(

@@ -64,7 +64,7 @@ def test_reference_bins_with_repeated_edges_keep_every_value():
 def test_adwin_stays_quiet_on_a_stationary_error_stream():
     rng = random.Random(3)
     detector = ErrorRateChange()
-    assert [c for i in range(5000) if (c := detector.add(rng.random() < 0.15, i))] == []
+    assert [c for i in range(5000) if (c := detector.update([rng.random() < 0.15], [i]))] == []
 
 
 def test_adwin_maps_a_change_back_to_the_event_time_it_started_at():
@@ -72,12 +72,11 @@ def test_adwin_maps_a_change_back_to_the_event_time_it_started_at():
     detector = ErrorRateChange()
     start = 1_700_000_000_000
     changes = [c for i in range(1500)
-               if (c := detector.add(rng.random() < (0.1 if i < 800 else 0.6), start + 1000 * i))]
+               for c in detector.update([rng.random() < (0.1 if i < 800 else 0.6)], [start + 1000 * i])]
     worse = changes[0]
     assert worse.worse and worse.error_after > worse.error_before
     assert abs(worse.event_time_ms - (start + 800_000)) <= 30_000  # within 30 samples
-    recovered = [c for i in range(1500, 3000)
-                 if (c := detector.add(rng.random() < 0.1, start + 1000 * i))]
+    recovered = [c for i in range(1500, 3000) for c in detector.update([rng.random() < 0.1], [start + 1000 * i])]
     assert recovered and not recovered[0].worse
 
 

@@ -177,20 +177,20 @@ def test_window_thresholds_hold_their_rate_and_catch_a_shift():
     quiet = _uniform_window(names, 200, 50, ert)
     alarms = []
     for _ in range(40):  # 100k stationary rows, in batches as prediction logs come
-        alarms += quiet.add(rng.uniform(0, 1, (2500, 5)))
+        alarms += quiet.update(rng.uniform(0, 1, (2500, 5)))
     # one false alarm (on any feature and statistic) per ert rows at most, up to noise;
     # an alarm lasts until cleared, so count raised alarms
     assert len(alarms) <= 3 * 100_000 / ert, len(alarms)
     shifted = _uniform_window(names, 200, 50, ert)
-    shifted.add(rng.uniform(0, 1, (400, 5)))
+    shifted.update(rng.uniform(0, 1, (400, 5)))
     moved = rng.uniform(0, 1, (400, 5))
     moved[:, 2] = rng.normal(0.7, 0.1, 400)
-    found = shifted.add(moved)
+    found = shifted.update(moved)
     assert {a.feature for a in found} == {"f2"} and {a.statistic for a in found} == {"ks", "psi"}
-    assert all(a.value > a.threshold and a.window_start_row > 400 - 200 for a in found)
+    assert all(a.value > a.threshold and a.change_sample > 400 - 200 for a in found)
     assert shifted.alarmed.tolist() == [False, False, True, False, False]
     # hysteresis: back to the reference, the alarm clears after `confirm` calm tests
-    shifted.add(rng.uniform(0, 1, (600, 5)))
+    shifted.update(rng.uniform(0, 1, (600, 5)))
     assert not shifted.alarmed.any()
 
 
