@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from . import config, kafka, s3
+from . import config, kafka, s3, tools
 from .process import DevstackError, ManagedProcess
 
 __all__ = ["DevstackError", "Endpoints", "down", "endpoints", "install", "status", "up"]
@@ -83,6 +83,7 @@ def install(quiet: bool = False) -> None:
     say = _printer(quiet)
     kafka.install(say)
     s3.install(say)
+    tools.install(say)  # kustomize, for tests/deploy/test_k8s.py
 
 
 def up(quiet: bool = False) -> Endpoints:
