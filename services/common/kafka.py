@@ -8,6 +8,7 @@ record carries (`event_id`, `request_id`).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 from google.protobuf.message import DecodeError, Message
+from prometheus_client import Gauge
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +218,32 @@ class Record(Generic[M]):
         return f"Record({self.topic}[{self.partition}]@{self.offset}, {type(self.value).__name__})"
 
 
+# librdkafka's own view of each assigned partition's lag (high watermark − position), read from its
+# statistics callback, so every confluent-kafka consumer of every service reports it with no polling of
+# its own. The Grafana platform dashboard and KEDA's lag scaler read the same quantity.
+CONSUMER_LAG = Gauge("driftline_kafka_consumer_lag",
+                     "Records between a consumer group's position and the partition's end, per partition.",
+                     ["group", "topic", "partition"])
+LAG_STATISTICS_INTERVAL_MS = 5000
+
+
+def record_consumer_lag(group: str, statistics_json: str) -> dict[tuple[str, int], int]:
+    """Sets CONSUMER_LAG from one librdkafka statistics document; returns what it set.
+
+    >>> record_consumer_lag("g", json.dumps({"topics": {"t": {"partitions": {
+    ...     "0": {"consumer_lag": 7}, "1": {"consumer_lag": -1}, "-1": {"consumer_lag": 0}}}}}))
+    {('t', 0): 7}
+    """
+    found = {}
+    for topic, entry in json.loads(statistics_json).get("topics", {}).items():
+        for partition, stats in entry.get("partitions", {}).items():
+            lag = stats.get("consumer_lag", -1)
+            if int(partition) >= 0 and lag >= 0:  # -1: the internal UA partition, or lag not known yet
+                found[(topic, int(partition))] = lag
+                CONSUMER_LAG.labels(group, topic, partition).set(lag)
+    return found
+
+
 class Consumer:
     """A consumer group member that commits only after processing.
 
@@ -236,6 +264,8 @@ class Consumer:
             # A restarted member rejoins fast on a one-node dev broker.
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 1000,
+            "statistics.interval.ms": LAG_STATISTICS_INTERVAL_MS,
+            "stats_cb": lambda statistics: record_consumer_lag(group_id, statistics),
         }
         conf.update(config or {})
         self.raw = _Consumer(conf)

@@ -114,3 +114,33 @@ def test_a_failed_delivery_is_raised_not_lost(kafka_bootstrap):
 def test_a_value_of_the_wrong_type_is_a_clear_decode_failure():
     with pytest.raises(DecodeFailure, match="not a driftline.v1.Event"):
         decode(b"\xff\xff\xff", events_pb2.Event)
+
+
+def test_a_consumer_reports_its_lag_per_partition_from_its_commits(kafka_bootstrap):
+    from confluent_kafka import TopicPartition
+
+    from services.common.kafka import CONSUMER_LAG
+
+    topic, group = _topic(), f"g-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka_bootstrap, [topic])
+    producer = Producer(kafka_bootstrap)
+    for i in range(12):
+        producer.produce(topic, _event(i), key="k")
+    producer.flush()
+    consumer = Consumer(kafka_bootstrap, group, [topic], config={"statistics.interval.ms": 200})
+
+    def lag_becomes(wanted: int) -> float:
+        for _ in range(50):  # statistics are served by polls, every 200 ms
+            consumer.poll_messages(1, 0.1)
+            if CONSUMER_LAG.labels(group, topic, "0")._value.get() == wanted:
+                break
+        return CONSUMER_LAG.labels(group, topic, "0")._value.get()
+
+    try:
+        assert len(_drain(consumer, 12)) == 12
+        consumer.raw.commit(offsets=[TopicPartition(topic, 0, 5)], asynchronous=False)
+        assert lag_becomes(7) == 7  # 12 in the partition, the group committed 5
+        consumer.commit()
+        assert lag_becomes(0) == 0
+    finally:
+        consumer.close()

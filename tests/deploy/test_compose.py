@@ -517,10 +517,9 @@ def test_the_grafana_platform_dashboard_reads_only_exported_metrics_and_covers_t
 
 def test_the_consumer_lag_panel_reads_the_gauge_services_common_exports():
     """The lag panels read driftline_kafka_consumer_lag{group, topic, partition}, which
-    services/common exports (added separately): until it does, this reports XFAIL, not a pass."""
+    services/common exports from librdkafka's statistics (tests/common/test_kafka.py checks its value)."""
     exported = exported_metrics()
-    if LAG not in exported:
-        pytest.xfail(f"services/common does not export {LAG} yet: the dashboard's lag panels stay empty")
+    assert LAG in exported, f"services/common does not export {LAG}: the dashboard's lag panels stay empty"
     kind, labels = exported[LAG]
     assert kind == "Gauge" and set(labels) == {"group", "topic", "partition"}, (kind, labels)
 
