@@ -52,8 +52,9 @@ from driftline.v1 import features_pb2, serving_pb2  # noqa: E402
 from services.common.kafka import Consumer, Producer, ensure_topics  # noqa: E402
 from services.common.runtime import tune_gc  # noqa: E402
 from services.common.settings import Topics  # noqa: E402
+from services.monitor.codec import event_time_ms  # noqa: E402
 from services.monitor.joiner import LabelJoin  # noqa: E402
-from services.monitor.monitor import DriftMonitor, event_time_ms  # noqa: E402
+from services.monitor.monitor import DriftMonitor  # noqa: E402
 from services.monitor.policy import DriftPolicy  # noqa: E402
 from services.monitor.psi import Bins, reference_bins  # noqa: E402
 from services.monitor.references import ModelReference  # noqa: E402

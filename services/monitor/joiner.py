@@ -19,9 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-import numpy as np
-
-from driftline.v1 import serving_pb2
+# (A prediction log's rows are read by codec.prediction_columns; tests/serving imports it from here.)
+from .codec import prediction_columns  # noqa: F401
 
 # Plain tuples: one is made per record on the monitor's hot path.
 
@@ -46,67 +45,6 @@ class Joined(NamedTuple):
     @property
     def correct(self) -> bool:
         return self.prediction.label == self.label.value
-
-
-class PredictionColumns(NamedTuple):
-    """One prediction log's rows as arrays, whichever form it came in."""
-    features: np.ndarray  # float32 [N, F]; [N, 0] when the rows' widths disagree (row-wise form)
-    scores: np.ndarray    # float32 [N, C]; [N, 0] when the rows' score counts disagree
-    labels: np.ndarray    # int32 [N]
-    event_ids: Sequence[str]  # N ids (some may be ""), or empty when the log has none
-
-
-def prediction_columns(log: serving_pb2.PredictionLog) -> PredictionColumns:
-    """Reads a `PredictionLog` of either form (columnar buffers, or a `PredictedRow` per row) as
-    arrays; raises ValueError when a columnar log's buffers disagree with its row count.
-
-    >>> columnar = serving_pb2.PredictionLog(
-    ...     feature_count=2, features_f32=np.array([[1, 2], [3, 4]], "<f4").tobytes(),
-    ...     score_count=2, scores_f32=np.array([[.5, .5], [.25, .75]], "<f4").tobytes(),
-    ...     labels_i32=np.array([0, 1], "<i4").tobytes(), event_ids=["e1", "e2"])
-    >>> c = prediction_columns(columnar)
-    >>> c.features.tolist(), c.scores[:, 1].tolist(), c.labels.tolist(), list(c.event_ids)
-    ([[1.0, 2.0], [3.0, 4.0]], [0.5, 0.75], [0, 1], ['e1', 'e2'])
-    >>> rowwise = serving_pb2.PredictionLog(rows=[serving_pb2.PredictedRow(
-    ...     event_id="e1", features=[1, 2], scores=[.25, .75], label=1)])
-    >>> c = prediction_columns(rowwise)
-    >>> c.features.tolist(), c.scores.tolist(), c.labels.tolist(), list(c.event_ids)
-    ([[1.0, 2.0]], [[0.25, 0.75]], [1], ['e1'])
-    >>> prediction_columns(serving_pb2.PredictionLog(labels_i32=b"\\0" * 8, feature_count=3))
-    Traceback (most recent call last):
-    ...
-    ValueError: features: 0 values for 2 rows of 3
-    """
-    rows = log.rows
-    if rows:
-        n = len(rows)
-        labels = np.fromiter((r.label for r in rows), np.int32, n)
-        event_ids = [r.event_id for r in rows]
-        return PredictionColumns(_ragged(n, [r.features for r in rows]), _ragged(n, [r.scores for r in rows]),
-                                 labels, event_ids if any(event_ids) else [])
-    labels = np.frombuffer(log.labels_i32, "<i4")
-    n = len(labels)
-    if len(log.labels_i32) % 4:
-        raise ValueError(f"labels: {len(log.labels_i32)} bytes is not a whole number of int32")
-    features = _matrix(log.features_f32, n, log.feature_count, "features")
-    scores = _matrix(log.scores_f32, n, log.score_count, "scores")
-    event_ids = log.event_ids
-    if event_ids and len(event_ids) != n:
-        raise ValueError(f"{len(event_ids)} event ids for {n} rows")
-    return PredictionColumns(features, scores, labels, event_ids)
-
-
-def _matrix(buffer: bytes, n: int, width: int, what: str) -> np.ndarray:
-    if width < 0 or len(buffer) != 4 * n * width:
-        raise ValueError(f"{what}: {len(buffer) / 4:g} values for {n} rows of {width}")
-    return np.frombuffer(buffer, "<f4").reshape(n, width)
-
-
-def _ragged(n: int, rows: list) -> np.ndarray:
-    width = len(rows[0])
-    if any(len(r) != width for r in rows):
-        return np.empty((n, 0), np.float32)
-    return np.fromiter(itertools.chain.from_iterable(rows), np.float32, n * width).reshape(n, width)
 
 
 class _Waiting:

@@ -145,7 +145,7 @@ class VersionTracker:
         self._logs: deque[tuple[int, int, Position]] = deque(maxlen=10_000)
         self.window: WindowDrift | None = None
         self.alerts: list[Alert] = []  # newest last; bounded
-        self.new_alerts: list[Alert] = []  # raised since the monitor last looked
+        self._new_alerts: list[Alert] = []  # raised since `take_new_alerts`
 
     # -- the reference -------------------------------------------------------------------
 
@@ -397,8 +397,41 @@ class VersionTracker:
                 existing.value = alert.value
                 return
         self.alerts.append(alert)
-        self.new_alerts.append(alert)
+        self._new_alerts.append(alert)
         del self.alerts[:-50]
+
+    # -- what the monitor asks ------------------------------------------------------------
+
+    def take_new_alerts(self) -> list[Alert]:
+        """The alerts raised since the last call (a refiring one is not new), oldest first."""
+        new, self._new_alerts = self._new_alerts, []
+        return new
+
+    def relocate_drift(self, alert: Alert) -> ChangePoint | None:
+        """Where a training request for `alert` starts: for a concept alert the version's drift,
+        moved first to where that alert located the change (the request's window starts there);
+        None for data and prediction alerts (their own change row is the start)."""
+        if alert.signal != CONCEPT:
+            return None
+        if alert.change_time_ms and (self.drift is None or self.drift.sample != alert.change_sample):
+            self.drift = ChangePoint(alert.change_sample, alert.change_time_ms,
+                                     self.cusum.p0 if self.cusum else 0.0, self.error_rate_since(alert.change_sample))
+        return self.drift
+
+    @property
+    def compares_rows(self) -> bool:
+        """Whether served rows' values are compared (the version's reference has bins for them)."""
+        return self.window is not None
+
+    @property
+    def error_rate(self) -> float:
+        """ADWIN's estimate of the current error rate."""
+        return self.errors.error_rate
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the error-stream reference is complete (and the CUSUMs run)."""
+        return self.cusum is not None
 
     # -- output --------------------------------------------------------------------------
 

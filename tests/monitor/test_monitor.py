@@ -22,7 +22,7 @@ from driftline.v1 import (
 from services.common.kafka import Consumer, Producer, ensure_topics
 from services.common.objectstore import MinioObjectStore
 from services.common.settings import Topics
-from services.monitor import detectors, joiner, policy, psi
+from services.monitor import joiner
 from services.monitor.detectors import ErrorRateChange, RollingAccuracy
 from services.monitor.joiner import Label, LabelJoin, Predicted
 from services.monitor.policy import DriftPolicy
@@ -164,7 +164,8 @@ class _FixedReferences:
 
 
 def test_columnar_and_row_wise_prediction_logs_feed_the_join_and_windows_alike(kafka_bootstrap):
-    from services.monitor.monitor import DriftMonitor, event_time_ms
+    from services.monitor.codec import event_time_ms
+    from services.monitor.monitor import DriftMonitor
     from services.monitor.references import ModelReference
 
     rng = np.random.default_rng(5)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from driftline.v1 import features_pb2
-from services.monitor.monitor import labelled_records
+from services.monitor.codec import labelled_records
 
 
 def _record(rng: np.random.Generator, i: int) -> features_pb2.FeatureRecord:
@@ -105,7 +105,8 @@ class _Producer:
 def _monitor(producer: _Producer):
     from services.common.settings import Topics
     from services.monitor.joiner import LabelJoin
-    from services.monitor.monitor import DriftMonitor, event_time_ms
+    from services.monitor.codec import event_time_ms
+    from services.monitor.monitor import DriftMonitor
     from services.monitor.policy import DriftPolicy
     from services.monitor.tracker import TrackerConfig
 

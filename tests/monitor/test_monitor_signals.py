@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pytest
 
-from services.monitor import calibration, hub, signals
 from services.monitor.calibration import (calibrate_adwin, calibrate_cusum, calibrate_windows, no_alarm_quantile,
                                          refined_cusum)
 from services.monitor.joiner import Joined, Label, LabelJoin, Predicted

@@ -1,0 +1,97 @@
+"""The decision to ask for training: a version's active alerts, the policy's rules
+(`policy.DriftPolicy`) and the TrainingRequest that names the alert and starts its window
+at the change. The monitor publishes what `consider` returns; `on_result` hands the
+trainer's answer back to the rules (a promoted retrain ends the cooldown, one that failed
+or was not promoted re-arms the version)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timezone
+
+from driftline.v1 import training_pb2
+
+from .metrics import POLICY_BLOCKED, TRAINING_REQUESTS
+from .policy import DriftPolicy
+from .tracker import CONCEPT, Alert, VersionTracker
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, int]  # (model name, version)
+
+
+class RetrainingTrigger:
+    def __init__(self, policy: DriftPolicy, stream: str, min_rows: int) -> None:
+        self.policy = policy
+        self.stream = stream
+        self.min_rows = min_rows  # the fewest labelled rows a request asks the trainer for
+        self._requested_by: dict[str, Key] = {}  # training request id → the version that asked
+        self._blocked_by: dict[Key, str] = {}  # the policy rule that last said "not yet"
+
+    def consider(self, tracker: VersionTracker) -> tuple[Alert, training_pb2.TrainingRequest] | None:
+        """The alert that asks for training now and its request, if the policy allows one: the
+        policy's signals pick the alerts that may ask; of those, concept drift first, then the
+        earliest change."""
+        key = (tracker.model_name, tracker.version)
+        candidates = [a for a in tracker.active_alerts() if self.policy.allows(a.signal, a.statistic)]
+        if not candidates:
+            return None
+        alert = min(candidates, key=lambda a: (a.signal != CONCEPT, a.change_time_ms or 1 << 62))
+        count = tracker.samples if alert.signal == CONCEPT else tracker.predicted_rows
+        decision = self.policy.decide(tracker.model_name, tracker.version, count)
+        if not decision.retrain:
+            if self._blocked_by.get(key) != decision.rule:  # once per rule, not once per sample
+                POLICY_BLOCKED.labels(key[0], decision.rule).inc()
+                log.info("drift detected; not retraining yet", extra={
+                    "model": key[0], "version": key[1], "why": decision.why})
+            self._blocked_by[key] = decision.rule
+            return None
+        self._blocked_by.pop(key, None)
+        drift = tracker.relocate_drift(alert)  # the training window starts where this alert located the change
+        if drift is not None:
+            start_ms, where = drift.event_time_ms, (
+                f"the error rate went from {drift.error_before:.3f} to {drift.error_after:.3f} starting at "
+                f"labelled sample {drift.sample}")
+        else:
+            start_ms, where = alert.change_time_ms, f"the change began at row {alert.change_sample}"
+        features = f" in {', '.join(alert.features)}" if alert.features else ""
+        request = training_pb2.TrainingRequest(
+            request_id=str(uuid.uuid4()), model_name=tracker.model_name, stream=self.stream,
+            min_rows=self.min_rows,
+            reason=(f"{alert.signal.replace('_', ' ')}{features} [alert {alert.alert_id}] in {tracker.model_name} v{tracker.version}: "
+                    f"{alert.statistic.upper()} {alert.value:.4g} > threshold {alert.threshold:.4g}; {where} "
+                    f"(event time {_iso(start_ms)}, offset {alert.change_at.offset} of {alert.change_at.topic or '-'}"
+                    f"/{alert.change_at.partition}; detected at offset {alert.detected_at.offset}); rolling accuracy "
+                    f"{tracker.accuracy.value:.3f} over {tracker.accuracy.count}"))
+        # (params are the trainer's hyperparameters: the alert is named in the reason, not there)
+        if start_ms:
+            request.window_start.FromMilliseconds(start_ms)
+        request.requested_at.GetCurrentTime()
+        self.policy.requested(tracker.model_name, tracker.version)
+        self._requested_by[request.request_id] = key
+        alert.requested(request.request_id)
+        TRAINING_REQUESTS.labels(tracker.model_name).inc()
+        log.warning("drift confirmed; training requested", extra={
+            "model": key[0], "version": key[1], "request_id": request.request_id, "reason": request.reason})
+        return alert, request
+
+    def on_result(self, result: training_pb2.TrainingResult) -> None:
+        # A promoted retrain ends the model's cooldown (its new version starts its own count); one
+        # that failed or was not promoted leaves the drifted version serving: it may ask again soon.
+        key = self._requested_by.get(result.request_id)
+        if key and result.status == training_pb2.TrainingResult.SUCCEEDED and result.promoted:
+            self.policy.landed(key[0])
+        elif key:
+            self.policy.rearm(*key)
+            log.info("re-armed after an unsuccessful retrain", extra={
+                "model": key[0], "version": key[1], "request_id": result.request_id,
+                "status": training_pb2.TrainingResult.Status.Name(result.status), "error": result.error})
+
+    def forget(self, key: Key) -> None:
+        """A version no longer tracked."""
+        self._blocked_by.pop(key, None)
+
+
+def _iso(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc).isoformat(timespec="seconds")
