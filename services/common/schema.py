@@ -75,6 +75,8 @@ class StreamSchema:
     time_field: str = "event_time"
     label_field: str = "label"
     label: FieldSpec | None = None
+    # The model trained on this stream and served for it; empty: the stream's own name.
+    model: str = ""
     _by_name: dict[str, FieldSpec] = dataclass_field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -100,6 +102,10 @@ class StreamSchema:
             return []
         return list(range(int(self.label.min), int(self.label.max) + 1))
 
+    @property
+    def model_name(self) -> str:
+        return self.model or self.stream
+
     def spec(self, name: str) -> FieldSpec:
         """The field called `name`; KeyError if the schema has none."""
         return self._by_name[name]
@@ -117,7 +123,7 @@ class StreamSchema:
                 id_field=str(doc.get("id_field", "event_id")),
                 entity_field=str(doc.get("entity_field", "entity_id")),
                 time_field=str(doc.get("time_field", "event_time")),
-                label_field=label_field, label=label)
+                label_field=label_field, label=label, model=str(doc.get("model", "")))
         except (KeyError, TypeError) as exc:
             raise SchemaError(f"malformed stream schema: {exc!r}") from exc
         _check_consistent(schema)

@@ -55,6 +55,8 @@ class CommonSettings(BaseSettings):
     stream: str = "default"
     model_name: str = "driftline-model"
     schema_path: str = "config/streams/default.json"
+    # Every stream of the deployment: one schema file each (services/common/streams.py).
+    streams_dir: str = "config/streams"
 
     registry_address: str = "127.0.0.1:50053"
     feature_address: str = "127.0.0.1:50052"
