@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit proto proto-check stack-up stack-status stack-down bench clean
+.PHONY: setup demo test proto stack-up stack-status stack-down bench clean
 
 # The virtual environment is rebuilt only when the dependencies change. pip's
 # own cache (~/.cache/pip) makes a rebuild on the same machine fast.
@@ -18,14 +18,16 @@ setup: $(STAMP)
 
 ## The whole loop on the local stack: events → features → model → drift → retrain → swap.
 demo: setup
+	$(PY) -m services.devstack doctor --demo
 	$(PY) -m services.devstack install
 	$(PY) -m services.demo $(DEMO_ARGS)
 
 ## Every test, against a real Kafka broker and a real S3 server (started if none is configured).
-## The stack's downloads and builds come first, outside the tests' time limits.
+## First the machine's prerequisites (or exactly what to install), then the stack's and the tests'
+## downloads and builds (cached; only what no DRIFTLINE_* address replaces), outside the tests' limits.
 test: setup
-	@if [ -z "$$DRIFTLINE_KAFKA_BOOTSTRAP" ] || [ -z "$$DRIFTLINE_S3_ENDPOINT" ]; then \
-		$(PY) -m services.devstack install; fi
+	$(PY) -m services.devstack doctor
+	$(PY) -m services.devstack install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 proto: setup

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import shutil
 import sys
 import time
@@ -81,8 +82,10 @@ def install(quiet: bool = False) -> None:
     charged to the first test's time limit.
     """
     say = _printer(quiet)
-    kafka.install(say)
-    s3.install(say)
+    if not os.environ.get("DRIFTLINE_KAFKA_BOOTSTRAP"):
+        kafka.install(say)
+    if not os.environ.get("DRIFTLINE_S3_ENDPOINT"):
+        s3.install(say)
     tools.install(say)  # kustomize, for tests/deploy/test_k8s.py
 
 
@@ -156,6 +159,8 @@ def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.devstack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    doctor_parser = sub.add_parser("doctor", help="check this machine's prerequisites; say what to install")
+    doctor_parser.add_argument("--demo", action="store_true", help="only what `make demo` needs (no test tools)")
     sub.add_parser("install", help="only download and build what the stack runs (cached; no-op when done)")
     sub.add_parser("up", help="start Kafka and the S3 server (no-op if running)")
     sub.add_parser("status", help="report each component; exit code 3 if any is not healthy")
@@ -163,6 +168,10 @@ def _main(argv: list[str] | None = None) -> int:
     down_parser.add_argument("--wipe", action="store_true", help="also delete Kafka and S3 data")
     args = parser.parse_args(argv)
     try:
+        if args.command == "doctor":
+            from .prerequisites import check
+
+            return check(for_tests=not args.demo)
         if args.command == "install":
             install()
         elif args.command == "up":
