@@ -1,6 +1,12 @@
 """Starts the six Driftline services as real processes (`python -m
 services.<name>`), waits until each answers its gRPC health check, and stops
-them all with SIGTERM — the way an orchestrator would, on one machine."""
+them all with SIGTERM — the way an orchestrator would, on one machine.
+
+`LoopProcesses` runs one loop for as long as its caller (the demo, the end-to-end test);
+`Supervisor` keeps services running for as long as a platform is up (`driftline up`): a
+service that exits is started again after an exponentially growing delay, and every restart
+is logged and counted.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,15 @@ import socket
 import subprocess
 import sys
 import time
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .process import _alive, _cmdline, _port_in_use
 
 # Start order: a service's dependencies come before it.
 SERVICES = ("registry", "ingest", "feature", "serving", "monitor", "trainer")
@@ -25,6 +35,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def port_or_free(preferred: int) -> int:
+    """`preferred` when nothing listens there, else any free port."""
+    return free_port() if not preferred or _port_in_use(preferred) else preferred
+
+
+def alive(pid: int | None) -> bool:
+    """Whether the process `pid` exists and is not a zombie."""
+    return bool(pid) and _alive(pid)
+
+
+def command_line(pid: int) -> str:
+    """The process's command line, space-separated ('' when there is no such process)."""
+    return _cmdline(pid) if alive(pid) else ""
+
+
+def spawn(name: str, env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
+    """`python -m services.<name>` in its own session, its output appended to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=dict(env),
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 @dataclass
@@ -70,9 +104,8 @@ class LoopProcesses:
                    "DRIFTLINE_METRICS_PORT": str(metrics_port),
                    **self.extra_env.get(name, {})}
             log_path = self.log_dir / f"{name}.log"
-            process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"], env=env, stdin=subprocess.DEVNULL,
-                stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+            log_path.unlink(missing_ok=True)
+            process = spawn(name, env, log_path)
             self.handles[name] = ServiceHandle(name, process, ports[name], metrics_port, log_path)
         deadline = time.monotonic() + timeout
         for name in services:
@@ -123,3 +156,135 @@ def serving(address: str, timeout: float = 1.0) -> bool:
             return reply.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
         return False
+
+
+# -- a platform's services, kept running ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before restart n (1, 2, …) of a service: initial_s · factor^(n-1), at most max_s.
+    A run that lasted reset_after_s counts as healthy: the next failure starts again at initial_s.
+
+    >>> [Backoff().delay(n) for n in (1, 2, 3, 8, 9)]
+    [0.5, 1.0, 2.0, 30.0, 30.0]
+    """
+
+    initial_s: float = 0.5
+    factor: float = 2.0
+    max_s: float = 30.0
+    reset_after_s: float = 60.0
+
+    def delay(self, failures: int) -> float:
+        return min(self.max_s, self.initial_s * self.factor ** max(0, failures - 1))
+
+
+@dataclass
+class Supervised:
+    """One service under a Supervisor: how to start it and what happened to it so far."""
+
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0          # time.time() of the current run
+    restarts: int = 0                # starts after the first
+    failures: int = 0                # consecutive short runs, for the back-off
+    last_exit: int | None = None
+    restart_at: float | None = None  # time.monotonic() of the pending restart
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def state(self) -> str:
+        if self.process is not None and self.process.poll() is None:
+            return "running"
+        return "restarting" if self.restart_at is not None else "stopped"
+
+    def snapshot(self) -> dict:
+        return {"pid": self.pid, "state": self.state(), "restarts": self.restarts, "last_exit": self.last_exit,
+                "started_at": self.started_at, "log": str(self.log_path)}
+
+
+class Supervisor:
+    """Starts services, restarts the ones that exit (with `Backoff`), stops them all on request.
+
+    `on_change` gets `snapshot()` after every start, exit and restart; `say` gets one line per
+    event (the supervisor's log). `run()` blocks until `stop_event` is set, then stops everything.
+    """
+
+    def __init__(self, services: Mapping[str, Mapping[str, str]], log_dir: Path, *,
+                 backoff: Backoff = Backoff(), on_change: Callable[[dict], None] = lambda snapshot: None,
+                 say: Callable[[str], None] = print, poll_s: float = 0.2) -> None:
+        self.services = {name: Supervised(name, dict(env), Path(log_dir) / f"{name}.log")
+                         for name, env in services.items()}
+        self.backoff = backoff
+        self.on_change = on_change
+        self.say = say
+        self.poll_s = poll_s
+        self.stop_event = threading.Event()
+
+    def snapshot(self) -> dict:
+        return {name: s.snapshot() for name, s in self.services.items()}
+
+    def _start(self, service: Supervised) -> None:
+        service.process = spawn(service.name, service.env, service.log_path)
+        service.started_at = time.time()
+        service.restart_at = None
+        self.say(f"{service.name}: started (pid {service.process.pid})")
+
+    def start_all(self) -> None:
+        for service in self.services.values():
+            self._start(service)
+        self.on_change(self.snapshot())
+
+    def check(self) -> None:
+        """One round: notes exits, schedules restarts, starts the ones that are due."""
+        changed = False
+        now = time.monotonic()
+        for service in self.services.values():
+            if service.restart_at is None and service.process is not None:
+                code = service.process.poll()
+                if code is None:
+                    continue
+                ran = time.time() - service.started_at
+                service.last_exit = code
+                service.failures = 1 if ran >= self.backoff.reset_after_s else service.failures + 1
+                delay = self.backoff.delay(service.failures)
+                service.restart_at = now + delay
+                self.say(f"{service.name}: exited with {code} after {ran:.1f}s; restart "
+                         f"{service.restarts + 1} in {delay:g}s")
+                changed = True
+            elif service.restart_at is not None and now >= service.restart_at:
+                service.restarts += 1
+                self._start(service)
+                changed = True
+        if changed:
+            self.on_change(self.snapshot())
+
+    def run(self) -> None:
+        self.start_all()
+        while not self.stop_event.wait(self.poll_s):
+            self.check()
+        self.stop()
+
+    def stop(self, timeout: float = 20.0) -> dict[str, int | None]:
+        """SIGTERM to every service (last started first), SIGKILL to those still up after `timeout`."""
+        for service in self.services.values():
+            service.restart_at = None
+        running = [s for s in reversed(self.services.values()) if s.process and s.process.poll() is None]
+        for service in running:
+            service.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for service in running:
+            try:
+                service.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(service.process.pid, signal.SIGKILL)
+                service.process.wait()
+                self.say(f"{service.name}: killed after SIGTERM timed out")
+            service.last_exit = service.process.returncode
+            self.say(f"{service.name}: stopped ({service.last_exit})")
+        self.on_change(self.snapshot())
+        return {name: s.last_exit for name, s in self.services.items()}

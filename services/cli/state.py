@@ -1,0 +1,131 @@
+"""Where the platform is: its home directory, the state file `driftline up` writes, and the
+settings every verb resolves from the environment first, then that file, then the defaults.
+
+    $DRIFTLINE_HOME/            (default <repo>/.devstack/platform, or $DRIFTLINE_STATE_DIR/platform)
+      platform.json             written by `up`: addresses, environment, log paths, what it started
+      supervisor.json           written by the supervisor: pid, state and restarts per service
+      supervisor.pid / .log     the supervisor process and what it did (starts, exits, restarts)
+      logs/<service>.log        each service's output
+      data/                     the registry's database, the feature service's files
+      streams/<name>.json       stream schemas added with `driftline streams add`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.settings import CommonSettings, Topics
+from services.devstack import config as devstack_config
+from services.devstack.supervisor import SERVICES, WITH_GRPC, alive
+
+__all__ = ["DEFAULT_PORTS", "SERVICES", "WITH_GRPC", "Platform", "home", "read_json", "write_json"]
+
+# The port each service listens on by default (its settings' grpc_port); `up` takes these when free.
+DEFAULT_PORTS = {"ingest": 50051, "feature": 50052, "registry": 50053, "serving": 50054, "monitor": 50055}
+DEFAULT_DASHBOARD_PORT = 8055
+# The variable that overrides where a service is; the last two are read by the command only.
+ADDRESS_ENV = {"registry": "DRIFTLINE_REGISTRY_ADDRESS", "feature": "DRIFTLINE_FEATURE_ADDRESS",
+               "serving": "DRIFTLINE_SERVING_ADDRESS", "ingest": "DRIFTLINE_INGEST_ADDRESS",
+               "monitor": "DRIFTLINE_MONITOR_ADDRESS"}
+
+
+def home() -> Path:
+    explicit = os.environ.get("DRIFTLINE_HOME")
+    return Path(explicit).expanduser().resolve() if explicit else devstack_config.state_dir() / "platform"
+
+
+def read_json(path: Path) -> dict:
+    """The object in a JSON file, or {} when there is none (or it is being replaced)."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Atomically: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        json.dump(value, tmp, indent=2, sort_keys=True)
+    os.replace(tmp.name, path)
+
+
+@dataclass
+class Platform:
+    """The platform as the verbs see it: `doc` is platform.json ({} before the first `up`)."""
+
+    home: Path
+    doc: dict
+
+    @classmethod
+    def load(cls) -> "Platform":
+        root = home()
+        return cls(root, read_json(root / "platform.json"))
+
+    # -- files ------------------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.home / "platform.json"
+
+    @property
+    def supervisor_file(self) -> Path:
+        return self.home / "supervisor.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def streams_dir(self) -> Path:
+        return self.home / "streams"
+
+    def save(self) -> None:
+        write_json(self.state_file, self.doc)
+
+    def supervision(self) -> dict:
+        """{service: {pid, state, restarts, last_exit, started_at, log}} from the supervisor."""
+        return read_json(self.supervisor_file)
+
+    @property
+    def supervisor_pid(self) -> int | None:
+        return self.doc.get("supervisor", {}).get("pid")
+
+    def running(self) -> bool:
+        """Whether a supervisor started by `up` is alive."""
+        return alive(self.supervisor_pid)
+
+    # -- settings ---------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> CommonSettings:
+        """DRIFTLINE_* from the environment, else from platform.json's, else the defaults."""
+        from_file = {key[len("DRIFTLINE_"):].lower(): value for key, value in self.doc.get("env", {}).items()
+                     if key.startswith("DRIFTLINE_") and key not in os.environ}
+        known = CommonSettings.model_fields
+        return CommonSettings(**{k: v for k, v in from_file.items() if k in known})
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.settings.topic_prefix)
+
+    def address(self, service: str) -> str:
+        """host:port of a service's gRPC server."""
+        override = os.environ.get(ADDRESS_ENV.get(service, ""), "")
+        if override:
+            return override
+        known = self.doc.get("services", {}).get(service, {}).get("address")
+        return known or f"127.0.0.1:{DEFAULT_PORTS[service]}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return self.doc.get("dashboard_url") or f"http://127.0.0.1:{DEFAULT_DASHBOARD_PORT}/"
+
+    def log_path(self, service: str) -> Path:
+        known = self.doc.get("services", {}).get(service, {}).get("log")
+        return Path(known) if known else self.log_dir / f"{service}.log"

@@ -1,0 +1,241 @@
+"""`driftline streams add FILE | list | show NAME`: a stream is its schema file.
+
+Streams are kept in `$DRIFTLINE_HOME/streams/<name>.json` (added with `streams add`, always
+stored as JSON) next to the bundled ones in `config/streams/`; one added under a bundled name
+shadows it. A schema is read from JSON, or YAML when the file ends in .yaml/.yml and PyYAML is
+installed, and checked by services.common.schema; a malformed one is refused with the place
+(a JSON path, or line:column for a syntax error) and the reason:
+
+>>> check_schema({"stream": "s", "fields": [{"name": "a", "type": "float"}]})
+Traceback (most recent call last):
+...
+services.cli.errors.CliError: $.fields[0]: field 'a': type 'float' is not one of ('number', 'integer', 'string', 'bool')
+>>> check_schema({"stream": "s", "fields": [{"type": "number"}]})
+Traceback (most recent call last):
+...
+services.cli.errors.CliError: $.fields[0]: missing 'name'
+>>> check_schema({"stream": "s", "fields": [{"name": "a"}], "entity_features": [{"name": "m", "source": "b"}]})
+Traceback (most recent call last):
+...
+services.cli.errors.CliError: $.entity_features[0]: entity feature 'm': source 'b' is not a numeric field
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from services.common import schema as schema_rules
+from services.common.schema import SchemaError, StreamSchema
+
+from . import output
+from .errors import CliError, json_object
+from .state import Platform
+
+BUNDLED = schema_rules.REPO_ROOT / "config" / "streams"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+app = typer.Typer(help="Stream schemas: add, list, show.", no_args_is_help=True)
+JsonOut = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
+
+
+# -- reading and checking a schema --------------------------------------------------------------
+
+
+def parse_file(path: Path) -> dict:
+    """The document in a schema file; CliError with FILE:line:column for a syntax error."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise CliError(f"{path}: YAML needs PyYAML (pip install pyyaml), or give the schema as JSON") from None
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            raise CliError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        if not isinstance(doc, dict):
+            raise CliError(f"{path}: a stream schema is an object, got {type(doc).__name__}")
+        return doc
+    return json_object(text, path, "a stream schema")
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing {exc.args[0]!r}"
+    if isinstance(exc, SchemaError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
+
+
+def check_schema(doc: dict) -> StreamSchema:
+    """The schema services.common.schema makes of `doc`; CliError '<JSON path>: <reason>' if it refuses."""
+    for key, kind in (("stream", str), ("fields", list)):
+        if key not in doc:
+            raise CliError(f"$: missing {key!r}")
+        if not isinstance(doc[key], kind):
+            raise CliError(f"$.{key}: expected {'a string' if kind is str else 'a list'}, got {type(doc[key]).__name__}")
+    if not _NAME.match(doc["stream"]):
+        raise CliError(f"$.stream: {doc['stream']!r} must be letters, digits, '.', '_' or '-'")
+    if not doc["fields"]:
+        raise CliError("$.fields: a stream needs at least one field")
+    # Each part on its own first, so that a refusal names where it is.
+    parts = [(f"$.fields[{i}]", schema_rules._field_spec, f) for i, f in enumerate(doc["fields"])]
+    parts += [(f"$.entity_features[{i}]", schema_rules._entity_feature_spec, e)
+              for i, e in enumerate(doc.get("entity_features") or [])]
+    if doc.get("label") is not None:
+        parts.append(("$.label", schema_rules._field_spec, {"name": doc.get("label_field", "label"), **_obj(doc["label"], "$.label")}))
+    for where, rule, part in parts:
+        try:
+            rule(_obj(part, where))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CliError(f"{where}: {_reason(exc)}") from None
+    try:
+        return StreamSchema.from_dict(doc)
+    except (SchemaError, ValueError) as exc:
+        raise CliError(f"{_place(doc, str(exc))}: {exc}") from None
+
+
+def _obj(value: object, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise CliError(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _place(doc: dict, reason: str) -> str:
+    """The JSON path of the field or entity feature a consistency rule names, else '$'."""
+    if match := re.match(r"(field|entity feature) '([^']+)'", reason):
+        key = "fields" if match[1] == "field" else "entity_features"
+        for i, part in enumerate(doc.get(key) or []):
+            if isinstance(part, dict) and part.get("name") == match[2]:
+                return f"$.{key}[{i}]"
+    if "label" in reason:
+        return "$.label"
+    return "$"
+
+
+# -- where streams are --------------------------------------------------------------------------
+
+
+def known_streams(platform: Platform) -> dict[str, Path]:
+    """name -> schema file: the bundled ones, then those added to this platform (which win)."""
+    found = {p.stem: p for p in sorted(BUNDLED.glob("*.json"))}
+    found.update({p.stem: p for p in sorted(platform.streams_dir.glob("*.json"))})
+    return found
+
+
+def find_stream(platform: Platform, name: str) -> tuple[Path, StreamSchema]:
+    path = known_streams(platform).get(name)
+    if path is None:
+        raise CliError(f"unknown stream {name!r} (driftline streams list; add one with driftline streams add FILE)")
+    return path, load(path)
+
+
+def load(path: Path) -> StreamSchema:
+    try:
+        return check_schema(parse_file(path))
+    except CliError as exc:
+        raise CliError(f"{path}: {exc}" if not str(exc).startswith(str(path)) else str(exc)) from None
+
+
+def add(platform: Platform, path: Path, replace: bool = False) -> tuple[Path, StreamSchema, bool]:
+    """Stores the schema at `path` as a stream of the platform; returns (where, schema, changed)."""
+    doc = parse_file(path)
+    try:
+        schema = check_schema(doc)
+    except CliError as exc:
+        raise CliError(f"{path}: {exc}") from None
+    target = platform.streams_dir / f"{schema.stream}.json"
+    text = json.dumps(doc, indent=2) + "\n"
+    if target.exists():
+        if target.read_text() == text:
+            return target, schema, False
+        if not replace:
+            raise CliError(f"stream {schema.stream!r} is already at {target} with another schema (--replace overwrites it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    return target, schema, True
+
+
+def resolve(platform: Platform, spec: str) -> tuple[Path, StreamSchema]:
+    """`--stream` of `up`: a schema file (added to the platform) or the name of a known stream."""
+    path = Path(spec)
+    if path.suffix.lower() in (".json", ".yaml", ".yml") or path.exists():
+        where, schema, _ = add(platform, path, replace=True)
+        return where, schema
+    return find_stream(platform, spec)
+
+
+def describe(schema: StreamSchema, path: Path) -> dict:
+    return {
+        "stream": schema.stream, "file": str(path), "source": "bundled" if path.parent == BUNDLED else "added",
+        "id_field": schema.id_field, "entity_field": schema.entity_field, "time_field": schema.time_field,
+        "label_field": schema.label_field, "classes": schema.classes,
+        "fields": [{"name": f.name, "type": f.type, "required": f.required, "min": f.min, "max": f.max}
+                   for f in schema.fields],
+        "entity_features": [{"name": e.name, "kind": e.kind, "source": e.source, "alpha": e.alpha}
+                            for e in schema.entity_features],
+        "feature_names": schema.feature_names,
+    }
+
+
+# -- the verbs ----------------------------------------------------------------------------------
+
+
+@app.command("add")
+def add_command(file: Annotated[Path, typer.Argument(help="The schema: .json, or .yaml/.yml with PyYAML.")],
+                replace: Annotated[bool, typer.Option(help="Overwrite a stream of that name with another schema.")] = False,
+                json_out: JsonOut = False) -> None:
+    """Check a stream schema and keep it in the platform's streams directory."""
+    platform = Platform.load()
+    where, schema, changed = add(platform, file, replace)
+    info = {**describe(schema, where), "changed": changed}
+    if json_out:
+        return output.emit_json(info)
+    verb = "added" if changed else "already there, unchanged:"
+    output.say(f"stream {schema.stream} {verb} {where} ({len(schema.fields)} fields, "
+               f"{len(schema.feature_names)} features)")
+
+
+@app.command("list")
+def list_command(json_out: JsonOut = False) -> None:
+    """The streams this platform knows (bundled and added)."""
+    platform = Platform.load()
+    rows = []
+    for name, path in known_streams(platform).items():
+        try:
+            rows.append(describe(load(path), path))
+        except CliError as exc:
+            rows.append({"stream": name, "file": str(path), "error": str(exc)})
+    if json_out:
+        return output.emit_json(rows)
+    output.table(["stream", "fields", "features", "label", "source", "file"],
+                 [(r["stream"], len(r.get("fields", [])), len(r.get("feature_names", [])),
+                   r.get("label_field", r.get("error", "")), r.get("source", "broken"), r["file"]) for r in rows])
+
+
+@app.command("show")
+def show_command(name: Annotated[str, typer.Argument(help="The stream's name.")], json_out: JsonOut = False) -> None:
+    """One stream's fields, entity features and feature vector."""
+    path, schema = find_stream(Platform.load(), name)
+    info = describe(schema, path)
+    if json_out:
+        return output.emit_json(info)
+    output.pairs([("stream", schema.stream), ("file", path), ("id / entity / time", f"{schema.id_field} / "
+                  f"{schema.entity_field} / {schema.time_field}"),
+                  ("label", f"{schema.label_field} {schema.classes or ''}".strip()),
+                  ("features", ", ".join(schema.feature_names))])
+    output.table(["field", "type", "required", "min", "max"],
+                 [(f["name"], f["type"], f["required"], f["min"], f["max"]) for f in info["fields"]])
+    if schema.entity_features:
+        output.table(["entity feature", "kind", "source", "alpha"],
+                     [(e.name, e.kind, e.source, e.alpha) for e in schema.entity_features])

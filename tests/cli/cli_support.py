@@ -1,0 +1,67 @@
+"""Running `driftline` as a user does: the console script in a subprocess, with a DRIFTLINE_HOME,
+a topic prefix and a bucket of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+DRIFTLINE = Path(sys.executable).parent / "driftline"
+
+
+@dataclass
+class Cli:
+    env: dict[str, str]
+
+    @property
+    def home(self) -> Path:
+        return Path(self.env["DRIFTLINE_HOME"])
+
+    def run(self, *args: str, timeout: float = 120.0, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(DRIFTLINE), *map(str, args)], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, input=input)
+
+    def ok(self, *args: str, timeout: float = 120.0) -> str:
+        done = self.run(*args, timeout=timeout)
+        assert done.returncode == 0, f"driftline {' '.join(map(str, args))} exited {done.returncode}:\n" \
+                                     f"{done.stdout}\n{done.stderr}\n{self.logs_hint()}"
+        return done.stdout
+
+    def json(self, *args: str, timeout: float = 120.0):
+        return json.loads(self.ok(*args, "--json", timeout=timeout))
+
+    def logs_hint(self) -> str:
+        log = self.home / "supervisor.log"
+        return f"--- {log} ---\n{log.read_text()[-3000:]}" if log.exists() else ""
+
+
+def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
+    tag = uuid.uuid4().hex[:10]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_") or k.startswith(
+        ("DRIFTLINE_KAFKA_", "DRIFTLINE_S3_", "DRIFTLINE_CACHE_DIR", "DRIFTLINE_STATE_DIR"))}
+    env.update(DRIFTLINE_HOME=str(tmp / "home"), DRIFTLINE_TOPIC_PREFIX=f"cli{tag}.", DRIFTLINE_BUCKET=f"cli-{tag}",
+               DRIFTLINE_LOG_JSON="false", COLUMNS="200", **extra)
+    return env
+
+
+def platform_processes(env: dict[str, str]) -> list[str]:
+    """Processes whose environment carries this platform's topic prefix (its supervisor and services)."""
+    marker = f"DRIFTLINE_TOPIC_PREFIX={env['DRIFTLINE_TOPIC_PREFIX']}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state not in ("Z", "X"):
+                    command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    found.append(f"{proc.name}: {command}")
+        except OSError:
+            continue
+    return found
