@@ -62,7 +62,8 @@ def _describe(platform: Platform, stream_path: Path, stream_name: str, stack_env
         **stack_env,
         "DRIFTLINE_TOPIC_PREFIX": settings.topic_prefix, "DRIFTLINE_BUCKET": settings.bucket,
         "DRIFTLINE_MODEL_NAME": settings.model_name, "DRIFTLINE_STREAM": stream_name,
-        "DRIFTLINE_SCHEMA_PATH": str(stream_path), "PYTHONUNBUFFERED": "1",
+        "DRIFTLINE_SCHEMA_PATH": str(stream_path), "DRIFTLINE_STREAMS_DIR": str(platform.streams_dir),
+        "PYTHONUNBUFFERED": "1",
     }
     pick = (lambda default: free_port()) if any_ports else port_or_free
     ports = {name: pick(DEFAULT_PORTS[name]) for name in WITH_GRPC}
@@ -143,7 +144,9 @@ def up(stream: Annotated[list[str], typer.Option(
     if platform.running():
         output.note(f"the platform in {platform.home} is already up (driftline down stops it)")
         return status(json_out=json_out)
-    chosen = [streams.resolve(platform, spec) for spec in stream] or [streams.find_stream(platform, "default")]
+    streams.seed(platform)
+    chosen = [streams.resolve(platform, spec) for spec in stream] or [
+        streams.find_stream(platform, os.environ.get("DRIFTLINE_STREAM") or "default")]
     stream_path, schema = chosen[0]
     stack_env, stack_started = _stack(output.note)
     platform.doc = _describe(platform, stream_path, schema.stream, stack_env, stack_started, any_ports)
@@ -301,23 +304,25 @@ def _lag(platform: Platform) -> list[dict]:
     return rows
 
 
-def _aliases(platform: Platform, model: str) -> dict[str, int | None]:
+def _aliases(platform: Platform, models: list[str]) -> dict[str, dict[str, int | None]]:
     from .models import aliases_of
 
     with Rpc.of(platform, "registry") as registry:
-        return aliases_of(registry, model)
+        return {model: aliases_of(registry, model) for model in models}
 
 
-def _last_alert(platform: Platform, model: str) -> dict | None:
+def _last_alert(platform: Platform, models: list[str]) -> dict | None:
     from driftline.v1 import monitor_pb2
 
+    alerts = []
     with Rpc.of(platform, "monitor") as monitor:
-        reply = monitor.call("GetDriftReport", monitor_pb2.GetDriftReportRequest(model_name=model))
-    alerts = [(report.model_version, alert) for report in reply.reports for alert in report.alerts]
+        for model in models:
+            reply = monitor.call("GetDriftReport", monitor_pb2.GetDriftReportRequest(model_name=model))
+            alerts += [(report, alert) for report in reply.reports for alert in report.alerts]
     if not alerts:
         return None
-    version, alert = max(alerts, key=lambda item: item[1].detected_at.ToMilliseconds())
-    return {"model_version": version, **output.plain(alert)}
+    report, alert = max(alerts, key=lambda item: item[1].detected_at.ToMilliseconds())
+    return {"model_name": report.model_name, "model_version": report.model_version, **output.plain(alert)}
 
 
 def _try(fn, *args) -> tuple[object, str | None]:
@@ -332,13 +337,13 @@ def _try(fn, *args) -> tuple[object, str | None]:
 def status(json_out: JsonOut = False) -> None:
     """Health and restarts per service, consumer lag per group, model aliases, the last alert."""
     platform = Platform.load()
-    model = platform.settings.model_name
+    models = streams.platform_models(platform)
     supervision = platform.supervision() if platform.running() else {}
     with ThreadPoolExecutor(8) as pool:  # everything at once: an unreachable platform answers in one deadline
         rows = {name: pool.submit(_health_row, platform, name, supervision) for name in SERVICES}
         lag = pool.submit(_try, _lag, platform)
-        aliases = pool.submit(_try, _aliases, platform, model)
-        alert = pool.submit(_try, _last_alert, platform, model)
+        aliases = pool.submit(_try, _aliases, platform, models)
+        alert = pool.submit(_try, _last_alert, platform, models)
         rows = [f.result(timeout=DEADLINE_S + 2) for f in rows.values()]
         (lag_rows, lag_error), (alias_map, alias_error), (last_alert, alert_error) = (
             lag.result(), aliases.result(), alert.result())
@@ -348,7 +353,7 @@ def status(json_out: JsonOut = False) -> None:
     report = {"platform": {"state": state, "home": str(platform.home), "dashboard_url": platform.dashboard_url,
                            "supervisor_pid": platform.supervisor_pid if platform.running() else None},
               "services": rows, "consumer_lag": lag_rows, "consumer_lag_error": lag_error,
-              "models": {model: alias_map} if alias_map is not None else {}, "models_error": alias_error,
+              "models": alias_map or {}, "models_error": alias_error,
               "last_alert": last_alert, "last_alert_error": alert_error}
     if json_out:
         output.emit_json(report)
@@ -360,10 +365,11 @@ def status(json_out: JsonOut = False) -> None:
         if lag_rows:
             output.table(["consumer group", "topic", "partition", "committed", "end", "lag"],
                          [(r["group"], r["topic"], r["partition"], r["committed"], r["end"], r["lag"]) for r in lag_rows])
-        if alias_map is not None:
-            output.table(["model", *ALIASES], [(model, *(f"v{v}" if v else "-" for v in alias_map.values()))])
+        if alias_map:
+            output.table(["model", *ALIASES], [(model, *(f"v{v}" if v else "-" for v in aliases.values()))
+                                               for model, aliases in alias_map.items()])
         if last_alert:
-            output.say(f"last alert: v{last_alert['model_version']} {last_alert['signal']} {last_alert['statistic']} "
+            output.say(f"last alert: {last_alert['model_name']} v{last_alert['model_version']} {last_alert['signal']} {last_alert['statistic']} "
                        f"{last_alert['value']:.4g} > {last_alert['threshold']:.4g} at {last_alert['detected_at']}"
                        f"{' (retraining requested)' if last_alert['training_request_id'] else ''}")
         elif alert_error is None:

@@ -26,6 +26,7 @@ from . import output
 from .clients import ALIASES, Rpc, registry_events, s3_client
 from .errors import CliError, Unreachable
 from .state import Platform
+from .streams import platform_models
 
 app = typer.Typer(help="Model versions, lineage, aliases and the promotion gate (the registry).",
                   no_args_is_help=True)
@@ -86,10 +87,11 @@ def list_models(name: Annotated[str | None, typer.Argument(help="Only this model
                 return  # the platform's model before its first version
             rows.append({"model": model, "versions": [v.version for v in versions], "aliases": aliases_of(registry, model)})
 
-        add(name or platform.settings.model_name)  # the registry answers before Kafka is read
+        ours = [name] if name else platform_models(platform)
+        add(ours[0])  # the registry answers before Kafka is read
         if not name:
-            for model in sorted({e.model_name for e in registry_events(platform) if e.model_name}
-                                - {platform.settings.model_name}):
+            announced = sorted({e.model_name for e in registry_events(platform) if e.model_name} - set(ours))
+            for model in ours[1:] + announced:
                 add(model)
     if json_out:
         return output.emit_json(rows)

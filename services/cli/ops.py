@@ -74,7 +74,7 @@ def train(stream: Annotated[str, typer.Option(help="The stream to train on.")],
           since: Annotated[str | None, typer.Option(
               help="Window start: epoch ms, ISO-8601, or a span ago (10m, 2h). Default: all of it.")] = None,
           rows: Annotated[int, typer.Option(help="The fewest labelled rows to wait for (0: the trainer's default).")] = 0,
-          model: Annotated[str | None, typer.Option(help="The model's name (default: the platform's).")] = None,
+          model: Annotated[str | None, typer.Option(help="The model's name (default: the stream's).")] = None,
           param: Annotated[list[str], typer.Option(help="A training parameter, KEY=VALUE (epochs, seed, …); repeatable.")] = [],
           wait: Annotated[bool, typer.Option(help="Wait for the trainer's result and print it.")] = False,
           timeout: Annotated[float, typer.Option(help="With --wait: seconds to wait.")] = 300.0,
@@ -83,7 +83,7 @@ def train(stream: Annotated[str, typer.Option(help="The stream to train on.")],
     platform = Platform.load()
     _, schema = streams.find_stream(platform, stream)
     require_trainer(platform)
-    name = model or platform.settings.model_name
+    name = model or schema.model_name
     request = training_pb2.TrainingRequest(request_id=f"cli-{uuid.uuid4().hex}", model_name=name, stream=schema.stream,
                                            min_rows=rows, reason="driftline train", params=_params(param))
     if since is not None:
@@ -113,7 +113,7 @@ def drift(model: Annotated[str | None, typer.Argument(help="The model (default: 
           json_out: JsonOut = False) -> None:
     """The monitor's drift report: accuracy, concept drift and per-feature statistics."""
     platform = Platform.load()
-    name = model or platform.settings.model_name
+    name = model or streams.platform_models(platform)[0]
     with Rpc.of(platform, "monitor") as monitor:
         reply = monitor.call("GetDriftReport", monitor_pb2.GetDriftReportRequest(model_name=name, model_version=version))
     reports = [output.plain(r) for r in reply.reports]

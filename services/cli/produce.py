@@ -29,6 +29,9 @@ import typer
 
 from driftline.v1 import events_pb2
 
+from services.common.kafka import JSON
+from services.common.streams import STREAM_HEADER
+
 from . import output, streams
 from .clients import producer, require_serving
 from .errors import CliError, json_object
@@ -95,9 +98,6 @@ def produce(file: Annotated[Path, typer.Argument(help="Rows to send: .jsonl, .cs
     """Replay a file into the platform's raw events topic, as JSON."""
     platform = Platform.load()
     _, schema = streams.find_stream(platform, stream)
-    running = platform.doc.get("stream") if platform.doc else None
-    if running and running != schema.stream:
-        raise CliError(f"the platform runs stream {running!r}, not {schema.stream!r} (driftline up --stream {stream})")
     rows = read_rows(file)
     if check:
         require_serving(platform, "ingest")
@@ -107,6 +107,7 @@ def produce(file: Annotated[Path, typer.Argument(help="Rows to send: .jsonl, .cs
     counts = collections.Counter()
     started = time.monotonic()
     interval = 1.0 / rate if rate > 0 else 0.0
+    headers = [("content-type", JSON.encode()), (STREAM_HEADER, schema.stream.encode())]
 
     def send_due_labels(now: float) -> None:
         while labels and labels[0][0] <= now:
@@ -137,8 +138,7 @@ def produce(file: Annotated[Path, typer.Argument(help="Rows to send: .jsonl, .cs
                     label.event_time.FromMilliseconds(event[schema.time_field])
                 labels.append((time.monotonic() + label_delay, label))
             key = str(event.get(schema.entity_field) or event[schema.id_field])
-            kafka.produce_raw(topics.events_raw, json.dumps(event).encode(), key,
-                              [("content-type", b"application/json")])
+            kafka.produce_raw(topics.events_raw, json.dumps(event).encode(), key, headers)
             counts["sent"] += 1
             send_due_labels(time.monotonic())
             progress.advance(task)

@@ -1,10 +1,13 @@
 """`driftline streams add FILE | list | show NAME`: a stream is its schema file.
 
-Streams are kept in `$DRIFTLINE_HOME/streams/<name>.json` (added with `streams add`, always
-stored as JSON) next to the bundled ones in `config/streams/`; one added under a bundled name
-shadows it. A schema is read from JSON, or YAML when the file ends in .yaml/.yml and PyYAML is
-installed, and checked by services.common.schema; a malformed one is refused with the place
-(a JSON path, or line:column for a syntax error) and the reason:
+The platform's streams are the folder `$DRIFTLINE_HOME/streams/`: `driftline up` copies the
+bundled schemas (`config/streams/`) there once and runs every service with it as
+DRIFTLINE_STREAMS_DIR (services/common/streams.py, re-read when it changes), so a stream added
+with `streams add` (always stored as JSON, `<stream>.json`) reaches a running platform. Before
+the first `up` the bundled streams are listed too. A schema is read from JSON, or YAML when the
+file ends in .yaml/.yml and PyYAML is installed, and checked by services.common.schema; a
+malformed one is refused with the place (a JSON path, or line:column for a syntax error) and
+the reason:
 
 >>> check_schema({"stream": "s", "fields": [{"name": "a", "type": "float"}]})
 Traceback (most recent call last):
@@ -126,11 +129,39 @@ def _place(doc: dict, reason: str) -> str:
 # -- where streams are --------------------------------------------------------------------------
 
 
+def _schema_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*") if p.suffix.lower() in (".json", ".yaml", ".yml") and p.is_file())
+
+
 def known_streams(platform: Platform) -> dict[str, Path]:
-    """name -> schema file: the bundled ones, then those added to this platform (which win)."""
-    found = {p.stem: p for p in sorted(BUNDLED.glob("*.json"))}
-    found.update({p.stem: p for p in sorted(platform.streams_dir.glob("*.json"))})
+    """stream name -> schema file: the bundled ones, then the platform's own (which win)."""
+    found = {}
+    for path in _schema_files(BUNDLED) + _schema_files(platform.streams_dir):
+        try:
+            found[check_schema(parse_file(path)).stream] = path
+        except CliError:
+            found.setdefault(path.stem, path)  # listed, with its error, under its file's name
     return found
+
+
+def platform_models(platform: Platform) -> list[str]:
+    """The models of the platform's streams, the default stream's (DRIFTLINE_MODEL_NAME) first."""
+    names = [platform.settings.model_name]
+    for path in known_streams(platform).values():
+        try:
+            names.append(load(path).model_name)
+        except CliError:
+            continue
+    return list(dict.fromkeys(names))
+
+
+def seed(platform: Platform) -> None:
+    """The bundled schemas into the platform's streams folder, where it has none of that name."""
+    platform.streams_dir.mkdir(parents=True, exist_ok=True)
+    for path in _schema_files(BUNDLED):
+        target = platform.streams_dir / path.name
+        if not target.exists():
+            target.write_text(path.read_text())
 
 
 def find_stream(platform: Platform, name: str) -> tuple[Path, StreamSchema]:
@@ -154,13 +185,18 @@ def add(platform: Platform, path: Path, replace: bool = False) -> tuple[Path, St
         schema = check_schema(doc)
     except CliError as exc:
         raise CliError(f"{path}: {exc}") from None
-    target = platform.streams_dir / f"{schema.stream}.json"
+    existing = known_streams(platform).get(schema.stream)
+    # One file per stream in the folder: a stream already there is replaced in its own file.
+    target = existing if existing and existing.parent == platform.streams_dir else platform.streams_dir / f"{schema.stream}.json"
     text = json.dumps(doc, indent=2) + "\n"
     if target.exists():
         if target.read_text() == text:
             return target, schema, False
         if not replace:
             raise CliError(f"stream {schema.stream!r} is already at {target} with another schema (--replace overwrites it)")
+    if target.suffix != ".json":  # the stream's YAML file gives way to the JSON one
+        target.unlink()
+        target = target.with_suffix(".json")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
     return target, schema, True
@@ -177,9 +213,9 @@ def resolve(platform: Platform, spec: str) -> tuple[Path, StreamSchema]:
 
 def describe(schema: StreamSchema, path: Path) -> dict:
     return {
-        "stream": schema.stream, "file": str(path), "source": "bundled" if path.parent == BUNDLED else "added",
+        "stream": schema.stream, "file": str(path), "source": "bundled" if path.parent == BUNDLED else "platform",
         "id_field": schema.id_field, "entity_field": schema.entity_field, "time_field": schema.time_field,
-        "label_field": schema.label_field, "classes": schema.classes,
+        "label_field": schema.label_field, "classes": schema.classes, "model": schema.model_name,
         "fields": [{"name": f.name, "type": f.type, "required": f.required, "min": f.min, "max": f.max}
                    for f in schema.fields],
         "entity_features": [{"name": e.name, "kind": e.kind, "source": e.source, "alpha": e.alpha}
@@ -218,8 +254,8 @@ def list_command(json_out: JsonOut = False) -> None:
             rows.append({"stream": name, "file": str(path), "error": str(exc)})
     if json_out:
         return output.emit_json(rows)
-    output.table(["stream", "fields", "features", "label", "source", "file"],
-                 [(r["stream"], len(r.get("fields", [])), len(r.get("feature_names", [])),
+    output.table(["stream", "model", "fields", "features", "label", "source", "file"],
+                 [(r["stream"], r.get("model", ""), len(r.get("fields", [])), len(r.get("feature_names", [])),
                    r.get("label_field", r.get("error", "")), r.get("source", "broken"), r["file"]) for r in rows])
 
 
@@ -230,7 +266,7 @@ def show_command(name: Annotated[str, typer.Argument(help="The stream's name.")]
     info = describe(schema, path)
     if json_out:
         return output.emit_json(info)
-    output.pairs([("stream", schema.stream), ("file", path), ("id / entity / time", f"{schema.id_field} / "
+    output.pairs([("stream", schema.stream), ("model", schema.model_name), ("file", path), ("id / entity / time", f"{schema.id_field} / "
                   f"{schema.entity_field} / {schema.time_field}"),
                   ("label", f"{schema.label_field} {schema.classes or ''}".strip()),
                   ("features", ", ".join(schema.feature_names))])

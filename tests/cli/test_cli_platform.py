@@ -95,12 +95,17 @@ def test_status_reports_health_restarts_lag_aliases_and_alert(platform, trained)
 def test_streams_add_list_show_and_a_malformed_schema_is_refused_with_place_and_reason(platform, tmp_path):
     schema = json.loads((ROOT / "config" / "streams" / "default.json").read_text())
     schema["stream"] = "clitest"
+    del schema["model"]  # so its model is the stream's name
     good = tmp_path / "clitest.json"
     good.write_text(json.dumps(schema))
     added = platform.json("streams", "add", good)
-    assert added["stream"] == "clitest" and added["changed"] and added["file"].startswith(str(platform.home))
+    assert added["stream"] == "clitest" and added["changed"] and added["model"] == "clitest"
+    assert added["file"] == str(platform.home / "streams" / "clitest.json")  # the services' DRIFTLINE_STREAMS_DIR
+    assert not platform.json("streams", "add", good)["changed"]
     listed = {s["stream"]: s for s in platform.json("streams", "list")}
-    assert listed["clitest"]["source"] == "added" and listed["default"]["source"] == "bundled"
+    # `up` copied the bundled streams into the platform's folder
+    assert listed["clitest"]["source"] == listed["default"]["source"] == "platform"
+    assert listed["default"]["model"] == MODEL
     shown = platform.json("streams", "show", "clitest")
     assert shown["feature_names"][0] == "salary" and shown["feature_names"][-1] == "salary_entity_mean"
     assert "salary" in platform.ok("streams", "show", "clitest")
@@ -151,8 +156,9 @@ def test_label_delay_strips_the_label_and_sends_it_later_on_the_labels_topic(pla
     assert sent["sent"] == 5 and sent["labels"] == 5
     topics = Topics(platform.env["DRIFTLINE_TOPIC_PREFIX"])
     bootstrap = platform.env["DRIFTLINE_KAFKA_BOOTSTRAP"]
-    raw = {json.loads(m.value())["event_id"]: (json.loads(m.value()), m.timestamp()[1])
-           for m in read_all(bootstrap, topics.events_raw)}
+    messages = read_all(bootstrap, topics.events_raw)
+    assert all(("driftline.stream", b"default") in m.headers() for m in messages)
+    raw = {json.loads(m.value())["event_id"]: (json.loads(m.value()), m.timestamp()[1]) for m in messages}
     labels = {}
     for m in read_all(bootstrap, topics.labels):
         label = events_pb2.Label.FromString(m.value())
