@@ -24,10 +24,6 @@ class Hub:
         with self._lock:
             self._subscribers = {(loop, q) for loop, q in self._subscribers if q is not queue}
 
-    @property
-    def watchers(self) -> int:
-        return len(self._subscribers)
-
     def publish(self, item) -> None:
         with self._lock:
             subscribers = list(self._subscribers)

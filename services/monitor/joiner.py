@@ -96,7 +96,7 @@ class LabelJoin:
     >>> join.add_label("e1", Label(1, event_time_ms=5)).correct
     True
     >>> join.add_label("e2", Label(0, 6)); now[0] = 11.0; join.expire()
-    >>> join.pending, join.unmatched
+    >>> join.counts()["pending_labels"], join.unmatched
     (0, 1)
     """
 
@@ -169,7 +169,7 @@ class LabelJoin:
         >>> join.add_label("e2", Label(1, 7))
         >>> [(j.event_id, j.correct) for j in join.add_predictions(["e1", "", "e2"], [0, 1, 1], "m", 1)]
         [('e2', True)]
-        >>> join.pending
+        >>> join.counts()["pending_predictions"]
         1
         """
         joined: list[Joined] = []
@@ -204,10 +204,6 @@ class LabelJoin:
         deadline = self._clock() - self.ttl_s
         self._labels.expire(deadline)
         self._predictions.expire(deadline)
-
-    @property
-    def pending(self) -> int:
-        return len(self._labels.entries) + len(self._predictions.entries)
 
     @property
     def unmatched(self) -> int:

@@ -100,7 +100,8 @@ def test_the_join_pairs_either_order_and_counts_what_never_pairs():
     assert join.counts()["evicted_labels"] == 2 and join.counts()["pending_labels"] == 3
     now[0] = 6.0
     join.expire()
-    assert join.counts()["expired_labels"] == 3 and join.pending == 0
+    counts = join.counts()
+    assert counts["expired_labels"] == 3 and counts["pending_labels"] == counts["pending_predictions"] == 0
     assert (join.joined, join.unmatched) == (2, 5)
 
 
@@ -207,7 +208,7 @@ def test_columnar_and_row_wise_prediction_logs_feed_the_join_and_windows_alike(k
             assert joined is not None, s.event_id
             assert (joined.prediction.model_name, joined.prediction.model_version) == (form, 1)
             assert joined.correct == (s.label == s.predicted)
-    assert monitor.join.pending == 0
+    assert monitor.join.counts()["pending_labels"] == monitor.join.counts()["pending_predictions"] == 0
 
 
 # == the service, as a process ================================================================
