@@ -178,8 +178,14 @@ def up(stream: Annotated[list[str], typer.Option(
         _follow_until_interrupted(platform, supervisor)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _follow_until_interrupted(platform: Platform, supervisor: subprocess.Popen) -> None:
-    signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt))
+    # Ctrl-C even where SIGINT came in ignored (a shell's background job), and SIGTERM alike.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     paths = {name: platform.log_path(name) for name in SERVICES} | {"supervisor": platform.home / "supervisor.log"}
     positions = {name: path.stat().st_size if path.exists() else 0 for name, path in paths.items()}
     try:
@@ -193,7 +199,7 @@ def _follow_until_interrupted(platform: Platform, supervisor: subprocess.Popen) 
     except KeyboardInterrupt:
         output.note("stopping…")
     finally:
-        _down(platform, quiet=False)
+        output.table(["stopped", "how"], _down(platform, quiet=False))
 
 
 def _read_new(path: Path, position: int) -> tuple[int, list[str]]:

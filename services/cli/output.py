@@ -56,12 +56,12 @@ def pairs(items: Iterable[tuple[str, object]], title: str | None = None) -> None
 
 
 def say(text: str) -> None:
-    out.print(text, markup=False)
+    out.print(text, markup=False, soft_wrap=True)  # a log line stays one line
 
 
 def note(text: str) -> None:
     """Progress and remarks go to stderr, so stdout stays the answer (tables or JSON)."""
-    err.print(text, markup=False)
+    err.print(text, markup=False, soft_wrap=True)
 
 
 def iso(ts: Timestamp | int | float | None) -> str:
