@@ -19,9 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from services.common.reference import category_indices
-
-__all__ = ["category_indices", "category_proportions", "js_distance"]  # category_indices: signals.py bins with it
+__all__ = ["category_proportions", "js_distance"]
 
 
 def js_distance(counts: np.ndarray, reference: np.ndarray) -> np.ndarray:

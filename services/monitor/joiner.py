@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-# (A prediction log's rows are read by codec.prediction_columns; tests/serving imports it from here.)
-from .codec import prediction_columns  # noqa: F401
 
 # Plain tuples: one is made per record on the monitor's hot path.
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import grpc
 
-from services.common.objectstore import ObjectStores
 from services.common.reference import DecileBins, FeatureReference, TrainingReference
 from services.common.registry_client import RegistryClient
 
@@ -92,9 +91,3 @@ class RegistryReferences:
 
     def close(self) -> None:
         self._registry.close()
-
-
-def ObjectStoreJson(settings) -> Callable[[str], object]:  # noqa: N802 (the name server.py builds it by)
-    """Reads `s3://bucket/key` JSON (sha256-verified) with the service's credentials: kept for
-    `server.build` until it passes `ObjectStores.from_settings(settings).read_json` itself."""
-    return ObjectStores.from_settings(settings).read_json

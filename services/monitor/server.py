@@ -8,6 +8,7 @@ import logging
 from driftline.v1 import monitor_pb2, monitor_pb2_grpc
 from services.common.grpc_server import Service, service_name
 from services.common.kafka import Consumer, Producer, ensure_topics
+from services.common.objectstore import ObjectStores
 from services.common.runtime import ConsumerWorker, ServiceProcess
 
 from .dashboard import Dashboard
@@ -15,7 +16,7 @@ from .hub import Hub
 from .joiner import LabelJoin
 from .monitor import DriftMonitor, event_time_ms
 from .policy import DriftPolicy
-from .references import ObjectStoreJson, RegistryReferences
+from .references import RegistryReferences
 from .settings import MonitorSettings
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def build(settings: MonitorSettings) -> ServiceProcess:
     # (MonitorSettings validated every setting on construction: a ValueError names a bad one.)
     topics = settings.topics
     producer = Producer(settings.kafka_bootstrap)
-    references = RegistryReferences(settings.registry_address, ObjectStoreJson(settings),
+    references = RegistryReferences(settings.registry_address, ObjectStores.from_settings(settings).read_json,
                                     timeout_s=settings.registry_timeout_s, retry_s=settings.reference_retry_s)
     monitor = drift_monitor(settings, producer, references)
     inputs = monitor.inputs  # the topics it has a handler for: the consumer reads exactly these

@@ -28,22 +28,12 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, comma_list
 
 from .signals import CUSUM_GUARD, CUSUM_SHIFTS
 
 SIGNALS = ("concept_drift", "data_drift", "prediction_drift")
 STATISTICS = ("adwin", "cusum", "js", "ks", "psi")
-
-
-def _listed(value):
-    """A list setting from the environment: a JSON list, or the older comma-separated form."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if text.startswith("["):
-        return json.loads(text)
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 class TrackerConfig(BaseModel):
@@ -77,7 +67,7 @@ class TrackerConfig(BaseModel):
     # Enough bootstrap streams to resolve the no-alarm quantile of a long expected run length.
     calibration_streams: int = Field(256, ge=1)
 
-    _shifts_listed = field_validator("cusum_shifts", mode="before")(_listed)
+    _shifts_listed = field_validator("cusum_shifts", mode="before")(comma_list)
 
     @field_validator("cusum_shifts")
     @classmethod
@@ -130,7 +120,7 @@ class MonitorSettings(CommonSettings, TrackerConfig):
     # (DRIFTLINE_MONITOR_RETRAIN_MIN_ROWS, the name the demo sets).
     monitor_retrain_min_rows: int = 1000
 
-    _signals_listed = field_validator("policy_signals", mode="before")(_listed)
+    _signals_listed = field_validator("policy_signals", mode="before")(comma_list)
 
     @field_validator("policy_signals")
     @classmethod

@@ -51,8 +51,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.common.reference import bin_indices, category_indices
+
 from .alarms import Alarm
-from .categorical import category_indices, js_distance
+from .categorical import js_distance
 
 EPSILON = 1e-4
 # The monitor's bank (TrackerConfig.cusum_shifts): rises of the error rate over the reference's.
@@ -443,8 +445,8 @@ class WindowDrift:
         self.categories = [None if c is None else np.asarray(c, dtype=np.float64)
                            for c in (categories if categories is not None else [None] * f)]
         self.categorical = np.array([c is not None for c in self.categories], dtype=bool)
-        self.inner_edges = [None if c is not None else np.asarray(e, dtype=np.float64)[1:-1]
-                            for e, c in zip(edges, self.categories)]
+        self.edges = [None if c is not None else np.asarray(e, dtype=np.float64)
+                      for e, c in zip(edges, self.categories)]
         self.proportions = np.asarray(proportions, dtype=np.float64)
         self.n_bins = self.proportions.shape[1]
         if any(c is not None and len(c) >= self.n_bins for c in self.categories):
@@ -482,9 +484,9 @@ class WindowDrift:
     def bin_indices(self, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=np.float64)
         out = np.empty(values.shape, dtype=np.int16)
-        for f, (inner, categories) in enumerate(zip(self.inner_edges, self.categories)):
+        for f, (edges, categories) in enumerate(zip(self.edges, self.categories)):
             if categories is None:
-                out[:, f] = np.searchsorted(inner, values[:, f], side="right")
+                out[:, f] = bin_indices(edges, values[:, f])
             else:
                 out[:, f] = category_indices(categories, values[:, f])
         return out

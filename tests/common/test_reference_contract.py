@@ -15,7 +15,7 @@ import pytest
 
 from services.common.objectstore import MinioObjectStore, ObjectStores
 from services.common.reference import CategoricalShares, DecileBins, TrainingReference
-from services.monitor.categorical import category_indices
+from services.common.reference import category_indices
 from services.monitor.references import ModelReference
 from services.monitor.tracker import SCORE, TrackerConfig, VersionTracker
 from services.trainer.pipeline import Candidate

@@ -13,7 +13,7 @@ import numpy as np
 from driftline.v1 import serving_pb2
 from inference import grpc_service_pb2 as pb
 from services.common.kafka import Consumer
-from services.monitor.joiner import prediction_columns
+from services.monitor.codec import prediction_columns
 from services.serving.traffic import bucket
 from support import wait_for
 from serving_stack import MODEL, as_numpy, infer_request, predict
