@@ -298,3 +298,35 @@ def run_streaming(
         tail = "\n".join("  " + line for line in seen[-40:])
         raise DevstackError(f"{label} failed (exit code {code}): {' '.join(command)}\n{tail}")
     say(f"  {label}: done in {time.monotonic() - started:.0f}s")
+
+
+def go_install(module: str, version: str, target: Path, say: Say, *, what: str, took: str) -> Path:
+    """Builds `module@version` with `go install` into target's folder, once; returns the binary.
+
+    Nothing is downloaded but Go modules (the Go module proxy): no release binaries. `what`
+    names the tool and its use for a person, `took` how long a first build takes.
+    """
+    if target.exists():  # go install renames the finished binary into place: no partial files
+        return target
+    go = shutil.which("go")
+    if not go:
+        raise DevstackError(f"{what} is built with Go on the first run: install `go`")
+    say(f"{what}: building {module.rsplit('/', 1)[-1]} {version} with `go install` into {target.parent} "
+        f"(first run only; {took}, Go's own caches make rebuilds fast)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    run_streaming(
+        # -v lists each package as it compiles: counted for the heartbeat, not printed.
+        [go, "install", "-v", f"{module}@{version}"],
+        "go", say,
+        # A go.mod that asks for a newer Go must fail here, never download a toolchain.
+        env={"GOBIN": str(target.parent), "GOTOOLCHAIN": "local"},
+        show=lambda line: " " in line and not line.startswith("go: downloading"),  # errors
+        progress=lambda lines: (
+            f"{sum(line.startswith('go: downloading') for line in lines)} modules downloaded, "
+            f"{sum(not ln.startswith('go:') and ' ' not in ln for ln in lines)} packages compiled"
+        ),
+        heartbeat=15.0,
+    )
+    if not target.exists():
+        raise DevstackError(f"go install finished but {target} is missing")
+    return target

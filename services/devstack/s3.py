@@ -7,12 +7,11 @@ pseudo-version of its main branch; we pin the one that resolved and built here (
 
 from __future__ import annotations
 
-import shutil
 import urllib.request
 from pathlib import Path
 
 from . import config
-from .process import DevstackError, ManagedProcess, Say, port_open, run_streaming
+from .process import ManagedProcess, Say, go_install, port_open
 
 MINIO_MODULE = "github.com/minio/minio"
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
@@ -23,30 +22,7 @@ def binary() -> Path:
 
 
 def install(say: Say) -> Path:
-    target = binary()
-    if target.exists():  # go install renames the finished binary into place: no partial files
-        return target
-    go = shutil.which("go")
-    if not go:
-        raise DevstackError("the S3 server (MinIO) is built with Go on the first run: install `go`")
-    say(f"s3: building MinIO {MINIO_VERSION} with `go install` into {target.parent} "
-        "(first run only; several minutes on 2 cores, Go's own caches make rebuilds fast)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    run_streaming(
-        # -v lists each package as it compiles: counted for the heartbeat, not printed.
-        [go, "install", "-v", f"{MINIO_MODULE}@{MINIO_VERSION}"],
-        "go", say,
-        env={"GOBIN": str(target.parent)},
-        show=lambda line: " " in line and not line.startswith("go: downloading"),  # errors
-        progress=lambda lines: (
-            f"{sum(line.startswith('go: downloading') for line in lines)} modules downloaded, "
-            f"{sum(not ln.startswith('go:') and ' ' not in ln for ln in lines)} packages compiled"
-        ),
-        heartbeat=15.0,
-    )
-    if not target.exists():
-        raise DevstackError(f"go install finished but {target} is missing")
-    return target
+    return go_install(MINIO_MODULE, MINIO_VERSION, binary(), say, what="s3 (MinIO)", took="several minutes on 2 cores")
 
 
 def endpoint() -> str:

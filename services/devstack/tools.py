@@ -14,11 +14,10 @@ DRIFTLINE_KUSTOMIZE overrides the binary used (for a machine that has one alread
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from . import config
-from .process import DevstackError, Say, run_streaming
+from .process import Say, go_install
 
 KUSTOMIZE_MODULE = "sigs.k8s.io/kustomize/kustomize/v5"
 KUSTOMIZE_VERSION = "v5.8.2"
@@ -39,30 +38,8 @@ def kustomize() -> Path | None:
 
 
 def install_kustomize(say: Say) -> Path:
-    target = kustomize_path()
-    if target.exists():  # go install renames the finished binary into place: no partial files
-        return target
-    go = shutil.which("go")
-    if not go:
-        raise DevstackError("kustomize (for the Kubernetes manifests' test) is built with Go: install `go`")
-    say(f"tools: building kustomize {KUSTOMIZE_VERSION} with `go install` into {target.parent} "
-        "(first run only; a few minutes on 2 cores)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    run_streaming(
-        [go, "install", "-v", f"{KUSTOMIZE_MODULE}@{KUSTOMIZE_VERSION}"],
-        "go", say,
-        # Its go.mod asks for go1.26.0; never let a missing toolchain trigger a download.
-        env={"GOBIN": str(target.parent), "GOTOOLCHAIN": "local"},
-        show=lambda line: " " in line and not line.startswith("go: downloading"),  # errors
-        progress=lambda lines: (
-            f"{sum(line.startswith('go: downloading') for line in lines)} modules downloaded, "
-            f"{sum(not ln.startswith('go:') and ' ' not in ln for ln in lines)} packages compiled"
-        ),
-        heartbeat=15.0,
-    )
-    if not target.exists():
-        raise DevstackError(f"go install finished but {target} is missing")
-    return target
+    return go_install(KUSTOMIZE_MODULE, KUSTOMIZE_VERSION, kustomize_path(), say,
+                      what="kustomize (for the Kubernetes manifests' test)", took="a minute on 2 cores")
 
 
 def install(say: Say) -> None:
