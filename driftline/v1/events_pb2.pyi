@@ -44,32 +44,6 @@ class Event(_message.Message):
     label: int
     def __init__(self, event_id: _Optional[str] = ..., stream: _Optional[str] = ..., entity_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fields: _Optional[_Mapping[str, FieldValue]] = ..., label: _Optional[int] = ...) -> None: ...
 
-class RecordOrigin(_message.Message):
-    __slots__ = ("topic", "partition", "offset")
-    TOPIC_FIELD_NUMBER: _ClassVar[int]
-    PARTITION_FIELD_NUMBER: _ClassVar[int]
-    OFFSET_FIELD_NUMBER: _ClassVar[int]
-    topic: str
-    partition: int
-    offset: int
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
-
-class RejectedRecord(_message.Message):
-    __slots__ = ("reason", "field", "origin", "payload", "content_type", "rejected_at")
-    REASON_FIELD_NUMBER: _ClassVar[int]
-    FIELD_FIELD_NUMBER: _ClassVar[int]
-    ORIGIN_FIELD_NUMBER: _ClassVar[int]
-    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
-    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
-    REJECTED_AT_FIELD_NUMBER: _ClassVar[int]
-    reason: str
-    field: str
-    origin: RecordOrigin
-    payload: bytes
-    content_type: str
-    rejected_at: _timestamp_pb2.Timestamp
-    def __init__(self, reason: _Optional[str] = ..., field: _Optional[str] = ..., origin: _Optional[_Union[RecordOrigin, _Mapping]] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., rejected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
-
 class Label(_message.Message):
     __slots__ = ("event_id", "label", "labelled_at", "event_time")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -1,12 +1,12 @@
 """One batch of raw records in, one transaction out: each record is validated,
 checked against recently published ids, and becomes an event on
 `driftline.events` (keyed by entity_id), a dead letter on
-`driftline.events.dlq` (keyed like the raw record), or nothing (a duplicate).
+`driftline.events.dlq` (the record's own key, value and headers, plus
+`driftline.errors.*` headers: deadletter.py), or nothing (a duplicate).
 
 Both entry points use this: the Kafka worker (origin = the raw record's
 topic/partition/offset, offsets committed in the same transaction) and gRPC
-IngestBatch (origin topic "grpc", partition -1, offset = the record's index in
-the request).
+IngestBatch (origin = the method and the record's index in the request).
 """
 
 from __future__ import annotations
@@ -14,17 +14,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from driftline.v1 import events_pb2, ingest_pb2
-from services.common.kafka import Consumer, schema_headers
+from services.common.kafka import Consumer
 from services.common.schema import StreamSchema
 from services.common.settings import Topics
 
+from .deadletter import Headers, Origin, Rejection, dead_letter_headers
 from .dedup import RecentIds
 from .metrics import RECORDS, TRANSACTIONS
 from .publisher import Outgoing, TransactionalPublisher
-from .validation import ValidationError, media_type, validate_record
+from .validation import ValidationError, validate_record
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +31,8 @@ class RawInput:
     payload: bytes | None
     content_type: str | None
     key: bytes | str | None
-    origin: events_pb2.RecordOrigin
+    origin: Origin
+    headers: Headers | None = None  # the record's own, kept on its dead letter
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,7 @@ class Outcome:
     """What became of one record: exactly one of event / rejected is set, or duplicate_id."""
 
     event: events_pb2.Event | None = None
-    rejected: events_pb2.RejectedRecord | None = None
+    rejected: Rejection | None = None
     duplicate_id: str | None = None
 
     @property
@@ -85,7 +85,7 @@ class IngestPipeline:
         try:
             event = validate_record(raw.payload, raw.content_type, self.schema)
         except ValidationError as exc:
-            return Outcome(rejected=rejected_record(raw, exc))
+            return Outcome(rejected=Rejection.of(exc))
         if not self.recent.claim(event.event_id):
             return Outcome(duplicate_id=event.event_id)
         return Outcome(event=event)
@@ -94,17 +94,10 @@ class IngestPipeline:
         records = []
         for raw, outcome in zip(inputs, outcomes):
             if outcome.event is not None:
-                records.append(Outgoing(self.topics.events, outcome.event.entity_id, outcome.event))
+                records.append(Outgoing(self.topics.events, outcome.event.entity_id,
+                                        outcome.event.SerializeToString()))
             elif outcome.rejected is not None:
-                # Dead letters are read by people and outside tools: make them self-describing.
-                records.append(Outgoing(self.topics.events_dlq, raw.key, outcome.rejected,
-                                        schema_headers(outcome.rejected)))
+                # The record as it came, so any Kafka tool shows its producer what it sent.
+                records.append(Outgoing(self.topics.events_dlq, raw.key, raw.payload,
+                                        dead_letter_headers(raw.headers, outcome.rejected, raw.origin)))
         return records
-
-
-def rejected_record(raw: RawInput, error: ValidationError) -> events_pb2.RejectedRecord:
-    rejected_at = Timestamp()
-    rejected_at.GetCurrentTime()
-    return events_pb2.RejectedRecord(
-        reason=error.reason, field=error.field, origin=raw.origin, payload=raw.payload or b"",
-        content_type=media_type(raw.content_type), rejected_at=rejected_at)

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
-from google.protobuf.message import Message
 
 from services.common.kafka import Consumer, DeliveryError, Producer
 
@@ -27,8 +26,8 @@ log = logging.getLogger(__name__)
 class Outgoing:
     topic: str
     key: str | bytes | None
-    message: Message
-    headers: Sequence[tuple[str, bytes]] | None = None
+    value: bytes | None  # None: a null value (a rejected tombstone stays one)
+    headers: Sequence[tuple[str, bytes | None]] | None = None
 
 
 class TransactionalPublisher:
@@ -47,7 +46,7 @@ class TransactionalPublisher:
         try:
             producer.begin_transaction()
             for record in records:
-                producer.produce(record.topic, record.message, record.key, record.headers)
+                producer.produce_raw(record.topic, record.value, record.key, record.headers)
             if consumer is not None:
                 producer.send_offsets_to_transaction(consumer)
             producer.commit_transaction()

@@ -8,13 +8,14 @@ import logging
 import grpc
 from confluent_kafka import KafkaException
 
-from driftline.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc
+from driftline.v1 import ingest_pb2, ingest_pb2_grpc
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.grpc_server import Service, service_name
-from services.common.kafka import DeliveryError, ensure_topics
+from services.common.kafka import CONTENT_TYPE, DeliveryError, ensure_topics
 from services.common.runtime import ServiceProcess
 from services.common.schema import load_schema
 
+from .deadletter import grpc_origin
 from .dedup import RecentIds
 from .pipeline import IngestPipeline, RawInput
 from .publisher import TransactionalPublisher
@@ -22,8 +23,6 @@ from .settings import IngestSettings
 from .worker import build_raw_worker
 
 log = logging.getLogger(__name__)
-
-GRPC_ORIGIN_TOPIC = "grpc"
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServicer):
@@ -40,11 +39,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             raise InvalidArgument("empty batch: send at least one record")
         if count > self.max_batch_records:
             raise InvalidArgument(f"batch of {count} records is above the limit of {self.max_batch_records}")
-        inputs = [
-            RawInput(payload=record.value, content_type=record.content_type or None, key=record.key or None,
-                     origin=events_pb2.RecordOrigin(topic=GRPC_ORIGIN_TOPIC, partition=-1, offset=index))
-            for index, record in enumerate(request.records)
-        ]
+        inputs = [request_input(record, index) for index, record in enumerate(request.records)]
         async with self._lock:
             try:
                 outcomes = await asyncio.to_thread(self.pipeline.process, inputs)
@@ -57,6 +52,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             accepted=sum(r.accepted for r in results),
             rejected=sum(not r.accepted for r in results),
             duplicates=sum(r.duplicate for r in results))
+
+
+def request_input(record: ingest_pb2.RawRecord, index: int) -> RawInput:
+    """A request's record as the raw topic would carry it: its bytes, its key, its content type as a header."""
+    headers = [(CONTENT_TYPE, record.content_type.encode())] if record.content_type else None
+    return RawInput(payload=record.value, content_type=record.content_type or None, key=record.key or None,
+                    origin=grpc_origin(index), headers=headers)
 
 
 def build(settings: IngestSettings) -> ServiceProcess:

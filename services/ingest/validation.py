@@ -47,13 +47,27 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
+# The step that refused a record (a dead letter's `driftline.errors.stage`): PARSE when its bytes
+# could not be read as a record at all, VALIDATE when the record broke the stream schema.
+PARSE = "parse"
+VALIDATE = "validate"
+
+
 class ValidationError(ValueError):
     """A record that cannot become an Event: `reason` is for people, `field` names the culprit."""
+
+    stage = VALIDATE
 
     def __init__(self, reason: str, field: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
         self.field = field
+
+
+class ParseError(ValidationError):
+    """Bytes that are not a record: an unknown content type, bad JSON, not an object, bad protobuf."""
+
+    stage = PARSE
 
 
 def media_type(content_type: str | None) -> str:
@@ -71,18 +85,18 @@ def validate_record(payload: bytes | None, content_type: str | None,
         return validate_protobuf(payload, schema)
     if kind in (JSON, "text/json"):
         return validate_json(payload, schema)
-    raise ValidationError(f"unsupported content-type {content_type!r}: send {JSON} or {PROTOBUF}")
+    raise ParseError(f"unsupported content-type {content_type!r}: send {JSON} or {PROTOBUF}")
 
 
 def validate_json(payload: bytes | None, schema: StreamSchema) -> events_pb2.Event:
     if not payload:
-        raise ValidationError("empty record: expected a JSON object")
+        raise ParseError("empty record: expected a JSON object")
     try:
         doc = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValidationError(f"not valid JSON: {exc}") from None
+        raise ParseError(f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise ValidationError(f"not a JSON object: got {_json_kind(doc)}")
+        raise ParseError(f"not a JSON object: got {_json_kind(doc)}")
     return validate_values(doc, schema)
 
 
@@ -91,7 +105,7 @@ def validate_protobuf(payload: bytes | None, schema: StreamSchema) -> events_pb2
     try:
         message.ParseFromString(payload or b"")
     except DecodeError as exc:
-        raise ValidationError(f"not a valid {message.DESCRIPTOR.full_name} protobuf: {exc}") from None
+        raise ParseError(f"not a valid {message.DESCRIPTOR.full_name} protobuf: {exc}") from None
     if message.stream and message.stream != schema.stream:
         raise ValidationError(f"event is for stream {message.stream!r}, this ingest serves {schema.stream!r}",
                               "stream")

@@ -12,18 +12,18 @@ from collections.abc import Sequence
 
 from confluent_kafka import Message
 
-from driftline.v1 import events_pb2
 from services.common.kafka import CONTENT_TYPE, Consumer, header
 from services.common.runtime import ConsumerWorker
 
+from .deadletter import KafkaOrigin
 from .pipeline import IngestPipeline, RawInput
 from .settings import IngestSettings
 
 
 def raw_input(msg: Message) -> RawInput:
-    return RawInput(
-        payload=msg.value(), content_type=header(msg.headers(), CONTENT_TYPE), key=msg.key(),
-        origin=events_pb2.RecordOrigin(topic=msg.topic(), partition=msg.partition(), offset=msg.offset()))
+    headers = msg.headers()
+    return RawInput(payload=msg.value(), content_type=header(headers, CONTENT_TYPE), key=msg.key(),
+                    origin=KafkaOrigin(msg.topic(), msg.partition(), msg.offset()), headers=headers)
 
 
 def build_raw_worker(settings: IngestSettings, pipeline: IngestPipeline) -> ConsumerWorker:

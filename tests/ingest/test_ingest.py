@@ -4,11 +4,14 @@ process (`python -m services.ingest`) spoken to through Kafka and gRPC only."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import confluent_kafka
 import grpc
 import pytest
 from confluent_kafka import KafkaError
@@ -18,9 +21,11 @@ from driftline.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc
 from services.common.kafka import PROTOBUF, Consumer, Producer, decode
 from services.common.schema import load_schema
 from services.common.settings import Topics
+from services.ingest import deadletter
+from services.ingest.deadletter import KafkaOrigin, Rejection, dead_letter_headers, grpc_origin
 from services.ingest.dedup import RecentIds
-from services.ingest.validation import ValidationError, validate_record
-from support import ServiceRun, free_port
+from services.ingest.validation import PARSE, VALIDATE, ValidationError, validate_record
+from support import ServiceRun, free_port, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = load_schema(REPO_ROOT / "config/streams/default.json")
@@ -105,6 +110,43 @@ def test_a_protobuf_record_follows_the_same_rules():
         validate_record(b"a,b", "text/csv", SCHEMA)
 
 
+@pytest.mark.parametrize("payload, content_type, stage", [
+    (b"{not json", None, PARSE),
+    (b"[1, 2]", None, PARSE),
+    (b"", None, PARSE),
+    (None, None, PARSE),
+    (as_json(agrawal()), "text/csv", PARSE),
+    (b"\xff\xff\xff", PROTOBUF, PARSE),
+    (as_json(agrawal(age=130)), None, VALIDATE),
+    (as_json(agrawal(salary=None)), None, VALIDATE),
+    (as_protobuf(agrawal(age=10)), PROTOBUF, VALIDATE),
+])
+def test_a_refusal_names_the_stage_that_refused_the_record(payload, content_type, stage):
+    with pytest.raises(ValidationError) as caught:
+        validate_record(payload, content_type, SCHEMA)
+    assert caught.value.stage == stage
+
+
+def test_dead_letter_headers_keep_the_records_own_and_replace_stale_error_headers():
+    own = [("content-type", b"application/json"), ("trace-id", b"t-1"), ("empty", None),
+           ("Driftline.Errors.Reason", b"an earlier rejection")]
+    rejection = Rejection("field 'age': 130 is above the maximum 80", "age", VALIDATE)
+    headers = dead_letter_headers(own, rejection, KafkaOrigin("raw", 2, 41), rejected_at_ms=7)
+    assert headers[:3] == own[:3]
+    assert dict(headers[3:]) == {
+        "driftline.errors.reason": b"field 'age': 130 is above the maximum 80", "driftline.errors.field": b"age",
+        "driftline.errors.stage": b"validate", "driftline.errors.service": b"ingest",
+        "driftline.errors.timestamp": b"7", "driftline.errors.topic": b"raw", "driftline.errors.partition": b"2",
+        "driftline.errors.offset": b"41"}
+    assert len(headers) == 3 + 8
+
+    from_grpc = dict(dead_letter_headers(None, Rejection("not valid JSON: x", "", PARSE), grpc_origin(4)))
+    assert from_grpc["driftline.errors.grpc.method"] == b"/driftline.v1.Ingest/IngestBatch"
+    assert from_grpc["driftline.errors.grpc.index"] == b"4"
+    assert from_grpc["driftline.errors.field"] == b"" and from_grpc["driftline.errors.stage"] == b"parse"
+    assert not {deadletter.TOPIC, deadletter.PARTITION, deadletter.OFFSET} & set(from_grpc)
+
+
 def test_a_record_without_an_event_id_gets_one_derived_from_its_content():
     first = validate_record(as_json(agrawal(event_id=None)), None, SCHEMA).event_id
     reordered = json.dumps(dict(reversed(list(agrawal(event_id=None).items())))).encode()
@@ -128,19 +170,49 @@ def test_recent_ids_claim_once_release_on_abort_and_forget_the_oldest():
 # -- the service, as a process -----------------------------------------------------------------------
 
 
-def read_topic(bootstrap: str, topic: str, message_type, until, timeout: float = 30.0) -> list:
-    """Reads committed records from the start of `topic` until `until(records)` holds."""
+def read_topic(bootstrap: str, topic: str, until, timeout: float = 30.0) -> list:
+    """Reads committed records (confluent-kafka messages, undecoded) from the start of `topic`
+    until `until(messages)` holds."""
     consumer = Consumer(bootstrap, f"test-{uuid.uuid4().hex}", [topic], read_committed=True)
-    records: list = []
+    messages: list = []
     try:
         deadline = time.monotonic() + timeout
-        while not until(records):
+        while not until(messages):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: condition not met with {len(records)} records")
-            records += consumer.poll_batch(message_type, timeout=0.5)
-        return records
+                raise TimeoutError(f"{topic}: condition not met with {len(messages)} records")
+            messages += consumer.poll_messages(timeout=0.5)
+        return messages
     finally:
         consumer.close()
+
+
+def produce_located(bootstrap: str, topic: str, records: list[tuple]) -> list[tuple[int, int]]:
+    """Produces (key, value, headers) records in order with plain confluent-kafka, as an outside
+    producer would; returns the (partition, offset) each was written at."""
+    located: list = [None] * len(records)
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+
+    def delivered(index: int):
+        def report(err, msg) -> None:
+            assert err is None, err
+            located[index] = (msg.partition(), msg.offset())
+        return report
+
+    for index, (key, value, headers) in enumerate(records):
+        producer.produce(topic, value, key, headers=headers, on_delivery=delivered(index))
+    assert producer.flush(30) == 0
+    assert None not in located
+    return located
+
+
+def error_headers(msg) -> dict[str, str]:
+    """A dead letter's driftline.errors.* headers, as text."""
+    return {name: value.decode() for name, value in msg.headers() or ()
+            if name.startswith(deadletter.PREFIX)}
+
+
+def own_headers(msg) -> list[tuple[str, bytes | None]]:
+    return [(name, value) for name, value in msg.headers() or () if not name.startswith(deadletter.PREFIX)]
 
 
 def read_to_end(bootstrap: str, topic: str, message_type) -> list:
@@ -188,34 +260,57 @@ def test_health_reports_serving_for_the_ingest_service(ingest):
             assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_raw_records_are_published_once_or_dead_lettered_with_reason_and_origin(ingest):
+def test_raw_records_are_published_once_or_dead_lettered_as_they_came_with_reason_and_origin(ingest):
     topics = ingest.topics
+    json_type = [("content-type", b"application/json; charset=utf-8")]
+    trace = [("trace-id", b"t-9")]
     raw = [
-        (as_json(agrawal("k-1")), None),
-        (as_json(agrawal("k-1")), None),  # re-sent: published once
-        (as_protobuf(agrawal("k-2", entity_id="c-2")), PROTOBUF),
-        (b"{not json", None),
-        (as_json(agrawal("k-3", salary=None)), None),
-        (as_json(agrawal("k-4", age=130)), None),
-        (as_json(agrawal("k-5", age="thirty")), "application/json; charset=utf-8"),
-        (as_json(agrawal("k-6", entity_id="c-6")), None),
+        (b"c-1", as_json(agrawal("k-1")), None),
+        (b"c-1", as_json(agrawal("k-1")), None),  # re-sent: published once
+        (b"c-2", as_protobuf(agrawal("k-2", entity_id="c-2")), [("content-type", PROTOBUF.encode())]),
+        (b"bad-json", b"{not json", trace),
+        (b"no-salary", as_json(agrawal("k-3", salary=None)), None),
+        (b"old-age", as_json(agrawal("k-4", age=130)), [*json_type, *trace]),
+        (b"thirty", as_json(agrawal("k-5", age="thirty")), json_type),
+        (b"csv", as_json(agrawal("k-7")), [("content-type", b"text/csv"), *trace]),  # valid JSON, wrong type
+        (None, None, None),  # a tombstone
+        (b"c-6", as_json(agrawal("k-6", entity_id="c-6")), None),  # behind the bad ones: still published
     ]
-    producer = Producer(ingest.bootstrap)
-    for payload, content_type in raw:
-        headers = [("content-type", content_type.encode())] if content_type else []
-        producer.produce_raw(topics.events_raw, payload, b"raw-key", headers)
-    producer.flush()
+    started_ms = time.time_ns() // 1_000_000
+    located = produce_located(ingest.bootstrap, topics.events_raw, raw)
+    bad = raw[3:9]
 
-    rejected = read_topic(ingest.bootstrap, topics.events_dlq, events_pb2.RejectedRecord,
-                          until=lambda got: len(got) >= 4)
-    assert [(r.value.origin.topic, r.value.origin.offset, r.value.field) for r in rejected] == [
-        (topics.events_raw, 3, ""), (topics.events_raw, 4, "salary"), (topics.events_raw, 5, "age"),
-        (topics.events_raw, 6, "age")]
-    reasons = [r.value.reason for r in rejected]
-    assert reasons[0].startswith("not valid JSON")
-    assert reasons[1:] == ["missing required field 'salary'", "field 'age': 130 is above the maximum 80",
-                           "field 'age': expected an integer, got string \"thirty\""]
-    assert rejected[0].value.payload == b"{not json" and rejected[0].key == b"raw-key"
+    origin_names = ("driftline.errors.topic", "driftline.errors.partition", "driftline.errors.offset")
+
+    def origin(index: int) -> dict[str, str]:
+        partition, offset = located[index]
+        return {"driftline.errors.topic": topics.events_raw, "driftline.errors.partition": str(partition),
+                "driftline.errors.offset": str(offset)}
+
+    def ours(messages: list) -> list:
+        return [m for m in messages if (error_headers(m).get("driftline.errors.topic"), m.key()) in
+                {(topics.events_raw, key) for key, _, _ in bad}]
+
+    rejected = ours(read_topic(ingest.bootstrap, topics.events_dlq, until=lambda got: len(ours(got)) >= 6))
+    # The value, key and headers are the record's own bytes, as produced.
+    assert [(m.key(), m.value(), own_headers(m)) for m in rejected] == [
+        (key, value, headers or []) for key, value, headers in bad]
+    errors = [error_headers(m) for m in rejected]
+    assert [(e["driftline.errors.field"], e["driftline.errors.stage"]) for e in errors] == [
+        ("", "parse"), ("salary", "validate"), ("age", "validate"), ("age", "validate"), ("", "parse"),
+        ("", "parse")]
+    reasons = [e["driftline.errors.reason"] for e in errors]
+    assert reasons[0].startswith("not valid JSON: ")
+    assert reasons[1:] == [
+        "missing required field 'salary'", "field 'age': 130 is above the maximum 80",
+        "field 'age': expected an integer, got string \"thirty\"",
+        "unsupported content-type 'text/csv': send application/json or application/x-protobuf",
+        "empty record: expected a JSON object"]
+    assert [{name: e[name] for name in origin_names} for e in errors] == [origin(index) for index in range(3, 9)]
+    assert {e["driftline.errors.service"] for e in errors} == {"ingest"}
+    now_ms = time.time_ns() // 1_000_000
+    assert all(started_ms <= int(e["driftline.errors.timestamp"]) <= now_ms for e in errors)
+    assert all(len(e) == 8 for e in errors)  # no gRPC origin headers
 
     # The dead letters after the last valid record are committed, so the events topic is complete.
     events = read_to_end(ingest.bootstrap, topics.events, events_pb2.Event)
@@ -223,10 +318,42 @@ def test_raw_records_are_published_once_or_dead_lettered_with_reason_and_origin(
     assert [(e.event_id, e.entity_id) for e in kafka_events] == [("k-1", "c-1"), ("k-2", "c-2"), ("k-6", "c-6")]
 
 
+KCAT = shutil.which("kcat") or "/usr/bin/kcat"
+
+
+def test_a_json_producer_reads_its_dead_letters_with_kcat(ingest):
+    """The way a user would: kcat shows the producer's own JSON, with the reason in the headers."""
+    assert Path(KCAT).exists(), f"{KCAT} is missing: apt-get install -y kcat"
+    event_id = f"cat-{uuid.uuid4().hex[:8]}"
+    payload = json.dumps(agrawal(event_id, age=130)).encode()
+    located = produce_located(ingest.bootstrap, ingest.topics.events_raw,
+                              [(event_id.encode(), payload, [("content-type", b"application/json")])])
+    partition, offset = located[0]
+    command = [KCAT, "-b", ingest.bootstrap, "-C", "-t", ingest.topics.events_dlq, "-o", "beginning", "-e", "-q",
+               "-X", "isolation.level=read_committed", "-f", "%k %h %s\n"]
+
+    def our_line() -> str | None:
+        out = subprocess.run(command, capture_output=True, timeout=30, check=True).stdout.decode()
+        return next((line for line in out.splitlines() if line.startswith(f"{event_id} ")), None)
+
+    line = wait_for(our_line, 30, f"kcat to show the dead letter of {event_id}", every=0.5)
+    headers, value = line[len(event_id) + 1:].split(" {", 1)
+    assert "{" + value == payload.decode()  # its own JSON, byte for byte
+    named = dict(pair.split("=", 1) for pair in headers.split(","))
+    timestamp = named.pop("driftline.errors.timestamp")
+    assert timestamp.isdigit()
+    assert named == {
+        "content-type": "application/json",
+        "driftline.errors.reason": "field 'age': 130 is above the maximum 80", "driftline.errors.field": "age",
+        "driftline.errors.stage": "validate", "driftline.errors.service": "ingest",
+        "driftline.errors.topic": ingest.topics.events_raw, "driftline.errors.partition": str(partition),
+        "driftline.errors.offset": str(offset)}
+
+
 def test_grpc_batches_answer_per_record_in_order_and_are_idempotent(ingest):
     request = ingest_pb2.IngestRequest(records=[
         ingest_pb2.RawRecord(key="c-1", value=as_json(agrawal("g-1"))),
-        ingest_pb2.RawRecord(value=as_json(agrawal("g-2", loan=-1.0))),
+        ingest_pb2.RawRecord(key="c-2", value=as_json(agrawal("g-2", loan=-1.0)), content_type="application/json"),
         ingest_pb2.RawRecord(value=as_protobuf(agrawal("g-3")), content_type=PROTOBUF),
         ingest_pb2.RawRecord(value=as_json(agrawal("g-1"))),
     ])
@@ -241,10 +368,19 @@ def test_grpc_batches_answer_per_record_in_order_and_are_idempotent(ingest):
     assert (first.accepted, first.rejected, first.duplicates) == (3, 1, 1)
     assert [r.duplicate for r in again.results] == [True, False, True, True]
 
-    rejected = read_topic(ingest.bootstrap, ingest.topics.events_dlq, events_pb2.RejectedRecord,
-                          until=lambda got: sum(r.value.origin.topic == "grpc" for r in got) >= 2)
-    grpc_rejected = [r.value for r in rejected if r.value.origin.topic == "grpc"]
-    assert [(r.origin.offset, r.field) for r in grpc_rejected] == [(1, "loan"), (1, "loan")]
+    def from_grpc(messages: list) -> list:
+        return [m for m in messages if "driftline.errors.grpc.method" in error_headers(m)]
+
+    rejected = from_grpc(read_topic(ingest.bootstrap, ingest.topics.events_dlq,
+                                    until=lambda got: len(from_grpc(got)) >= 2))
+    # The record as submitted: its value, its key, its content type as the raw topic's header.
+    assert [(m.key(), m.value(), own_headers(m)) for m in rejected] == [
+        (b"c-2", request.records[1].value, [("content-type", b"application/json")])] * 2
+    errors = [error_headers(m) for m in rejected]
+    assert [(e["driftline.errors.grpc.method"], e["driftline.errors.grpc.index"], e["driftline.errors.field"],
+             e["driftline.errors.stage"], e["driftline.errors.reason"]) for e in errors] == [
+        ("/driftline.v1.Ingest/IngestBatch", "1", "loan", "validate", "field 'loan': -1 is below the minimum 0")] * 2
+    assert not any("driftline.errors.topic" in e or "driftline.errors.offset" in e for e in errors)
     events = read_to_end(ingest.bootstrap, ingest.topics.events, events_pb2.Event)
     assert [e.event_id for e in events if e.event_id.startswith("g-")] == ["g-1", "g-3"]
 
@@ -268,7 +404,7 @@ def test_a_restarted_ingest_resumes_after_its_committed_transactions(kafka_boots
     producer = Producer(kafka_bootstrap)
 
     def published(count: int) -> list:
-        return read_topic(kafka_bootstrap, topics.events, events_pb2.Event, until=lambda got: len(got) >= count)
+        return read_topic(kafka_bootstrap, topics.events, until=lambda got: len(got) >= count)
 
     with ServiceRun("ingest", env, tmp_path / "first.log") as first:
         first.wait_serving(f"127.0.0.1:{port}", timeout=45)
