@@ -53,6 +53,8 @@ def missing_prerequisites(environ: os._Environ | dict = os.environ, *, for_tests
             missing.append(Missing("go", why, "golang-go"))
     if for_tests and not os.path.exists("/usr/bin/chromium") and shutil.which("chromium") is None:
         missing.append(Missing("chromium", "the monitor dashboard's browser test drives it", "chromium"))
+    if for_tests and shutil.which("kcat") is None:
+        missing.append(Missing("kcat", "the dead-letter test reads the topic as a user would", "kcat"))
     return missing
 
 
