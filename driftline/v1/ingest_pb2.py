@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64riftline/v1/ingest.proto\x12\x0c\x64riftline.v1\"=\n\tRawRecord\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"9\n\rIngestRequest\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.driftline.v1.RawRecord\"d\n\x0cRecordResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x66ield\x18\x04 \x01(\t\x12\x11\n\tduplicate\x18\x05 \x01(\x08\"u\n\x0eIngestResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.driftline.v1.RecordResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\x12\x10\n\x08rejected\x18\x03 \x01(\x05\x12\x12\n\nduplicates\x18\x04 \x01(\x05\x32R\n\x06Ingest\x12H\n\x0bIngestBatch\x12\x1b.driftline.v1.IngestRequest\x1a\x1c.driftline.v1.IngestResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64riftline/v1/ingest.proto\x12\x0c\x64riftline.v1\"M\n\tRawRecord\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x0e\n\x06stream\x18\x04 \x01(\t\"9\n\rIngestRequest\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.driftline.v1.RawRecord\"d\n\x0cRecordResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x66ield\x18\x04 \x01(\t\x12\x11\n\tduplicate\x18\x05 \x01(\x08\"u\n\x0eIngestResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.driftline.v1.RecordResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\x12\x10\n\x08rejected\x18\x03 \x01(\x05\x12\x12\n\nduplicates\x18\x04 \x01(\x05\x32R\n\x06Ingest\x12H\n\x0bIngestBatch\x12\x1b.driftline.v1.IngestRequest\x1a\x1c.driftline.v1.IngestResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'driftline.v1.ingest_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RAWRECORD']._serialized_start=43
-  _globals['_RAWRECORD']._serialized_end=104
-  _globals['_INGESTREQUEST']._serialized_start=106
-  _globals['_INGESTREQUEST']._serialized_end=163
-  _globals['_RECORDRESULT']._serialized_start=165
-  _globals['_RECORDRESULT']._serialized_end=265
-  _globals['_INGESTRESPONSE']._serialized_start=267
-  _globals['_INGESTRESPONSE']._serialized_end=384
-  _globals['_INGEST']._serialized_start=386
-  _globals['_INGEST']._serialized_end=468
+  _globals['_RAWRECORD']._serialized_end=120
+  _globals['_INGESTREQUEST']._serialized_start=122
+  _globals['_INGESTREQUEST']._serialized_end=179
+  _globals['_RECORDRESULT']._serialized_start=181
+  _globals['_RECORDRESULT']._serialized_end=281
+  _globals['_INGESTRESPONSE']._serialized_start=283
+  _globals['_INGESTRESPONSE']._serialized_end=400
+  _globals['_INGEST']._serialized_start=402
+  _globals['_INGEST']._serialized_end=484
 # @@protoc_insertion_point(module_scope)

@@ -44,16 +44,6 @@ class DecodeFailure(ValueError):
     """A record's value is not the protobuf message the consumer expected."""
 
 
-def schema_headers(message: Message) -> list[tuple[str, bytes]]:
-    """Headers that make a record self-describing (content type and message name).
-
-    Internal topics do not need them — a topic's schema is a message name — and
-    they cost every consumer about a third of its throughput, so they are
-    opt-in: for records read by outside tools, such as the dead-letter topic.
-    """
-    return [(CONTENT_TYPE, PROTOBUF.encode()), (MESSAGE_TYPE, message.DESCRIPTOR.full_name.encode())]
-
-
 def decode(value: bytes | None, message_type: type[M]) -> M:
     """Parses a protobuf value, raising DecodeFailure with what was wrong."""
     message = message_type()
@@ -130,12 +120,16 @@ class Producer:
                 headers: Sequence[tuple[str, bytes]] | None = None) -> None:
         self.produce_raw(topic, message.SerializeToString(), key, headers)
 
-    def produce_raw(self, topic: str, value: bytes, key: str | bytes | None = None,
-                    headers: Sequence[tuple[str, bytes]] | None = None) -> None:
-        """Queues bytes; waits for room when the local queue is full instead of failing."""
+    def produce_raw(self, topic: str, value: bytes | None, key: str | bytes | None = None,
+                    headers: Sequence[tuple[str, bytes | None]] | None = None,
+                    timestamp: int | None = None) -> None:
+        """Queues bytes; waits for room when the local queue is full instead of failing.
+
+        `timestamp`: the record's timestamp in epoch milliseconds (e.g. the one of the record
+        it copies); None: now."""
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers)
+                self._producer.produce(topic, value, key, headers=headers, timestamp=timestamp or 0)
                 break
             except BufferError:
                 self._producer.poll(0.05)

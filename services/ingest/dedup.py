@@ -1,5 +1,8 @@
 """The ids of recently published events, so a re-sent event is published once.
 
+An id is whatever hashable key the caller uses: ingest uses (stream, event_id),
+since ids are unique within a stream only.
+
 Bounded (least recently seen ids are forgotten first), so memory stays flat;
 a duplicate that arrives after `capacity` newer ids, or after a restart, is
 published again — downstream consumers de-duplicate by event_id as well
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 
 
 class RecentIds:
@@ -23,10 +26,10 @@ class RecentIds:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
-        self._ids: OrderedDict[str, bool] = OrderedDict()  # id -> confirmed
+        self._ids: OrderedDict[Hashable, bool] = OrderedDict()  # id -> confirmed
         self._lock = threading.Lock()
 
-    def claim(self, event_id: str) -> bool:
+    def claim(self, event_id: Hashable) -> bool:
         """True if the id is new (and is now claimed); False if seen or claimed before."""
         with self._lock:
             if event_id in self._ids:
@@ -36,19 +39,19 @@ class RecentIds:
             self._evict()
             return True
 
-    def confirm(self, event_ids: Iterable[str]) -> None:
+    def confirm(self, event_ids: Iterable[Hashable]) -> None:
         with self._lock:
             for event_id in event_ids:
                 if event_id in self._ids:
                     self._ids[event_id] = True
 
-    def release(self, event_ids: Iterable[str]) -> None:
+    def release(self, event_ids: Iterable[Hashable]) -> None:
         with self._lock:
             for event_id in event_ids:
                 if self._ids.get(event_id) is False:
                     del self._ids[event_id]
 
-    def __contains__(self, event_id: str) -> bool:
+    def __contains__(self, event_id: Hashable) -> bool:
         with self._lock:
             return event_id in self._ids
 

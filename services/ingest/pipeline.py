@@ -1,8 +1,13 @@
-"""One batch of raw records in, one transaction out: each record is validated,
-checked against recently published ids, and becomes an event on
-`driftline.events` (keyed by entity_id), a dead letter on
-`driftline.events.dlq` (the record's own key, value and headers, plus
-`driftline.errors.*` headers: deadletter.py), or nothing (a duplicate).
+"""One batch of raw records in, one transaction out: each record is parsed,
+routed to the stream it names (its `driftline.stream` header, else a protobuf
+Event's `stream`, else the default stream) and validated against that stream's
+schema from the catalogue, checked against recently published ids of that
+stream, and becomes an event on `driftline.events` (keyed by entity_id, its
+`stream` set), a dead letter on `driftline.events.dlq` (the record's own key,
+value, headers and timestamp, plus `driftline.errors.*` headers: deadletter.py),
+or nothing (a duplicate). Records of several streams share a batch: a dead
+letter is an outcome, not an error, so one stream's bad record never holds up
+another's.
 
 Both entry points use this: the Kafka worker (origin = the raw record's
 topic/partition/offset, offsets committed in the same transaction) and gRPC
@@ -11,19 +16,20 @@ IngestBatch (origin = the method and the record's index in the request).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from driftline.v1 import events_pb2, ingest_pb2
-from services.common.kafka import Consumer
-from services.common.schema import StreamSchema
+from services.common.kafka import Consumer, header
 from services.common.settings import Topics
+from services.common.streams import STREAM_HEADER, StreamCatalog
 
 from .deadletter import Headers, Origin, Rejection, dead_letter_headers
 from .dedup import RecentIds
 from .metrics import RECORDS, TRANSACTIONS
 from .publisher import Outgoing, TransactionalPublisher
-from .validation import ValidationError, validate_record
+from .validation import ValidationError, parse_record, route, validate_parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +38,13 @@ class RawInput:
     content_type: str | None
     key: bytes | str | None
     origin: Origin
-    headers: Headers | None = None  # the record's own, kept on its dead letter
+    headers: Headers | None = None  # the record's own (its stream among them), kept on its dead letter
+    timestamp_ms: int | None = None  # the record's own Kafka timestamp, kept on its dead letter
+
+    @property
+    def stream(self) -> str | None:
+        """The stream its `driftline.stream` header names, if any."""
+        return header(self.headers, STREAM_HEADER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +69,9 @@ class Outcome:
 
 
 class IngestPipeline:
-    def __init__(self, schema: StreamSchema, topics: Topics, publisher: TransactionalPublisher,
+    def __init__(self, catalog: StreamCatalog, topics: Topics, publisher: TransactionalPublisher,
                  recent: RecentIds, source: str) -> None:
-        self.schema = schema
+        self.catalog = catalog  # this pipeline's own: a catalogue is not shared between threads
         self.topics = topics
         self.publisher = publisher
         self.recent = recent
@@ -68,7 +80,7 @@ class IngestPipeline:
     def process(self, inputs: Sequence[RawInput], consumer: Consumer | None = None) -> list[Outcome]:
         """Validates, de-duplicates and publishes a batch; raises (having published nothing) on failure."""
         outcomes = [self.classify(raw) for raw in inputs]
-        claimed = [o.event.event_id for o in outcomes if o.event is not None]
+        claimed = [dedup_key(o.event) for o in outcomes if o.event is not None]
         try:
             self.publisher.publish(self._outgoing(inputs, outcomes), consumer)
         except BaseException:
@@ -83,10 +95,11 @@ class IngestPipeline:
 
     def classify(self, raw: RawInput) -> Outcome:
         try:
-            event = validate_record(raw.payload, raw.content_type, self.schema)
+            parsed = parse_record(raw.payload, raw.content_type)
+            event = validate_parsed(parsed, route(parsed, raw.stream, self.catalog))
         except ValidationError as exc:
             return Outcome(rejected=Rejection.of(exc))
-        if not self.recent.claim(event.event_id):
+        if not self.recent.claim(dedup_key(event)):
             return Outcome(duplicate_id=event.event_id)
         return Outcome(event=event)
 
@@ -99,5 +112,11 @@ class IngestPipeline:
             elif outcome.rejected is not None:
                 # The record as it came, so any Kafka tool shows its producer what it sent.
                 records.append(Outgoing(self.topics.events_dlq, raw.key, raw.payload,
-                                        dead_letter_headers(raw.headers, outcome.rejected, raw.origin)))
+                                        dead_letter_headers(raw.headers, outcome.rejected, raw.origin),
+                                        timestamp_ms=raw.timestamp_ms))
         return records
+
+
+def dedup_key(event: events_pb2.Event) -> tuple[str, str]:
+    """Event ids are unique within a stream: two streams may both send an "e-1"."""
+    return sys.intern(event.stream), event.event_id  # one copy of each stream name in RecentIds

@@ -28,6 +28,7 @@ class Outgoing:
     key: str | bytes | None
     value: bytes | None  # None: a null value (a rejected tombstone stays one)
     headers: Sequence[tuple[str, bytes | None]] | None = None
+    timestamp_ms: int | None = None  # None: the time of producing
 
 
 class TransactionalPublisher:
@@ -46,7 +47,8 @@ class TransactionalPublisher:
         try:
             producer.begin_transaction()
             for record in records:
-                producer.produce_raw(record.topic, record.value, record.key, record.headers)
+                producer.produce_raw(record.topic, record.value, record.key, record.headers,
+                                     timestamp=record.timestamp_ms)
             if consumer is not None:
                 producer.send_offsets_to_transaction(consumer)
             producer.commit_transaction()

@@ -13,7 +13,7 @@ from services.common.errors import InvalidArgument, Unavailable
 from services.common.grpc_server import Service, service_name
 from services.common.kafka import CONTENT_TYPE, DeliveryError, ensure_topics
 from services.common.runtime import ServiceProcess
-from services.common.schema import load_schema
+from services.common.streams import STREAM_HEADER, StreamCatalog
 
 from .deadletter import grpc_origin
 from .dedup import RecentIds
@@ -55,14 +55,19 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
 
 
 def request_input(record: ingest_pb2.RawRecord, index: int) -> RawInput:
-    """A request's record as the raw topic would carry it: its bytes, its key, its content type as a header."""
-    headers = [(CONTENT_TYPE, record.content_type.encode())] if record.content_type else None
+    """A request's record as the raw topic would carry it: its bytes, its key, its content type and
+    stream as headers."""
+    headers = [(name, value.encode()) for name, value in
+               ((CONTENT_TYPE, record.content_type), (STREAM_HEADER, record.stream)) if value]
     return RawInput(payload=record.value, content_type=record.content_type or None, key=record.key or None,
-                    origin=grpc_origin(index), headers=headers)
+                    origin=grpc_origin(index), headers=headers or None)
 
 
 def build(settings: IngestSettings) -> ServiceProcess:
-    schema = load_schema(settings.schema_path)
+    catalog = StreamCatalog.from_settings(settings)
+    if catalog.get(None) is None:
+        log.warning("the default stream has no schema: records that name no stream are dead-lettered", extra={
+            "stream": settings.stream, "streams_dir": str(catalog.folder), "streams": catalog.names()})
     topics = settings.topics
     ensure_topics(settings.kafka_bootstrap, [topics.events_raw, topics.events, topics.events_dlq],
                   partitions=settings.topic_partitions, replication=settings.topic_replication)
@@ -71,13 +76,15 @@ def build(settings: IngestSettings) -> ServiceProcess:
     def pipeline(source: str, transactional_id: str) -> IngestPipeline:
         publisher = TransactionalPublisher(settings.kafka_bootstrap, transactional_id,
                                            settings.ingest_transaction_timeout_ms)
-        return IngestPipeline(schema, topics, publisher, recent, source)
+        # A catalogue each: the Kafka worker's thread and the gRPC calls' thread look at the folder apart.
+        return IngestPipeline(StreamCatalog.from_settings(settings), topics, publisher, recent, source)
 
     kafka_pipeline = pipeline("kafka", settings.transactional_id)
     grpc_pipeline = pipeline("grpc", f"{settings.transactional_id}-grpc")
     servicer = IngestServicer(grpc_pipeline, settings.ingest_max_batch_records)
     log.info("ingest configured", extra={
-        "stream": schema.stream, "group_id": settings.group_id, "transactional_id": settings.transactional_id,
+        "streams": catalog.names(), "default_stream": settings.stream, "streams_dir": str(catalog.folder),
+        "group_id": settings.group_id, "transactional_id": settings.transactional_id,
         "consumes": topics.events_raw, "produces": [topics.events, topics.events_dlq]})
     return ServiceProcess(
         "ingest", settings,

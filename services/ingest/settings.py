@@ -18,7 +18,7 @@ class IngestSettings(CommonSettings):
     ingest_transactional_id: str = ""
     # Kept short so a crashed instance's open transaction blocks readers for seconds, not a minute.
     ingest_transaction_timeout_ms: int = 15000
-    # How many recent event ids are remembered for de-duplication (≈ 100 bytes each).
+    # How many recent (stream, event id) pairs are remembered for de-duplication (≈ 250 bytes each).
     ingest_dedup_capacity: int = 100_000
     # Records per Kafka poll (one transaction each) and per gRPC IngestBatch call.
     ingest_poll_max_records: int = 500

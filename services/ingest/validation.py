@@ -1,17 +1,27 @@
 """Turns one raw record (JSON or protobuf bytes) into a validated
 `driftline.v1.Event`, or says exactly what is wrong with it.
 
-Pure functions of (bytes, content type, schema): no Kafka, no I/O, so the
-same rules apply to the Kafka path and the gRPC path and are unit-tested alone.
+Functions of (bytes, content type, stream schemas), with no Kafka and no I/O
+but the catalogue's look at its folder, so the same rules apply to the Kafka
+path and the gRPC path and are unit-tested alone. A record goes through three
+stages; the one that refuses it is named in its dead letter
+(`driftline.errors.stage`):
 
-Rules (first failure wins, checked in this order: id, entity, time, the
-schema's fields in schema order, label):
-- the record is a JSON object, or a `driftline.v1.Event` when its content type
-  is application/x-protobuf; any other content type is refused;
+1. parse: the record is a JSON object, or a `driftline.v1.Event` when its
+   content type is application/x-protobuf; any other content type is refused;
+2. route: the stream the record names (its `driftline.stream` header, else
+   for protobuf `Event.stream`, else none: the deployment's default stream,
+   DRIFTLINE_STREAM) is in the catalogue (services/common/streams.py), and a
+   header and an `Event.stream` that both name one name the same;
+3. validate: the record obeys that stream's schema.
+
+Rules of the validate stage (first failure wins, checked in this order: id,
+entity, time, the schema's fields in schema order, label):
 - `event_id` is a non-empty string. A record without one gets a
-  deterministic id: a UUIDv5 of the stream and the record's validated content,
-  so an exact re-send of an id-less record is still de-duplicated (a random
-  id would make every retry a new event);
+  deterministic id: a UUIDv5 of the stream and the record's validated content
+  (the same content in two streams gets two ids), so an exact re-send of an
+  id-less record is still de-duplicated (a random id would make every retry a
+  new event). Ids are de-duplicated per stream;
 - `entity_id` is a non-empty string (an integer is accepted and becomes its
   decimal string: numeric customer ids are common);
 - `event_time` is epoch milliseconds (an integer, or a float with no fraction:
@@ -38,6 +48,7 @@ from google.protobuf.message import DecodeError
 from driftline.v1 import events_pb2
 from services.common.kafka import JSON, PROTOBUF
 from services.common.schema import FieldSpec, StreamSchema, Value, event_values, to_field_value
+from services.common.streams import StreamCatalog
 
 # Namespace of the ids given to records that arrive without one (a fixed, arbitrary UUID).
 GENERATED_ID_NAMESPACE = uuid.UUID("5b0f3a4e-8d1c-4c1e-9a57-2f6d1c0e7b21")
@@ -48,8 +59,10 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 # The step that refused a record (a dead letter's `driftline.errors.stage`): PARSE when its bytes
-# could not be read as a record at all, VALIDATE when the record broke the stream schema.
+# could not be read as a record at all, ROUTE when the stream it names is unknown (or named twice,
+# differently), VALIDATE when the record broke its stream's schema.
 PARSE = "parse"
+ROUTE = "route"
 VALIDATE = "validate"
 
 
@@ -70,6 +83,16 @@ class ParseError(ValidationError):
     stage = PARSE
 
 
+class RouteError(ValidationError):
+    """A record of no stream the deployment has, or one whose header and Event.stream disagree."""
+
+    stage = ROUTE
+
+
+# A parsed record: a JSON object, or the Event a protobuf producer sent.
+Parsed = dict | events_pb2.Event
+
+
 def media_type(content_type: str | None) -> str:
     """'application/json; charset=utf-8' -> 'application/json'; no header means JSON."""
     if not content_type:
@@ -79,16 +102,21 @@ def media_type(content_type: str | None) -> str:
 
 def validate_record(payload: bytes | None, content_type: str | None,
                     schema: StreamSchema) -> events_pb2.Event:
-    """The validated Event for one raw record; raises ValidationError."""
+    """The validated Event for one raw record of `schema`'s stream; raises ValidationError."""
+    return validate_parsed(parse_record(payload, content_type), schema)
+
+
+def parse_record(payload: bytes | None, content_type: str | None) -> Parsed:
+    """The record in the bytes, by content type: a JSON object or an Event; raises ParseError."""
     kind = media_type(content_type)
     if kind == PROTOBUF:
-        return validate_protobuf(payload, schema)
+        return parse_protobuf(payload)
     if kind in (JSON, "text/json"):
-        return validate_json(payload, schema)
+        return parse_json(payload)
     raise ParseError(f"unsupported content-type {content_type!r}: send {JSON} or {PROTOBUF}")
 
 
-def validate_json(payload: bytes | None, schema: StreamSchema) -> events_pb2.Event:
+def parse_json(payload: bytes | None) -> dict:
     if not payload:
         raise ParseError("empty record: expected a JSON object")
     try:
@@ -97,18 +125,62 @@ def validate_json(payload: bytes | None, schema: StreamSchema) -> events_pb2.Eve
         raise ParseError(f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ParseError(f"not a JSON object: got {_json_kind(doc)}")
-    return validate_values(doc, schema)
+    return doc
 
 
-def validate_protobuf(payload: bytes | None, schema: StreamSchema) -> events_pb2.Event:
+def parse_protobuf(payload: bytes | None) -> events_pb2.Event:
     message = events_pb2.Event()
     try:
         message.ParseFromString(payload or b"")
     except DecodeError as exc:
         raise ParseError(f"not a valid {message.DESCRIPTOR.full_name} protobuf: {exc}") from None
+    return message
+
+
+def route(parsed: Parsed, header_stream: str | None, catalog: StreamCatalog) -> StreamSchema:
+    """The schema of the stream a record names; raises RouteError.
+
+    The `driftline.stream` header names it, else a protobuf record's `Event.stream`, else
+    nothing does and it is the catalogue's default stream.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("sea", "hyper"):
+    ...     _ = (folder / f"{name}.json").write_text(json.dumps({"stream": name, "fields": []}))
+    >>> catalog = StreamCatalog(folder, default="sea")
+    >>> route({}, "hyper", catalog).stream, route({}, None, catalog).stream
+    ('hyper', 'sea')
+    >>> route(events_pb2.Event(stream="hyper"), None, catalog).stream
+    'hyper'
+    >>> route({}, "nope", catalog)
+    Traceback (most recent call last):
+    ...
+    services.ingest.validation.RouteError: unknown stream 'nope' (known: hyper, sea)
+    """
+    named_in_event = parsed.stream if isinstance(parsed, events_pb2.Event) else ""
+    if header_stream and named_in_event and header_stream != named_in_event:
+        raise RouteError(f"the driftline.stream header names stream {header_stream!r} but the Event's "
+                         f"stream field names {named_in_event!r}", "stream")
+    named = header_stream or named_in_event
+    schema = catalog.get(named)
+    if schema is None:
+        stream = named or catalog.default
+        known = f"(known: {', '.join(catalog.names()) or 'none'})"
+        hint = "" if named else ": the record names no stream, so it is of the default one (DRIFTLINE_STREAM)"
+        raise RouteError(f"unknown stream {stream!r} {known}{hint}", "stream")
+    return schema
+
+
+def validate_parsed(parsed: Parsed, schema: StreamSchema) -> events_pb2.Event:
+    """A parsed record checked against the schema of its stream: the Event; raises ValidationError."""
+    if isinstance(parsed, events_pb2.Event):
+        return validate_event(parsed, schema)
+    return validate_values(parsed, schema)
+
+
+def validate_event(message: events_pb2.Event, schema: StreamSchema) -> events_pb2.Event:
     if message.stream and message.stream != schema.stream:
-        raise ValidationError(f"event is for stream {message.stream!r}, this ingest serves {schema.stream!r}",
-                              "stream")
+        raise ValidationError(f"event is for stream {message.stream!r}, not {schema.stream!r}", "stream")
     # The same rules as JSON: rebuild the flat record a JSON producer would have sent.
     doc: dict[str, object] = dict(event_values(message))
     if message.event_id:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from confluent_kafka import Message
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
 from services.common.kafka import CONTENT_TYPE, Consumer, header
 from services.common.runtime import ConsumerWorker
@@ -22,8 +22,10 @@ from .settings import IngestSettings
 
 def raw_input(msg: Message) -> RawInput:
     headers = msg.headers()
+    kind, timestamp_ms = msg.timestamp()
     return RawInput(payload=msg.value(), content_type=header(headers, CONTENT_TYPE), key=msg.key(),
-                    origin=KafkaOrigin(msg.topic(), msg.partition(), msg.offset()), headers=headers)
+                    origin=KafkaOrigin(msg.topic(), msg.partition(), msg.offset()), headers=headers,
+                    timestamp_ms=None if kind == TIMESTAMP_NOT_AVAILABLE else timestamp_ms)
 
 
 def build_raw_worker(settings: IngestSettings, pipeline: IngestPipeline) -> ConsumerWorker:

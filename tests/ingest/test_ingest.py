@@ -3,6 +3,7 @@ process (`python -m services.ingest`) spoken to through Kafka and gRPC only."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -14,17 +15,21 @@ from pathlib import Path
 import confluent_kafka
 import grpc
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driftline.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc
 from services.common.kafka import PROTOBUF, Consumer, Producer, decode
 from services.common.schema import load_schema
 from services.common.settings import Topics
+from services.common.streams import STREAM_HEADER, StreamCatalog
 from services.ingest import deadletter
 from services.ingest.deadletter import KafkaOrigin, Rejection, dead_letter_headers, grpc_origin
 from services.ingest.dedup import RecentIds
-from services.ingest.validation import PARSE, VALIDATE, ValidationError, validate_record
+from services.ingest.pipeline import IngestPipeline, RawInput
+from services.ingest.validation import (
+    PARSE, ROUTE, VALIDATE, ValidationError, parse_record, route, validate_parsed, validate_record,
+)
 from support import ServiceRun, free_port, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -167,6 +172,132 @@ def test_recent_ids_claim_once_release_on_abort_and_forget_the_oldest():
     assert "a" not in recent and len(recent) == 2
 
 
+# -- several streams: routing by the stream a record names -------------------------------------------
+
+# Two streams with different fields, as in the multi-stream deployments of issue 10.
+SEA = {"stream": "sea", "label": {"type": "integer", "min": 0, "max": 1},
+       "fields": [{"name": f"x{i}", "type": "number", "min": 0, "max": 10} for i in (1, 2, 3)]}
+HYPER = {"stream": "hyper", "label": {"type": "integer", "min": 0, "max": 1},
+         "fields": [{"name": name, "type": "number", "min": 0, "max": 1} for name in "abcde"]}
+WIND = {"stream": "wind", "fields": [{"name": "speed", "type": "number", "min": 0}]}
+
+
+def write_stream(folder: Path, schema: dict) -> None:
+    """Writes a schema the way a deployment should: whole, then renamed into the folder."""
+    staged = folder / f".{schema['stream']}.json.tmp"
+    staged.write_text(json.dumps(schema))
+    staged.rename(folder / f"{schema['stream']}.json")
+
+
+def sea(event_id: str | None, **overrides) -> dict:
+    record = {"event_id": event_id, "entity_id": "s-1", "event_time": 1_700_000_000_000,
+              "x1": 1.0, "x2": 2.0, "x3": 3.0, "label": 0}
+    record.update(overrides)
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def hyper(event_id: str | None, **overrides) -> dict:
+    record = {"event_id": event_id, "entity_id": "h-1", "event_time": 1_700_000_000_000,
+              "a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4, "e": 0.5, "label": 1}
+    record.update(overrides)
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def event_of(stream: str, record: dict) -> events_pb2.Event:
+    """A protobuf Event as a protobuf producer of `stream` would send it ("" leaves Event.stream unset)."""
+    event = events_pb2.Event(stream=stream, event_id=record.get("event_id", ""), entity_id=record["entity_id"])
+    event.event_time.FromMilliseconds(record["event_time"])
+    for name, value in record.items():
+        if name not in ("event_id", "entity_id", "event_time", "label"):
+            event.fields[name].number = value
+    if "label" in record:
+        event.label = record["label"]
+    return event
+
+
+@pytest.fixture
+def catalog(tmp_path) -> StreamCatalog:
+    for schema in (SEA, HYPER):
+        write_stream(tmp_path, schema)
+    return StreamCatalog(tmp_path, default="sea")
+
+
+def routed(payload: bytes, content_type: str | None, stream: str | None, catalog: StreamCatalog):
+    parsed = parse_record(payload, content_type)
+    return validate_parsed(parsed, route(parsed, stream, catalog))
+
+
+def test_a_record_is_validated_against_the_schema_of_the_stream_it_names(catalog):
+    by_header = routed(as_json(hyper("h-1")), None, "hyper", catalog)
+    assert (by_header.stream, set(by_header.fields)) == ("hyper", set("abcde"))
+    unnamed = routed(as_json(sea("s-1")), None, None, catalog)  # no header: the default stream
+    assert (unnamed.stream, set(unnamed.fields)) == ("sea", {"x1", "x2", "x3"})
+    assert routed(as_json(sea("s-1")), None, "", catalog) == unnamed
+    # A protobuf record names its stream in Event.stream; a header that agrees changes nothing.
+    by_event = routed(event_of("hyper", hyper("h-2")).SerializeToString(), PROTOBUF, None, catalog)
+    assert by_event == routed(event_of("hyper", hyper("h-2")).SerializeToString(), PROTOBUF, "hyper", catalog)
+    assert by_event == routed(event_of("", hyper("h-2")).SerializeToString(), PROTOBUF, "hyper", catalog)
+    assert by_event == routed(as_json(hyper("h-2")), None, "hyper", catalog)
+
+
+@pytest.mark.parametrize("payload, content_type, stream, stage, reason, field", [
+    # valid only under sea's schema, sent as hyper: hyper's reason
+    (as_json(sea("s-1")), None, "hyper", VALIDATE, "missing required field 'a'", "a"),
+    (as_json(hyper("h-1")), None, None, VALIDATE, "missing required field 'x1'", "x1"),
+    (as_json(sea("s-1")), None, "nope", ROUTE, "unknown stream 'nope' (known: hyper, sea)", "stream"),
+    (event_of("nope", sea("s-1")).SerializeToString(), PROTOBUF, None, ROUTE,
+     "unknown stream 'nope' (known: hyper, sea)", "stream"),
+    (event_of("sea", sea("s-1")).SerializeToString(), PROTOBUF, "hyper", ROUTE,
+     "the driftline.stream header names stream 'hyper' but the Event's stream field names 'sea'", "stream"),
+    # parse comes before route: bytes that are no record are a parse error whatever they name
+    (b"{not json", None, "nope", PARSE, "not valid JSON: ", ""),
+])
+def test_a_record_of_an_unknown_or_another_stream_is_refused_with_that_streams_reason(
+        catalog, payload, content_type, stream, stage, reason, field):
+    with pytest.raises(ValidationError) as caught:
+        routed(payload, content_type, stream, catalog)
+    assert (caught.value.stage, caught.value.field) == (stage, field)
+    assert caught.value.reason.startswith(reason)
+
+
+def test_a_record_that_names_no_stream_when_the_default_one_is_unknown_is_told_so(tmp_path):
+    write_stream(tmp_path, SEA)
+    with pytest.raises(ValidationError) as caught:
+        route(parse_record(as_json(sea("s-1")), None), None, StreamCatalog(tmp_path, default="default"))
+    assert caught.value.stage == ROUTE
+    assert caught.value.reason == ("unknown stream 'default' (known: sea): the record names no stream, "
+                                   "so it is of the default one (DRIFTLINE_STREAM)")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValidationError, match=r"^unknown stream 'x' \(known: none\)$"):
+        route({}, "x", StreamCatalog(empty))
+
+
+def test_one_schema_validation_refuses_a_protobuf_event_of_another_stream():
+    with pytest.raises(ValidationError) as caught:
+        validate_record(event_of("sea", agrawal()).SerializeToString(), PROTOBUF, SCHEMA)
+    assert (caught.value.reason, caught.value.field) == ("event is for stream 'sea', not 'default'", "stream")
+
+
+def test_ids_are_de_duplicated_per_stream_and_generated_ids_differ_by_stream(catalog):
+    pipeline = IngestPipeline(catalog, Topics(), publisher=None, recent=RecentIds(10), source="test")
+
+    def raw(record: dict, stream: str) -> RawInput:
+        return RawInput(as_json(record), None, None, grpc_origin(0), headers=[(STREAM_HEADER, stream.encode())])
+
+    first = pipeline.classify(raw(sea("same"), "sea"))
+    assert first.event is not None and first.event.stream == "sea"
+    assert pipeline.classify(raw(hyper("same"), "hyper")).event is not None  # another stream's "same"
+    assert pipeline.classify(raw(sea("same"), "sea")).duplicate_id == "same"
+    # Identical id-less content in two streams (no fields, so it fits both) gets two ids.
+    bare = {"entity_id": "x", "event_time": 1}
+    for schema in (SEA, HYPER):
+        write_stream(catalog.folder, {**schema, "stream": f"bare-{schema['stream']}", "fields": []})
+    catalog.refresh(force=True)
+    ids = {pipeline.classify(raw(bare, name)).event.event_id for name in ("bare-sea", "bare-hyper")}
+    assert len(ids) == 2
+
+
 # -- the service, as a process -----------------------------------------------------------------------
 
 
@@ -187,8 +318,8 @@ def read_topic(bootstrap: str, topic: str, until, timeout: float = 30.0) -> list
 
 
 def produce_located(bootstrap: str, topic: str, records: list[tuple]) -> list[tuple[int, int]]:
-    """Produces (key, value, headers) records in order with plain confluent-kafka, as an outside
-    producer would; returns the (partition, offset) each was written at."""
+    """Produces (key, value, headers[, timestamp ms]) records in order with plain confluent-kafka, as
+    an outside producer would; returns the (partition, offset) each was written at."""
     located: list = [None] * len(records)
     producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
 
@@ -198,8 +329,9 @@ def produce_located(bootstrap: str, topic: str, records: list[tuple]) -> list[tu
             located[index] = (msg.partition(), msg.offset())
         return report
 
-    for index, (key, value, headers) in enumerate(records):
-        producer.produce(topic, value, key, headers=headers, on_delivery=delivered(index))
+    for index, (key, value, headers, *timestamp) in enumerate(records):
+        producer.produce(topic, value, key, headers=headers, timestamp=timestamp[0] if timestamp else 0,
+                         on_delivery=delivered(index))
     assert producer.flush(30) == 0
     assert None not in located
     return located
@@ -215,8 +347,9 @@ def own_headers(msg) -> list[tuple[str, bytes | None]]:
     return [(name, value) for name, value in msg.headers() or () if not name.startswith(deadletter.PREFIX)]
 
 
-def read_to_end(bootstrap: str, topic: str, message_type) -> list:
-    """Every committed record of a one-partition topic, up to its current end."""
+def read_to_end(bootstrap: str, topic: str, message_type=None) -> list:
+    """Every committed record of a one-partition topic, up to its current end (decoded as
+    `message_type`; without one, the confluent-kafka messages)."""
     consumer = Consumer(bootstrap, f"test-{uuid.uuid4().hex}", [topic], read_committed=True,
                         config={"enable.partition.eof": True})
     records: list = []
@@ -224,7 +357,8 @@ def read_to_end(bootstrap: str, topic: str, message_type) -> list:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             messages = consumer.raw.consume(100, 0.5)
-            records += [decode(m.value(), message_type) for m in messages if m.error() is None]
+            records += [m if message_type is None else decode(m.value(), message_type)
+                        for m in messages if m.error() is None]
             if any(m.error() is not None and m.error().code() == KafkaError._PARTITION_EOF for m in messages):
                 return records
         raise TimeoutError(f"{topic}: end not reached")
@@ -240,16 +374,23 @@ class RunningIngest:
     bootstrap: str
 
 
+@contextlib.contextmanager
+def running_ingest(bootstrap: str, log_path: Path, **env: str):
+    """An ingest process on topics of its own (a fresh prefix), serving once this yields."""
+    prefix = f"t{uuid.uuid4().hex[:12]}."
+    port = free_port()
+    env = {"DRIFTLINE_TOPIC_PREFIX": prefix, "DRIFTLINE_GRPC_PORT": str(port), "DRIFTLINE_LOG_JSON": "true", **env}
+    with ServiceRun("ingest", env, log_path) as run:
+        run.wait_serving(f"127.0.0.1:{port}", timeout=45)
+        yield RunningIngest(run, Topics(prefix), f"127.0.0.1:{port}", bootstrap)
+
+
 @pytest.fixture(scope="module")
 def ingest(kafka_bootstrap, tmp_path_factory):
     """One ingest process for the module's Kafka and gRPC tests (each test uses its own ids)."""
-    prefix = f"t{uuid.uuid4().hex[:12]}."
-    port = free_port()
-    env = {"DRIFTLINE_TOPIC_PREFIX": prefix, "DRIFTLINE_GRPC_PORT": str(port), "DRIFTLINE_LOG_JSON": "true",
-           "DRIFTLINE_INGEST_MAX_BATCH_RECORDS": "5"}
-    with ServiceRun("ingest", env, tmp_path_factory.mktemp("ingest") / "ingest.log") as run:
-        run.wait_serving(f"127.0.0.1:{port}", timeout=45)
-        yield RunningIngest(run, Topics(prefix), f"127.0.0.1:{port}", kafka_bootstrap)
+    with running_ingest(kafka_bootstrap, tmp_path_factory.mktemp("ingest") / "ingest.log",
+                        DRIFTLINE_INGEST_MAX_BATCH_RECORDS="5") as running:
+        yield running
 
 
 def test_health_reports_serving_for_the_ingest_service(ingest):
@@ -421,3 +562,113 @@ def test_a_restarted_ingest_resumes_after_its_committed_transactions(kafka_boots
         published(4)
         events = read_to_end(kafka_bootstrap, topics.events, events_pb2.Event)
     assert [e.event_id for e in events] == ["r-0", "r-1", "r-2", "r-3"]
+
+
+# -- several streams on one ingest process ------------------------------------------------------------
+
+# StreamCatalog looks at its folder at most once a second (min_interval_s): a stream written to the
+# folder is known to every record ingest reads a second later.
+CATALOG_LOOKS_EVERY_S = 1.0
+
+
+@pytest.fixture
+def streams_ingest(kafka_bootstrap, tmp_path):
+    """An ingest process whose catalogue is a folder of this test's: sea (the default) and hyper."""
+    folder = tmp_path / "streams"
+    folder.mkdir()
+    for schema in (SEA, HYPER):
+        write_stream(folder, schema)
+    with running_ingest(kafka_bootstrap, tmp_path / "ingest.log", DRIFTLINE_STREAMS_DIR=str(folder),
+                        DRIFTLINE_STREAM="sea") as running:
+        yield running, folder
+
+
+def json_of(stream: str | None) -> list[tuple[str, bytes]]:
+    """The headers `driftline produce --stream NAME` sends (no stream header for None)."""
+    return [("content-type", b"application/json"), *([(STREAM_HEADER, stream.encode())] if stream else [])]
+
+
+def test_one_ingest_validates_each_stream_against_its_own_schema_and_picks_up_a_new_one(streams_ingest):
+    ingest, folder = streams_ingest
+    topics = ingest.topics
+    when = 1_650_000_000_000  # the raw records' own Kafka timestamps, kept on their dead letters
+    raw = [
+        (b"s-1", as_json(sea("s-1")), json_of("sea")),
+        (b"h-1", as_json(hyper("h-1")), json_of("hyper")),
+        (b"h-bad", as_json(sea("h-bad")), json_of("hyper")),  # valid only under sea's schema
+        (b"n-1", as_json(sea("n-1")), json_of("nope")),  # a stream the deployment does not have
+        (b"d-1", as_json(sea("d-1")), json_of(None)),  # no header: the default stream, sea
+        (b"h-2", event_of("hyper", hyper("h-2")).SerializeToString(), [("content-type", PROTOBUF.encode())]),
+        (b"m-1", event_of("sea", sea("m-1")).SerializeToString(),  # header and Event.stream disagree
+         [("content-type", PROTOBUF.encode()), (STREAM_HEADER, b"hyper")]),
+        (b"same-s", as_json(sea("same")), json_of("sea")),  # one id in two streams: two events
+        (b"same-h", as_json(hyper("same")), json_of("hyper")),
+        (b"h-3", as_json(hyper("h-3", a=1.5)), json_of("hyper")),  # hyper's range, not sea's
+        (b"s-2", as_json(sea("s-2")), json_of("sea")),  # behind the bad ones: still published
+    ]
+    raw = [(*record, when + index) for index, record in enumerate(raw)]
+    located = produce_located(ingest.bootstrap, topics.events_raw, raw)
+    bad = {2: ("validate", "a", "missing required field 'a'"),
+           3: ("route", "stream", "unknown stream 'nope' (known: hyper, sea)"),
+           6: ("route", "stream", "the driftline.stream header names stream 'hyper' but the Event's stream "
+                                  "field names 'sea'"),
+           9: ("validate", "a", "field 'a': 1.5 is above the maximum 1")}
+
+    rejected = read_topic(ingest.bootstrap, topics.events_dlq, until=lambda got: len(got) >= len(bad))
+    assert len(rejected) == len(bad)
+    assert [(m.key(), m.value(), own_headers(m)) for m in rejected] == [raw[i][:3] for i in bad]
+    assert [m.timestamp() for m in rejected] == [(TIMESTAMP_CREATE_TIME, when + i) for i in bad]
+    errors = [error_headers(m) for m in rejected]
+    assert [(e["driftline.errors.stage"], e["driftline.errors.field"], e["driftline.errors.reason"])
+            for e in errors] == list(bad.values())
+    assert [e["driftline.errors.offset"] for e in errors] == [str(located[i][1]) for i in bad]
+
+    events = read_to_end(ingest.bootstrap, topics.events, events_pb2.Event)
+    sea_fields, hyper_fields = {"x1", "x2", "x3"}, set("abcde")
+    assert [(e.event_id, e.stream, set(e.fields)) for e in events] == [
+        ("s-1", "sea", sea_fields), ("h-1", "hyper", hyper_fields), ("d-1", "sea", sea_fields),
+        ("h-2", "hyper", hyper_fields), ("same", "sea", sea_fields), ("same", "hyper", hyper_fields),
+        ("s-2", "sea", sea_fields)]
+
+    # A third stream, written into the folder while ingest runs: accepted with no restart.
+    write_stream(folder, WIND)
+    time.sleep(CATALOG_LOOKS_EVERY_S + 0.5)
+    wind = {"event_id": "w-1", "entity_id": "turbine-1", "event_time": 1_700_000_000_000, "speed": 12.5}
+    produce_located(ingest.bootstrap, topics.events_raw, [(b"w-1", as_json(wind), json_of("wind"))])
+    published = read_topic(ingest.bootstrap, topics.events, until=lambda got: len(got) >= len(events) + 1)
+    newest = decode(published[-1].value(), events_pb2.Event)
+    assert (newest.event_id, newest.stream, dict(newest.fields)) == (
+        "w-1", "wind", {"speed": events_pb2.FieldValue(number=12.5)})
+    ingest.run.assert_running()
+    assert len(read_to_end(ingest.bootstrap, topics.events_dlq)) == len(bad)  # and no dead letter more
+
+
+def test_a_grpc_batch_of_several_streams_answers_each_record_by_its_own_stream(streams_ingest):
+    """One request, one transaction: a bad record of one stream does not touch another's."""
+    ingest, _ = streams_ingest
+    request = ingest_pb2.IngestRequest(records=[
+        ingest_pb2.RawRecord(key="g-s", value=as_json(sea("g-s")), stream="sea"),
+        ingest_pb2.RawRecord(key="g-bad", value=as_json(sea("g-bad")), stream="hyper"),
+        ingest_pb2.RawRecord(key="g-h", value=as_json(hyper("g-h")), stream="hyper"),
+        ingest_pb2.RawRecord(key="g-n", value=as_json(hyper("g-n")), content_type="application/json", stream="nope"),
+        ingest_pb2.RawRecord(key="g-d", value=as_json(sea("g-d"))),  # no stream: the default one
+        ingest_pb2.RawRecord(value=event_of("hyper", hyper("g-p")).SerializeToString(), content_type=PROTOBUF),
+    ])
+    with grpc.insecure_channel(ingest.address) as channel:
+        response = ingest_pb2_grpc.IngestStub(channel).IngestBatch(request, timeout=30)
+    assert [(r.accepted, r.event_id, r.field, r.reason) for r in response.results] == [
+        (True, "g-s", "", ""), (False, "", "a", "missing required field 'a'"), (True, "g-h", "", ""),
+        (False, "", "stream", "unknown stream 'nope' (known: hyper, sea)"), (True, "g-d", "", ""),
+        (True, "g-p", "", "")]
+    assert (response.accepted, response.rejected, response.duplicates) == (4, 2, 0)
+
+    events = read_to_end(ingest.bootstrap, ingest.topics.events, events_pb2.Event)
+    assert [(e.event_id, e.stream) for e in events] == [("g-s", "sea"), ("g-h", "hyper"), ("g-d", "sea"),
+                                                        ("g-p", "hyper")]
+    rejected = read_topic(ingest.bootstrap, ingest.topics.events_dlq, until=lambda got: len(got) >= 2)
+    # The stream a request record names is its dead letter's driftline.stream header, as on the raw topic.
+    assert [(m.key(), own_headers(m)) for m in rejected] == [
+        (b"g-bad", [(STREAM_HEADER, b"hyper")]),
+        (b"g-n", [("content-type", b"application/json"), (STREAM_HEADER, b"nope")])]
+    assert [(error_headers(m)["driftline.errors.stage"], error_headers(m)["driftline.errors.grpc.index"])
+            for m in rejected] == [("validate", "1"), ("route", "3")]
