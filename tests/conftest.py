@@ -25,6 +25,12 @@ import pytest
 from services import devstack
 
 
+# A conftest module holds fixtures, not docstring examples. --doctest-modules would import each one
+# a second time as a module named "conftest" (the test folders are not packages) and trip over the
+# first; pytest still loads every conftest.py as a plugin.
+collect_ignore_glob = ["conftest.py", "*/conftest.py"]
+
+
 @dataclass(frozen=True)
 class S3:
     endpoint: str  # host:port, what the minio client takes
