@@ -4,13 +4,20 @@ from prometheus_client import Counter
 
 EVENTS = Counter(
     "driftline_feature_events_total",
-    "Events handled by the feature agent, by outcome (computed, replayed, undecodable).",
-    ["outcome"])
-SEGMENTS = Counter("driftline_feature_segments_total", "Feature segments written to the object store.")
-SEGMENT_ROWS = Counter("driftline_feature_segment_rows_total", "Labelled rows written in segments.")
+    "Events handled by the feature agent, by outcome (computed, replayed, undecodable, unknown_stream) "
+    "and stream (empty when undecodable).",
+    ["outcome", "stream"])
+SEGMENTS = Counter("driftline_feature_segments_total", "Feature segments written to the object store, by stream.",
+                   ["stream"])
+SEGMENT_ROWS = Counter("driftline_feature_segment_rows_total", "Labelled rows written in segments, by stream.",
+                       ["stream"])
 SEGMENT_FAILURES = Counter(
     "driftline_feature_segment_failures_total",
-    "Segment rounds that failed (object store or Kafka) and were retried.")
+    "Segment uploads and writer rounds that failed (object store or Kafka) and were retried.")
+SKIPPED_ROWS = Counter(
+    "driftline_feature_segment_skipped_total",
+    "Feature records the segment writer could not write, by reason (undecodable, unknown_stream, wrong_length).",
+    ["reason"])
 ONLINE_LOOKUPS = Counter(
     "driftline_feature_online_lookups_total", "Entities asked for by GetOnlineFeatures, by found (true, false).",
     ["found"])

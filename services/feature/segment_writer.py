@@ -3,17 +3,28 @@
 It reads the feature topic back (its own consumer group) rather than taking
 rows from inside the faust agent, so that a row is never lost and never
 written twice:
-- offsets are committed only up to the first row still in a buffer, so a
-  crash replays exactly the rows not yet in a segment;
-- a replayed row already in a segment (crash between upload and commit) is
-  skipped: the object store's segment names say which offsets are covered.
+- offsets are committed only up to the first row still in a buffer, of any
+  stream, so a crash replays exactly the rows not yet in a segment;
+- a replayed row already in its stream's segment (crash between upload and
+  commit) is skipped: the object store's segment names say which offsets of a
+  (stream, partition) are covered.
 The faust agent's own offsets are committed on faust's schedule and do not
 have to wait for a segment upload.
 
-One buffer per partition; a buffer is written when it holds
-`feature_segment_rows` rows or its oldest row is `feature_segment_seconds`
-old, when its partition is revoked, and on stop (after reading up to the end
-of the topic, so the last features the agent produced are in a segment).
+A record's stream is its `feature_set`; its segments go to
+`datasets/<stream>/segments/` with that stream's feature names (from the
+catalogue, looked up when the row is read). One buffer per (stream,
+partition); a buffer is written when it holds `feature_segment_rows` rows or
+its oldest row is `feature_segment_seconds` old, when its partition is
+revoked, and on stop (after reading up to the end of the topic, so the last
+features the agent produced are in a segment). A stream whose feature names
+change while rows are buffered gets a new buffer; the old one is written
+first, under the names its rows were computed with.
+
+Streams are independent: a burst in one writes that stream's full segments
+and nothing else, and a failed upload backs off that (stream, partition)
+only; its rows stay buffered and uncommitted, and the other streams' segments
+are written meanwhile.
 """
 
 from __future__ import annotations
@@ -27,38 +38,56 @@ from confluent_kafka import Consumer as _Consumer, Message, TopicPartition
 from driftline.v1 import features_pb2
 from services.common.kafka import Consumer, DecodeFailure, decode
 from services.common.objectstore import ObjectStore
+from services.common.streams import StreamCatalog
 from services.common.threads import Backoff, StoppableThread
 
-from .metrics import SEGMENT_ROWS, SEGMENTS, SEGMENT_FAILURES
+from .catalog import current_schema
+from .metrics import SEGMENT_FAILURES, SEGMENT_ROWS, SEGMENTS, SKIPPED_ROWS
 from .segments import SegmentRow, covered_offset, write_segment
 from .settings import FeatureSettings
 
 log = logging.getLogger(__name__)
 
+Key = tuple[str, int]  # (stream, partition)
+
 
 @dataclass
 class _Buffer:
+    feature_names: list[str]
+    opened_at: float  # monotonic time of the oldest row
     rows: list[SegmentRow] = field(default_factory=list)
-    opened_at: float = 0.0  # monotonic time of the oldest row
+
+
+@dataclass
+class _Pending:
+    """One (stream, partition)'s rows not yet in a segment: its buffers, oldest first (more than
+    one only when the stream's feature names changed), and when a failed upload may be retried."""
+
+    buffers: list[_Buffer] = field(default_factory=list)
+    backoff: Backoff = field(default_factory=Backoff)
+    retry_at: float = 0.0
+
+    @property
+    def first_offset(self) -> int:
+        return self.buffers[0].rows[0].offset
 
 
 class SegmentWriter(StoppableThread):
-    def __init__(self, settings: FeatureSettings, store: ObjectStore, feature_names: list[str]) -> None:
+    def __init__(self, settings: FeatureSettings, store: ObjectStore, catalog: StreamCatalog) -> None:
         super().__init__("feature-segments")
         self.store = store
-        self.stream = settings.stream
-        self.feature_names = list(feature_names)
+        self.catalog = catalog
         self.topic = settings.topics.features
         self.max_rows = settings.feature_segment_rows
         self.max_age_s = settings.feature_segment_seconds
         self.drain_timeout_s = settings.shutdown_grace_s
         self.consumer = Consumer(settings.kafka_bootstrap, settings.segments_group_id, [self.topic],
                                  from_beginning=True)
-        # Re-subscribe with callbacks: a revoked partition's buffer is written while still owned.
+        # Re-subscribe with callbacks: a revoked partition's buffers are written while still owned.
         self.consumer.raw.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
-        self._buffers: dict[int, _Buffer] = {}
+        self._pending: dict[Key, _Pending] = {}
         self._next_offset: dict[int, int] = {}  # partition -> offset after the last record seen
-        self._covered: dict[int, int] = {}  # partition -> last offset already in a segment
+        self._covered: dict[Key, int] = {}  # (stream, partition) -> last offset already in a segment
         self._committed: dict[int, int] = {}  # partition -> offset this writer last committed
         self.segments_written = 0
 
@@ -73,13 +102,15 @@ class SegmentWriter(StoppableThread):
                 self._flush(force=False)
                 backoff.reset()
             except Exception:
-                # The buffers and uncommitted offsets stay as they are; the next round retries.
+                # Kafka trouble: the buffers and uncommitted offsets stay as they are; the next round retries.
                 SEGMENT_FAILURES.inc()
                 log.exception("segment round failed; retrying")
                 self.wait(backoff.next())
         try:
             self._drain()
-            self._flush(force=True)
+            if self._flush(force=True):
+                log.error("some segments could not be written at stop; their rows stay uncommitted "
+                          "and will be replayed")
         except Exception:
             log.exception("final segment flush failed; the rows stay uncommitted and will be replayed")
         finally:
@@ -90,67 +121,106 @@ class SegmentWriter(StoppableThread):
     def _add(self, msg: Message) -> None:
         partition, offset = msg.partition(), msg.offset()
         self._next_offset[partition] = offset + 1
-        if offset <= self._covered_offset(partition):
-            return
         try:
             record = decode(msg.value(), features_pb2.FeatureRecord)
         except DecodeFailure:
+            SKIPPED_ROWS.labels("undecodable").inc()
             log.error("skipping a record that is not a FeatureRecord",
                       extra={"partition": partition, "offset": offset})
             return
         if not record.HasField("label"):
             return  # only labelled rows are training data
-        if len(record.values) != len(self.feature_names):
-            log.error("skipping a FeatureRecord with the wrong number of values",
-                      extra={"offset": offset, "values": len(record.values), "expected": len(self.feature_names)})
+        stream = record.feature_set or self.catalog.default
+        if offset <= self._covered_offset(stream, partition):
+            return  # already in one of the stream's segments
+        schema = current_schema(self.catalog, stream)
+        if schema is None:
+            SKIPPED_ROWS.labels("unknown_stream").inc()
+            log.error("skipping a FeatureRecord of a stream the catalogue no longer has",
+                      extra={"stream": stream, "partition": partition, "offset": offset})
             return
-        buffer = self._buffers.setdefault(partition, _Buffer())
-        if not buffer.rows:
-            buffer.opened_at = time.monotonic()
-        buffer.rows.append(SegmentRow(offset, record.event_id, record.entity_id,
-                                      record.event_time.ToMilliseconds(), record.label, list(record.values)))
+        names = schema.feature_names
+        if len(record.values) != len(names):
+            SKIPPED_ROWS.labels("wrong_length").inc()
+            log.error("skipping a FeatureRecord with the wrong number of values", extra={
+                "stream": stream, "offset": offset, "values": len(record.values), "expected": len(names)})
+            return
+        pending = self._pending.setdefault((stream, partition), _Pending())
+        if not pending.buffers or pending.buffers[-1].feature_names != names:
+            pending.buffers.append(_Buffer(names, time.monotonic()))
+        pending.buffers[-1].rows.append(SegmentRow(offset, record.event_id, record.entity_id,
+                                                   record.event_time.ToMilliseconds(), record.label,
+                                                   list(record.values)))
 
-    def _covered_offset(self, partition: int) -> int:
-        if partition not in self._covered:
-            self._covered[partition] = covered_offset(self.store, self.stream, partition)
-        return self._covered[partition]
+    def _covered_offset(self, stream: str, partition: int) -> int:
+        key = (stream, partition)
+        if key not in self._covered:
+            self._covered[key] = covered_offset(self.store, stream, partition)
+        return self._covered[key]
 
     # -- segments out -----------------------------------------------------------------------------
 
-    def _flush(self, force: bool, partitions: list[int] | None = None) -> None:
+    def _flush(self, force: bool, partitions: list[int] | None = None) -> list[Key]:
+        """Writes what is due (everything when forced), then commits; returns the keys that failed."""
         now = time.monotonic()
-        for partition in partitions if partitions is not None else list(self._buffers):
-            buffer = self._buffers.get(partition)
-            if buffer is None or not buffer.rows:
+        failed = []
+        for key in list(self._pending):
+            if partitions is not None and key[1] not in partitions:
                 continue
-            everything = force or now - buffer.opened_at >= self.max_age_s
+            pending = self._pending[key]
+            if not force and now < pending.retry_at:
+                continue
+            try:
+                self._flush_pending(key, pending, force, now)
+            except Exception:
+                # Only this (stream, partition) waits: its rows stay buffered and uncommitted.
+                SEGMENT_FAILURES.inc()
+                pending.retry_at = time.monotonic() + pending.backoff.next()
+                failed.append(key)
+                log.exception("segment upload failed; retrying", extra={"stream": key[0], "partition": key[1]})
+                continue
+            pending.backoff.reset()
+            pending.retry_at = 0.0
+            if not pending.buffers:
+                del self._pending[key]
+        self._commit(partitions)
+        return failed
+
+    def _flush_pending(self, key: Key, pending: _Pending, force: bool, now: float) -> None:
+        while pending.buffers:
+            buffer = pending.buffers[0]
+            # A buffer followed by another (the feature names changed) gets no more rows: write it all.
+            everything = force or len(pending.buffers) > 1 or now - buffer.opened_at >= self.max_age_s
             # Full segments first (a backlog polled at once still makes segments of max_rows rows);
             # a remainder waits for more rows unless it is due. Rows leave the buffer only once
             # their segment is stored.
             while len(buffer.rows) >= self.max_rows or (everything and buffer.rows):
-                self._write(partition, buffer.rows[:self.max_rows])
+                self._write(key, buffer, buffer.rows[:self.max_rows])
                 del buffer.rows[:self.max_rows]
                 buffer.opened_at = now
-            if not buffer.rows:
-                del self._buffers[partition]
-        self._commit(partitions)
+            if buffer.rows:
+                return
+            pending.buffers.pop(0)
 
-    def _write(self, partition: int, rows: list[SegmentRow]) -> None:
-        sidecar = write_segment(self.store, self.stream, partition, rows, self.feature_names)
-        self._covered[partition] = rows[-1].offset
+    def _write(self, key: Key, buffer: _Buffer, rows: list[SegmentRow]) -> None:
+        stream, partition = key
+        sidecar = write_segment(self.store, stream, partition, rows, buffer.feature_names)
+        self._covered[key] = rows[-1].offset
         self.segments_written += 1
-        SEGMENTS.inc()
-        SEGMENT_ROWS.inc(len(rows))
-        log.info("segment written", extra={"key": sidecar["key"], "rows": len(rows)})
+        SEGMENTS.labels(stream).inc()
+        SEGMENT_ROWS.labels(stream).inc(len(rows))
+        log.info("segment written", extra={"key": sidecar["key"], "rows": len(rows), "stream": stream})
 
     def _commit(self, partitions: list[int] | None = None) -> None:
-        """Commits each partition up to its first buffered row (or all it has seen)."""
+        """Commits each partition up to its first buffered row of any stream (or all it has seen)."""
+        first_buffered: dict[int, int] = {}
+        for (_, partition), pending in self._pending.items():
+            first_buffered[partition] = min(pending.first_offset, first_buffered.get(partition, pending.first_offset))
         offsets = []
         for partition, next_offset in self._next_offset.items():
             if partitions is not None and partition not in partitions:
                 continue
-            buffer = self._buffers.get(partition)
-            offset = buffer.rows[0].offset if buffer and buffer.rows else next_offset
+            offset = first_buffered.get(partition, next_offset)
             if self._committed.get(partition) != offset:  # this runs every poll round: commit changes only
                 offsets.append(TopicPartition(self.topic, partition, offset))
         if offsets:
@@ -179,17 +249,20 @@ class SegmentWriter(StoppableThread):
     # -- rebalances (called from inside poll, on this thread) --------------------------------------
 
     def _on_assign(self, consumer: _Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self._covered.pop(tp.partition, None)  # another owner may have written segments meanwhile
+        assigned = {tp.partition for tp in partitions}
+        for key in [k for k in self._covered if k[1] in assigned]:
+            del self._covered[key]  # another owner may have written segments meanwhile
 
     def _on_revoke(self, consumer: _Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [tp.partition for tp in partitions]
         try:
-            self._flush(force=True, partitions=revoked)
+            if failed := self._flush(force=True, partitions=revoked):
+                log.error("could not write some revoked partitions' segments", extra={"failed": failed})
         except Exception:
             # Not committed, so the next owner replays these rows from Kafka.
             log.exception("could not write revoked partitions' segments", extra={"partitions": revoked})
+        for key in [k for k in self._pending if k[1] in revoked]:
+            del self._pending[key]
         for partition in revoked:
-            self._buffers.pop(partition, None)
             self._next_offset.pop(partition, None)
             self._committed.pop(partition, None)

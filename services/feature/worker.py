@@ -27,7 +27,7 @@ from driftline.v1 import features_pb2, features_pb2_grpc
 from services.common.grpc_server import GrpcServer, Service, service_name
 from services.common.kafka import ensure_topics
 from services.common.objectstore import MinioObjectStore
-from services.common.schema import load_schema
+from services.common.streams import StreamCatalog
 
 from .app import FeatureApp, create_app
 from .online import FeatureStoreServicer
@@ -57,7 +57,7 @@ class OnlineServer:
 
     def __init__(self, settings: FeatureSettings, feature_app: FeatureApp) -> None:
         self.settings = settings
-        self.servicer = FeatureStoreServicer(feature_app.schema, feature_app.table,
+        self.servicer = FeatureStoreServicer(feature_app.catalog, feature_app.table,
                                              settings.feature_max_online_entities)
         self.server: GrpcServer | None = None
 
@@ -102,13 +102,16 @@ def require_lz4() -> None:
 
 def build_worker(settings: FeatureSettings) -> FeatureWorker:
     require_lz4()
-    schema = load_schema(settings.schema_path)
+    catalog = StreamCatalog.from_settings(settings)
+    if not catalog.names():
+        log.warning("no stream schemas yet: events are skipped until one is added", extra={
+            "streams_dir": str(catalog.folder), "errors": catalog.errors})
     topics = settings.topics
     ensure_topics(settings.kafka_bootstrap, [topics.events, topics.features],
                   partitions=settings.topic_partitions, replication=settings.topic_replication)
     store = MinioObjectStore.from_settings(settings)
     temporary = None if settings.feature_datadir else tempfile.mkdtemp(prefix="driftline-feature-")
-    feature_app = create_app(settings, schema, settings.feature_datadir or temporary)
+    feature_app = create_app(settings, catalog, settings.feature_datadir or temporary)
     online = OnlineServer(settings, feature_app)
 
     @feature_app.app.task
@@ -120,9 +123,11 @@ def build_worker(settings: FeatureSettings) -> FeatureWorker:
             log.exception("gRPC server failed to start")
             await feature_app.app.crash(exc)
 
-    segments = SegmentWriterService(SegmentWriter(settings, store, schema.feature_names))
+    # The writer's thread gets a catalogue of its own: StreamCatalog is not shared across threads.
+    segments = SegmentWriterService(SegmentWriter(settings, store, StreamCatalog.from_settings(settings)))
     log.info("feature configured", extra={
-        "stream": schema.stream, "app_id": settings.app_id, "feature_names": schema.feature_names,
+        "streams": {s.stream: s.feature_names for s in catalog}, "default_stream": catalog.default,
+        "streams_dir": str(catalog.folder), "app_id": settings.app_id,
         "consumes": topics.events, "produces": topics.features, "bucket": settings.bucket,
         "datadir": settings.feature_datadir or temporary})
     return FeatureWorker(feature_app, online, segments, datadir_to_remove=temporary)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import doctest
 import io
 import math
-import time
 import uuid
 from pathlib import Path
 
@@ -24,12 +23,12 @@ from services.feature import transform
 from services.feature.app import apply_event
 from services.feature.segments import SegmentRow, encode_parquet, segment_stem
 from services.feature.transform import EntityState, compute_features, compute_features_offline
+from feature_support import FEATURE_STORE, found_values, get_online, read_features, sidecars
 from support import ServiceRun, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = load_schema(REPO_ROOT / "config/streams/default.json")
 FEATURES = SCHEMA.feature_names
-FEATURE_STORE = "driftline.v1.FeatureStore"
 
 
 def agrawal_values(i: int) -> dict:
@@ -122,31 +121,9 @@ def test_segments_are_parquet_with_the_contract_columns_and_stable_bytes():
 
 
 def online_features(address: str, entity_ids: list[str]) -> dict[str, list[float] | None]:
-    with grpc.insecure_channel(address) as channel:
-        response = features_pb2_grpc.FeatureStoreStub(channel).GetOnlineFeatures(
-            features_pb2.GetOnlineFeaturesRequest(feature_set="default", entity_ids=entity_ids), timeout=10)
+    response = get_online(address, "default", entity_ids)
     assert list(response.feature_set.feature_names) == FEATURES
-    return {row.entity_id: list(row.values) if row.found else None for row in response.rows}
-
-
-def read_features(consumer: Consumer, count: int, timeout: float = 60.0) -> list[features_pb2.FeatureRecord]:
-    records: list = []
-    deadline = time.monotonic() + timeout
-    while len(records) < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(records)} of {count} feature records after {timeout}s")
-        records += [r.value for r in consumer.poll_batch(features_pb2.FeatureRecord, timeout=0.5)]
-    return records
-
-
-def sidecars(store: MinioObjectStore, want_rows: int, timeout: float = 30.0) -> list[dict]:
-    """The segment sidecars, once they hold `want_rows` rows in all."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [store.get_json(k) for k in store.list_keys("datasets/default/segments/") if k.endswith(".json")]
-        if sum(s["rows"] for s in found) >= want_rows or time.monotonic() > deadline:
-            return found
-        time.sleep(0.3)
+    return found_values(response)
 
 
 def expected_vectors(events: list[events_pb2.Event]) -> list[list[float]]:

@@ -1,0 +1,45 @@
+"""Helpers of the feature tests: reading the feature topic, the segments and the online store."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from driftline.v1 import features_pb2, features_pb2_grpc
+from services.common.kafka import Consumer
+from services.common.objectstore import ObjectStore
+from services.feature.segments import segments_prefix
+
+FEATURE_STORE = "driftline.v1.FeatureStore"
+
+
+def read_features(consumer: Consumer, count: int, timeout: float = 60.0) -> list[features_pb2.FeatureRecord]:
+    records: list = []
+    deadline = time.monotonic() + timeout
+    while len(records) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(records)} of {count} feature records after {timeout}s")
+        records += [r.value for r in consumer.poll_batch(features_pb2.FeatureRecord, timeout=0.5)]
+    return records
+
+
+def sidecars(store: ObjectStore, want_rows: int, timeout: float = 30.0, stream: str = "default") -> list[dict]:
+    """The sidecars of `stream`'s segments, once they hold `want_rows` rows in all (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [store.get_json(k) for k in store.list_keys(segments_prefix(stream)) if k.endswith(".json")]
+        if sum(s["rows"] for s in found) >= want_rows or time.monotonic() > deadline:
+            return found
+        time.sleep(0.3)
+
+
+def get_online(address: str, feature_set: str, entity_ids: list[str]) -> features_pb2.GetOnlineFeaturesResponse:
+    with grpc.insecure_channel(address) as channel:
+        return features_pb2_grpc.FeatureStoreStub(channel).GetOnlineFeatures(
+            features_pb2.GetOnlineFeaturesRequest(feature_set=feature_set, entity_ids=entity_ids), timeout=10)
+
+
+def found_values(response: features_pb2.GetOnlineFeaturesResponse) -> dict[str, list[float] | None]:
+    """entity id -> its values, or None when the store has no row for it."""
+    return {row.entity_id: list(row.values) if row.found else None for row in response.rows}
