@@ -1,7 +1,7 @@
 """A stream's schema: which fields an event has, their types and ranges, and
 the feature vector built from them.
 
-The schema file (`config/streams/<stream>.json`, path in DRIFTLINE_SCHEMA_PATH)
+The schema file (`<streams folder>/<stream>.json`, the folder DRIFTLINE_STREAMS_DIR)
 is the one place a stream is described; ingest validates against it, the
 feature service derives the feature names from it, and training and serving
 use those names in that order.

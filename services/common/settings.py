@@ -54,7 +54,6 @@ class CommonSettings(BaseSettings):
     # The stream the loop runs on and the model it serves.
     stream: str = "default"
     model_name: str = "driftline-model"
-    schema_path: str = "config/streams/default.json"
     # Every stream of the deployment: one schema file each (services/common/streams.py).
     streams_dir: str = "config/streams"
 
