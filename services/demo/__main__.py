@@ -22,7 +22,8 @@ def parse_options(argv: list[str] | None = None) -> tuple[argparse.Namespace, Op
     parser.add_argument("--rate", type=float, default=defaults.rate, help="events per second")
     parser.add_argument("--drift-at", type=int, default=defaults.drift_at, help="stream position of the drift")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--bootstrap-rows", type=int, default=defaults.bootstrap_rows)
+    parser.add_argument("--bootstrap-rows", type=int, default=defaults.bootstrap_rows,
+                        help="labelled rows after which the platform asks for its first model")
     parser.add_argument("--retrain-rows", type=int, default=defaults.retrain_rows)
     parser.add_argument("--timeout", type=float, default=defaults.timeout_s, help="give up after this many seconds")
     parser.add_argument("--stack-only", action="store_true",
@@ -49,6 +50,8 @@ def stack_only() -> int:
 def report(result, options: Options, log_dir) -> int:
     summary = result.summary(options.drift_at)
     print("\n── Driftline closed loop ─────────────────────────────────────────")
+    print(f"  first model asked for        by the platform at t+{summary['first_model_requested_s']} s "
+          f"({options.bootstrap_rows:,} labelled rows)")
     print(f"  drift injected at event      {options.drift_at:,}")
     delay_events = summary["detection_delay_events"]
     print(f"  drift detected at event      {summary['detected_at_event']}"

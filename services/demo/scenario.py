@@ -4,9 +4,12 @@ A replayer writes a labelled stream with a known concept drift to
 `driftline.events.raw` at a steady rate; a client keeps calling
 `Predictor.Predict` with the feature vectors the feature service publishes; a
 watcher follows the registry, trainer and monitor topics. Together they tell
-the story a person wants: model v1 promoted, drift injected at event N, drift
-detected at event M, v2 trained on dataset D, the gate's decision,
-`production` → v2, serving answered with v2, and the time it took.
+the story a person wants: the platform asked for its first model, model v1
+promoted, drift injected at event N, drift detected at event M, v2 trained on
+dataset D, the gate's decision, `production` → v2, serving answered with v2,
+and the time it took. The demo asks for nothing itself: the first model is
+the monitor's own request (a stream with enough labelled rows and no
+production version), observed on `driftline.training.requests`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class Options:
     rate: float = 400.0             # events per second
     drift_at: int = 8000            # stream position of the abrupt drift
     seed: int = 42
-    bootstrap_rows: int = 2000      # labelled rows the first model trains on
+    bootstrap_rows: int = 2000      # labelled rows the platform's first model waits for (the monitor's first_model_min_rows)
     retrain_rows: int = 2000        # post-drift rows a retrained model needs
     recovery_rows: int = 1000       # rows scored by the new model before the run ends
     timeout_s: float = 300.0
@@ -64,6 +67,7 @@ class Result:
     detected_s: float | None = None
     detected_event: int | None = None
     recovered_s: float | None = None
+    first_model_requested_s: float | None = None  # when the platform's own first-model request appeared
     first_version: int | None = None
     new_version: int | None = None
     new_dataset: str | None = None
@@ -89,6 +93,7 @@ class Result:
     def summary(self, drift_at: int) -> dict:
         return {
             "time_to_recover_s": _round(self.time_to_recover_s),
+            "first_model_requested_s": _round(self.first_model_requested_s),
             "detection_delay_s": _round(self.detection_delay_s),
             "detection_delay_events": None if self.detected_event is None else self.detected_event - drift_at,
             "drift_at_event": drift_at,
@@ -133,6 +138,7 @@ class LoopObserver:
         # settle as their history grows), and that version may reach serving after the drift: only a
         # version trained for a request published after the drift is its recovery.
         self.post_drift_requests: set[str] = set()
+        self.first_model_requests: list[str] = []  # the platform's requests while nothing was in production
         self.recovery_versions: set[int] = set()
         self.drift_injected_ms: int | None = None  # wall clock, as the monitor stamps its requests
         self.lock = threading.Lock()
@@ -267,7 +273,8 @@ class LoopObserver:
     def on_announcement(self, message) -> None:
         R = registry_pb2.RegistryEvent
         if isinstance(message, training_pb2.TrainingRequest):
-            if message.reason.startswith("bootstrap"):
+            if not self.versions_promoted and not self.after_drift(message):
+                self.on_first_model_request(message)
                 return
             if not self.after_drift(message):
                 return
@@ -307,30 +314,26 @@ class LoopObserver:
                 previous = f"v{message.previous_version}" if message.previous_version else "nothing"
                 self.mark(f"registry: production {previous} → v{message.model_version.version}")
 
+    def on_first_model_request(self, message: training_pb2.TrainingRequest) -> None:
+        """A request published while no version is in production: the platform asking for its first
+        model (the monitor, once the stream has its labelled rows); a second one is its retry."""
+        if message.request_id in self.first_model_requests:
+            return
+        self.first_model_requests.append(message.request_id)
+        if self.result.first_model_requested_s is None:
+            self.result.first_model_requested_s = self.now()
+            self.mark(f"the platform asked for its first model ({message.min_rows:,} labelled rows)")
+        else:
+            self.mark(f"the platform asked again for its first model: {message.reason}")
+        self.say(f"           {message.model_name} on stream {message.stream!r} (request {message.request_id[:20]})")
+
     # -- the run ---------------------------------------------------------------
-    def bootstrap_request(self) -> training_pb2.TrainingRequest:
-        request = training_pb2.TrainingRequest(
-            request_id=f"bootstrap-{uuid.uuid4().hex}", model_name=self.options.model_name,
-            stream=self.options.stream, min_rows=self.options.bootstrap_rows,
-            reason="bootstrap: the first model, on the first window of the stream")
-        request.window_start.FromMilliseconds(int(time.time() * 1000) - 1000)
-        request.requested_at.GetCurrentTime()
-        return request
-
-    def publish(self, topic: str, message) -> None:
-        """Produces one record; the producer is gone when this returns, so none outlives the stack."""
-        producer = Producer(self.bootstrap)
-        producer.produce(topic, message, key=self.options.model_name)
-        producer.flush()
-
     def run(self) -> Result:
         ensure_topics(self.bootstrap, self.topics.all())
         actors = [threading.Thread(target=self._guard(f), name=f.__name__, daemon=True)
                   for f in (self.watch, self.predict, self.replay)]
         for actor in actors:
             actor.start()
-        self.publish(self.topics.training_requests, self.bootstrap_request())
-        self.mark(f"bootstrap training requested ({self.options.bootstrap_rows:,} rows)")
         try:
             self._wait_until_recovered()
         finally:
@@ -350,6 +353,9 @@ class LoopObserver:
         while not self.done.wait(1.0):
             if self.now() > self.options.timeout_s:
                 self.result.failures.append(f"the loop did not recover within {self.options.timeout_s:.0f}s")
+                if self.result.first_model_requested_s is None:
+                    self.result.failures.append("the platform never asked for its first model (monitor log: "
+                                                "first_model_min_rows, the registry's production lookups)")
                 return
             if self.now() - last_progress >= 10:
                 last_progress = self.now()

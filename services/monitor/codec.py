@@ -31,15 +31,18 @@ def event_time_ms(raw: bytes) -> int:
     return ts.seconds * 1000 + ts.nanos // 1_000_000
 
 
-def labelled_records(values: Sequence[bytes]) -> tuple[list[int], list[str], list[int]] | None:
+def labelled_records(values: Sequence[bytes], *, feature_sets: bool = False
+                     ) -> tuple[list[int], list[str], list[int]] | tuple[list[int], list[str], list[int], list[str]] | None:
     """The labelled feature records of a batch — (their positions, event ids, labels) — read in
-    one numpy pass over the batch's bytes instead of a parsed message per record.
+    one numpy pass over the batch's bytes instead of a parsed message per record; with
+    `feature_sets`, a fourth list: each labelled record's feature set (its stream; "" when it
+    names none), read by the same pass.
 
     The pass reads FeatureRecord's wire format as serializers write it: fields in field-number
     order, each at most once, lengths of at most two bytes, a label of 0–127. It checks every
     record's framing (each field inside the record, a whole number of doubles, nothing after the
-    label) and the event ids' UTF-8; the fields the monitor does not read (entity, feature set,
-    event time, values) are not parsed. None when any record is outside that layout (another
+    label) and the event ids' UTF-8 (and the feature sets', when asked for); the fields the
+    monitor does not read (entity, event time, values) are not parsed. None when any record is outside that layout (another
     field order, unknown fields, a negative label, damage): the caller then parses the batch
     record by record, which also finds the undecodable ones.
 
@@ -49,6 +52,8 @@ def labelled_records(values: Sequence[bytes]) -> tuple[list[int], list[str], lis
     ...            features_pb2.FeatureRecord(event_id="é3", feature_set="s", label=0)]
     >>> labelled_records([r.SerializeToString() for r in records])
     ([0, 2], ['e1', 'é3'], [1, 0])
+    >>> labelled_records([r.SerializeToString() for r in records], feature_sets=True)[3]
+    ['', 's']
     >>> labelled_records([features_pb2.FeatureRecord(event_id="e4", label=-1).SerializeToString()]) is None
     True
     >>> labelled_records([b"\\x0a\\x05e1"]) is None  # an event id longer than its record
@@ -61,8 +66,9 @@ def labelled_records(values: Sequence[bytes]) -> tuple[list[int], list[str], lis
     pos = end - lengths
     ok = np.ones(n, bool)
     has_id, id_start, id_length, pos = _length_delimited(buf, pos, end, ok, 0x0A)  # 1 event_id
-    for tag in (0x12, 0x1A, 0x22):  # 2 entity_id, 3 feature_set, 4 event_time
-        pos = _length_delimited(buf, pos, end, ok, tag)[3]
+    pos = _length_delimited(buf, pos, end, ok, 0x12)[3]  # 2 entity_id
+    has_set, set_start, set_length, pos = _length_delimited(buf, pos, end, ok, 0x1A)  # 3 feature_set
+    pos = _length_delimited(buf, pos, end, ok, 0x22)[3]  # 4 event_time
     has_values, _, values_length, pos = _length_delimited(buf, pos, end, ok, 0x2A)  # 5 values, packed
     ok &= ~has_values | (values_length % 8 == 0)
     has_label = (pos < end) & (buf[pos] == 0x30)  # 6 label, a one-byte varint
@@ -71,22 +77,32 @@ def labelled_records(values: Sequence[bytes]) -> tuple[list[int], list[str], lis
     if not ok.all():
         return None
     rows = np.flatnonzero(has_label)
-    m = len(rows)
-    if not m:
-        return [], [], []
-    # The event ids, gathered into one buffer with a separator after each, decoded and split at once.
-    id_length = np.where(has_id, id_length, 0)[rows]
-    total = int(id_length.sum())
-    chars = buf[np.arange(total) + np.repeat(id_start[rows] - (np.cumsum(id_length) - id_length), id_length)]
+    if not len(rows):
+        return ([], [], [], []) if feature_sets else ([], [], [])
+    ids = _strings(buf, id_start[rows], np.where(has_id, id_length, 0)[rows])
+    if ids is None:
+        return None
+    if not feature_sets:
+        return rows.tolist(), ids, label[rows].tolist()
+    sets = _strings(buf, set_start[rows], np.where(has_set, set_length, 0)[rows])
+    if sets is None:
+        return None
+    return rows.tolist(), ids, label[rows].tolist(), sets
+
+
+def _strings(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> list[str] | None:
+    """The UTF-8 strings at (start, length) of `buf`, gathered into one buffer with a separator
+    after each, decoded and split at once; None when one is not UTF-8 or holds the separator."""
+    m, total = len(start), int(length.sum())
+    chars = buf[np.arange(total) + np.repeat(start - (np.cumsum(length) - length), length)]
     if (chars == 0x1F).any():
         return None
     joined = np.full(total + m, 0x1F, np.uint8)
-    joined[np.arange(total) + np.repeat(np.arange(m), id_length)] = chars
+    joined[np.arange(total) + np.repeat(np.arange(m), length)] = chars
     try:
-        ids = joined[:-1].tobytes().decode("utf-8").split("\x1f")
+        return joined[:-1].tobytes().decode("utf-8").split("\x1f")
     except UnicodeDecodeError:
         return None
-    return rows.tolist(), ids, label[rows].tolist()
 
 
 def _length_delimited(buf: np.ndarray, pos: np.ndarray, end: np.ndarray, ok: np.ndarray, tag: int):

@@ -49,6 +49,12 @@ CHANGES = Counter(
     "Changes ADWIN detected in the error rate, by direction (worse, better).", ["model", "direction"])
 TRAINING_REQUESTS = Counter(
     "driftline_monitor_training_requests_total", "Training requests published.", ["model"])
+FIRST_MODEL_REQUESTS = Counter(
+    "driftline_monitor_first_model_requests_total", "First-model training requests published: a stream "
+    "with enough labelled rows whose model had no production version.", ["model", "stream"])
+FIRST_MODEL_ROWS = Gauge(
+    "driftline_monitor_first_model_rows", "Labelled rows a stream without a production model has counted "
+    "towards its first model since it was (re-)armed.", ["stream"])
 POLICY_BLOCKED = Counter(
     "driftline_monitor_policy_blocked_total", "Alerts the policy did not turn into a request, by rule.",
     ["model", "rule"])

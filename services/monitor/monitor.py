@@ -7,6 +7,10 @@ publishes is flushed before the batch is committed. State lives in memory and is
 bounded: a restarted monitor starts its statistics afresh from its committed offsets.
 Reports and markers (alerts, requests, promotions) also go to live watchers through
 a `Hub`, and into a bounded history the dashboard draws.
+
+With a stream catalogue, every stream of it is served: a drift request names its model's own
+stream, and a stream whose model has no production version asks for its first model
+(`first_model.FirstModels`: the labelled feature records are counted per stream).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import operator
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -24,8 +29,10 @@ from google.protobuf.message import DecodeError
 from driftline.v1 import events_pb2, features_pb2, monitor_pb2, registry_pb2, serving_pb2, training_pb2
 from services.common.kafka import DecodeFailure, Producer, decode
 from services.common.settings import Topics
+from services.common.streams import StreamCatalog
 
 from .codec import event_time_ms, labelled_records, prediction_columns
+from .first_model import FirstModels
 from .hub import Hub
 from .joiner import Joined, Label, LabelJoin
 from .metrics import CHANGES, PREDICTED_ROWS, PROMOTIONS, RECORDS, SAMPLES, UNDECODABLE
@@ -46,15 +53,20 @@ class DriftMonitor:
                  tracker_config: TrackerConfig, report_every_samples: int, report_every_s: float,
                  training_min_rows: int, max_versions_per_model: int = 5,
                  clock: Callable[[], float] = time.monotonic, hub: Hub | None = None,
-                 history: int = 2000) -> None:
+                 history: int = 2000, streams: StreamCatalog | None = None,
+                 first_model_min_rows: int = 0) -> None:
         self.topics = topics
         self.producer = producer
         self.references = references
         self.join = join
         self.tracker_config = tracker_config
         self.max_versions_per_model = max_versions_per_model
-        # Its parts: when alerts become training requests, and what is reported where.
-        self.retraining = RetrainingTrigger(policy, stream, training_min_rows)
+        # Its parts: when alerts become training requests, when a stream asks for its first model,
+        # and what is reported where.
+        self.streams = streams
+        self.retraining = RetrainingTrigger(policy, stream, training_min_rows, stream_of=self._stream_of)
+        self.first_models = (FirstModels(streams, first_model_min_rows)
+                             if streams is not None and first_model_min_rows > 0 else None)
         self.reporting = Reports(join, every_samples=report_every_samples, every_s=report_every_s, hub=hub,
                            history=history, clock=clock)
         self.hub = self.reporting.hub
@@ -116,13 +128,17 @@ class DriftMonitor:
 
     def _on_feature_run(self, run: list[Message]) -> None:
         values = [m.value() or b"" for m in run]
-        found = labelled_records(values)
+        # Streams are read only while one still waits for its first model.
+        counting = self.first_models is not None and self.first_models.counting
+        found = labelled_records(values, feature_sets=counting)
         if found is None:  # a record outside the usual layout, or a damaged one: record by record
             self._on_feature_records(run, values)
             return
-        rows, ids, labels = found
+        rows, ids, labels = found[:3]
         if not ids:
             return  # nothing labelled
+        if counting:
+            self._count_labelled(found[3], [values[i] for i in rows])
         # (label, the record's bytes): its event time is read only if it ever joins
         pending = list(zip(labels, values if len(ids) == len(values) else [values[i] for i in rows]))
         if self.join.add_labels(ids, pending) is None:
@@ -135,6 +151,7 @@ class DriftMonitor:
         ids: list[str] = []
         pending: list[tuple[int, bytes]] = []  # (label, the record's bytes: its event time is read only on a join)
         where: list[int] = []
+        streams: list[str] = []
         add_id, add_pending, add_where = ids.append, pending.append, where.append
         for i, value in enumerate(values):
             try:
@@ -146,9 +163,19 @@ class DriftMonitor:
                 add_id(record.event_id)
                 add_pending((record.label, value))
                 add_where(i)
+                streams.append(record.feature_set)
+        if ids and self.first_models is not None and self.first_models.counting:
+            self._count_labelled(streams, [raw for _, raw in pending])
         if not ids or self.join.add_labels(ids, pending) is not None:
             return  # nothing labelled, or they all wait for their predictions
         self._join_one_by_one(run, where, ids, pending)
+
+    def _count_labelled(self, streams: list[str], raws: list[bytes]) -> None:
+        """Labelled feature records per stream, towards the first models (`raws[i]` is the record of
+        `streams[i]`: a stream's first record gives the training window's start)."""
+        for stream, n in Counter(streams).items():
+            first = streams.index(stream)
+            self.first_models.add(stream, n, lambda first=first: event_time_ms(raws[first]))
 
     def _join_one_by_one(self, run: list[Message], where: Sequence[int], ids: list[str],
                          pending: list[tuple[int, bytes]]) -> None:
@@ -214,6 +241,8 @@ class DriftMonitor:
             PROMOTIONS.labels(event.model_name, event.alias).inc()
             if event.alias == "production":
                 self._production[event.model_name] = version
+                if self.first_models is not None:
+                    self.first_models.production(event.model_name, version)
                 for (name, v), tracker in self._trackers.items():
                     if name == event.model_name:
                         tracker.production = v == version
@@ -229,6 +258,8 @@ class DriftMonitor:
                        when)
 
     def _on_training_result(self, result: training_pb2.TrainingResult, at: Position) -> None:
+        if self.first_models is not None and self.first_models.on_result(result):
+            return  # the answer to a first-model request
         self.retraining.on_result(result)
 
     def _on_outcome(self, joined: Joined, at: Position) -> None:
@@ -272,6 +303,13 @@ class DriftMonitor:
         self.reporting.export_join()
         for tracker in self.reporting.due(self._trackers.values()):
             self._publish_report(tracker)
+        if self.first_models is not None:
+            self.first_models.refresh()
+            for request in self.first_models.due():
+                self._produce(self.topics.training_requests, request, key=request.model_name)
+                self.reporting.mark("training_request", request.model_name, 0, request.reason,
+                                    int(time.time() * 1000), request_id=request.request_id, signal="first_model",
+                                    stream=request.stream)
 
     def _publish_report(self, tracker: VersionTracker, training_request_id: str = "") -> None:
         report = self.reporting.report(tracker, time.time_ns(), training_request_id)
@@ -279,6 +317,26 @@ class DriftMonitor:
         self.reporting.published(tracker, report)
 
     # -- state ---------------------------------------------------------------------------
+
+    def _stream_of(self, model_name: str) -> str | None:
+        """The catalogue's stream of a model (None: not in the catalogue; the default is used)."""
+        schema = self.streams.model_stream(model_name) if self.streams is not None else None
+        return schema.stream if schema is not None else None
+
+    def models_without_production(self) -> list[str]:
+        """The catalogue's models with no known production version (what `ProductionLookups` asks about)."""
+        with self._lock:
+            return self.first_models.waiting() if self.first_models is not None else []
+
+    def production_looked_up(self, model_name: str, version: int | None) -> None:
+        """The registry's answer: `model_name`'s production version, or None when it points nowhere."""
+        with self._lock:
+            if self.first_models is None:
+                return
+            if version:
+                self.first_models.production(model_name, version)
+            else:
+                self.first_models.absent(model_name)
 
     def _tracker(self, model_name: str, version: int) -> VersionTracker:
         key = (model_name, version)
@@ -313,7 +371,8 @@ class DriftMonitor:
         """What the dashboard loads first: the history so far and the current reports."""
         with self._lock:
             return {"history": list(self.reporting.history), "markers": list(self.reporting.markers),
-                    "current": [compact(self.reporting.report(t, time.time_ns())) for _, t in sorted(self._trackers.items())]}
+                    "current": [compact(self.reporting.report(t, time.time_ns())) for _, t in sorted(self._trackers.items())],
+                    "streams": self.first_models.status() if self.first_models is not None else []}
 
 
 _topic = operator.methodcaller("topic")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from driftline.v1 import training_pb2
@@ -22,9 +23,11 @@ Key = tuple[str, int]  # (model name, version)
 
 
 class RetrainingTrigger:
-    def __init__(self, policy: DriftPolicy, stream: str, min_rows: int) -> None:
+    def __init__(self, policy: DriftPolicy, stream: str, min_rows: int,
+                 stream_of: Callable[[str], str | None] = lambda model: None) -> None:
         self.policy = policy
-        self.stream = stream
+        self.stream = stream  # for a model whose stream `stream_of` does not know
+        self.stream_of = stream_of  # model → its stream (the catalogue's), so a request trains on the model's own data
         self.min_rows = min_rows  # the fewest labelled rows a request asks the trainer for
         self._requested_by: dict[str, Key] = {}  # training request id → the version that asked
         self._blocked_by: dict[Key, str] = {}  # the policy rule that last said "not yet"
@@ -57,7 +60,8 @@ class RetrainingTrigger:
             start_ms, where = alert.change_time_ms, f"the change began at row {alert.change_sample}"
         features = f" in {', '.join(alert.features)}" if alert.features else ""
         request = training_pb2.TrainingRequest(
-            request_id=str(uuid.uuid4()), model_name=tracker.model_name, stream=self.stream,
+            request_id=str(uuid.uuid4()), model_name=tracker.model_name,
+            stream=self.stream_of(tracker.model_name) or self.stream,
             min_rows=self.min_rows,
             reason=(f"{alert.signal.replace('_', ' ')}{features} [alert {alert.alert_id}] in {tracker.model_name} v{tracker.version}: "
                     f"{alert.statistic.upper()} {alert.value:.4g} > threshold {alert.threshold:.4g}; {where} "

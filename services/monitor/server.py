@@ -9,9 +9,12 @@ from driftline.v1 import monitor_pb2, monitor_pb2_grpc
 from services.common.grpc_server import Service, service_name
 from services.common.kafka import Consumer, Producer, ensure_topics
 from services.common.objectstore import ObjectStores
+from services.common.registry_client import RegistryClient
 from services.common.runtime import ConsumerWorker, ServiceProcess
+from services.common.streams import StreamCatalog
 
 from .dashboard import Dashboard
+from .first_model import ProductionLookups
 from .hub import Hub
 from .joiner import LabelJoin
 from .monitor import DriftMonitor, event_time_ms
@@ -75,11 +78,16 @@ def build(settings: MonitorSettings) -> ServiceProcess:
     worker = ConsumerWorker("monitor", consumer, handle, max_records=settings.max_poll_records,
                             on_idle=idle, commits_offsets=True)
     workers = [worker]
+    if monitor.first_models is not None:  # asks the registry which models serve already
+        workers.append(ProductionLookups(
+            monitor.models_without_production, monitor.production_looked_up,
+            RegistryClient(settings.registry_address, settings.registry_timeout_s), settings.first_model_check_s))
     if settings.dashboard_port:
         workers.append(Dashboard(monitor, settings.dashboard_host, settings.dashboard_port))
     log.info("monitor configured", extra={
         "inputs": inputs, "min_samples": settings.policy_min_samples, "cooldown_s": settings.policy_cooldown_s,
         "signals": settings.policy_signals, "expected_run_length": settings.expected_run_length,
+        "streams": {s.stream: s.model_name for s in monitor.streams}, "first_model_min_rows": settings.first_model_min_rows,
         "dashboard_port": settings.dashboard_port})
     return ServiceProcess(
         "monitor", settings,
@@ -98,4 +106,5 @@ def drift_monitor(settings: MonitorSettings, producer: Producer, references: Reg
         tracker_config=settings.tracker_config(),
         report_every_samples=settings.report_every_samples, report_every_s=settings.report_every_s,
         training_min_rows=settings.monitor_retrain_min_rows,
-        max_versions_per_model=settings.max_versions_per_model, hub=Hub(), history=settings.history)
+        max_versions_per_model=settings.max_versions_per_model, hub=Hub(), history=settings.history,
+        streams=StreamCatalog.from_settings(settings), first_model_min_rows=settings.first_model_min_rows)

@@ -119,6 +119,13 @@ class MonitorSettings(CommonSettings, TrackerConfig):
     # The fewest labelled rows a training request asks the trainer for
     # (DRIFTLINE_MONITOR_RETRAIN_MIN_ROWS, the name the demo sets).
     monitor_retrain_min_rows: int = 1000
+    # The platform starts itself (first_model.py): a stream of the catalogue (DRIFTLINE_STREAMS_DIR)
+    # whose model has no `production` version asks for its first model once it has counted this
+    # many labelled feature records (DRIFTLINE_FIRST_MODEL_MIN_ROWS; 0 = never), and again after as
+    # many new ones when that request failed or was not promoted. The registry is asked whether a
+    # production version exists at start and every first_model_check_s until one does.
+    first_model_min_rows: int = Field(2000, ge=0)
+    first_model_check_s: float = Field(10.0, gt=0)
 
     _signals_listed = field_validator("policy_signals", mode="before")(comma_list)
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from driftline.v1 import features_pb2
 from services.monitor.codec import labelled_records
+from monitor_fakes import Message, RecordingProducer
 
 
 def _record(rng: np.random.Generator, i: int) -> features_pb2.FeatureRecord:
@@ -38,6 +39,18 @@ def test_the_batch_read_agrees_with_protobuf_on_well_formed_records():
         found = labelled_records(values)
         assert found is not None  # the usual layout always takes the batch path
         assert found == _expected(values)
+
+
+def test_the_batch_read_of_feature_sets_agrees_with_protobuf():
+    rng = np.random.default_rng(9)
+    for trial in range(200):
+        values = [_record(rng, trial * 100 + i).SerializeToString() for i in range(int(rng.integers(0, 60)))]
+        found = labelled_records(values, feature_sets=True)
+        rows, ids, labels = _expected(values)
+        sets = [features_pb2.FeatureRecord.FromString(values[i]).feature_set for i in rows]
+        assert found == (rows, ids, labels, sets)
+    odd = features_pb2.FeatureRecord(event_id="e", feature_set="a\x1fb", label=1).SerializeToString()
+    assert labelled_records([odd], feature_sets=True) is None  # the separator: parsed record by record
 
 
 def test_records_outside_the_layout_send_the_batch_record_by_record():
@@ -74,35 +87,7 @@ def test_damaged_records_never_yield_a_wrong_id_or_label():
     assert accepted > 100
 
 
-class _Message:
-    def __init__(self, topic: str, value: bytes | None, offset: int) -> None:
-        self._topic, self._value, self._offset = topic, value, offset
-
-    def topic(self) -> str:
-        return self._topic
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-
-class _Producer:
-    def __init__(self) -> None:
-        self.produced, self.flushes = [], 0
-
-    def produce(self, topic, message, key=None) -> None:
-        self.produced.append(topic)
-
-    def flush(self) -> None:
-        self.flushes += 1
-
-
-def _monitor(producer: _Producer):
+def _monitor(producer: RecordingProducer):
     from services.common.settings import Topics
     from services.monitor.joiner import LabelJoin
     from services.monitor.codec import event_time_ms
@@ -124,7 +109,7 @@ def _monitor(producer: _Producer):
 def test_a_batch_with_a_damaged_record_is_read_record_by_record():
     from prometheus_client import REGISTRY
 
-    producer = _Producer()
+    producer = RecordingProducer()
     monitor = _monitor(producer)
     topic = monitor.topics.features
     good = [features_pb2.FeatureRecord(event_id=f"e{i}", values=[1.0], label=i % 2) for i in range(3)]
@@ -132,12 +117,12 @@ def test_a_batch_with_a_damaged_record_is_read_record_by_record():
         record.event_time.FromMilliseconds(1000)
     values = [r.SerializeToString() for r in good]
     before = REGISTRY.get_sample_value("driftline_monitor_undecodable_records_total", {"topic": topic}) or 0
-    monitor.handle([_Message(topic, values[0], 0), _Message(topic, b"\x0a\xff", 1), _Message(topic, None, 2),
-                    _Message(topic, values[1], 3), _Message(topic, values[2], 4)])
+    monitor.handle([Message(topic, values[0], 0), Message(topic, b"\x0a\xff", 1), Message(topic, None, 2),
+                    Message(topic, values[1], 3), Message(topic, values[2], 4)])
     after = REGISTRY.get_sample_value("driftline_monitor_undecodable_records_total", {"topic": topic})
     assert after == before + 1  # the damaged one; the empty value is an empty, unlabelled record
     assert monitor.join.counts()["pending_labels"] == 3
     assert producer.flushes == 0  # nothing was published, so nothing to wait for
     # the fast path: the same labels in one pass
-    monitor.handle([_Message(topic, v.replace(b"e", b"f", 1), 10 + i) for i, v in enumerate(values)])
+    monitor.handle([Message(topic, v.replace(b"e", b"f", 1), 10 + i) for i, v in enumerate(values)])
     assert monitor.join.counts()["pending_labels"] == 6

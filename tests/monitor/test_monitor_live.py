@@ -24,6 +24,7 @@ from services.common.objectstore import MinioObjectStore
 from services.common.settings import Topics
 from services.monitor.psi import reference_bins
 from support import ROOT, GrpcThread, ServiceRun, free_port, wait_for
+from monitor_fakes import stop_cleanly
 from registry_stand_in import RegistryStandIn
 
 FEATURES = ["f0", "f1", "f2"]
@@ -108,9 +109,7 @@ def live(kafka_bootstrap, s3, tmp_path_factory):
         yield Live(topics, producer, monitor_pb2_grpc.MonitorStub(channel), dashboard, run)
     finally:
         channel.close()
-        exit_code = run.stop(timeout=20)
-        registry.stop()
-        assert exit_code == 0, f"monitor did not exit cleanly:\n{run.log_tail()}"
+        stop_cleanly(run, registry)
     assert "Traceback" not in run.log_text(), run.log_tail()
 
 
