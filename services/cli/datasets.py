@@ -1,14 +1,9 @@
 """`driftline datasets list | show ID | verify ID`: the dataset versions in the object store.
 
 A dataset version is a manifest, `datasets/<stream>/versions/<id>.json`, naming the feature
-segments it was cut from with their sha256. Its id is the sha256 of the canonical JSON of its
-segments, window and feature names: the rule of services/trainer/dataset.py `dataset_id`,
-repeated here because a tool may not import a service (keep the two equal):
-
->>> manifest_id({"segments": [], "window_start_ms": 0, "window_end_ms": 5, "feature_names": ["a"], "rows": 0})
-'4b28df7a1682088176a9ef1752c8165c9aad7fbf7f50aab94d08fcaa9d13099a'
->>> manifest_id({"segments": [], "window_start_ms": 0, "window_end_ms": 5, "feature_names": ["b"], "rows": 0})[:8]
-'5c45900b'
+segments it was cut from with their sha256. Its id and that layout are the rule of
+services/common/datasets.py, the one the trainer writes versions by; `verify` recomputes the id
+with it.
 """
 
 from __future__ import annotations
@@ -20,27 +15,19 @@ from typing import Annotated
 
 import typer
 
+from services.common import datasets as layout
+
 from . import output
 from .clients import s3_client
 from .errors import CliError
 from .state import Platform
 
 SHA256_META = "x-amz-meta-sha256"  # what services.common.objectstore records on every write
-IDENTITY = ("segments", "window_start_ms", "window_end_ms", "feature_names")
 
 app = typer.Typer(help="Dataset versions: list, show, verify (the object store).", no_args_is_help=True)
 JsonOut = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
 StreamOpt = Annotated[str | None, typer.Option("--stream", help="Only this stream's datasets.")]
 IdArg = Annotated[str, typer.Argument(help="The dataset id, or a prefix of it that only one id has.")]
-
-
-def manifest_id(manifest: dict) -> str:
-    identity = {k: manifest[k] for k in IDENTITY}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def manifest_key(stream: str, dataset_id: str) -> str:
-    return f"datasets/{stream}/versions/{dataset_id}.json"
 
 
 def _get(client, bucket: str, key: str) -> tuple[bytes, str | None] | None:
@@ -61,12 +48,11 @@ def _get(client, bucket: str, key: str) -> tuple[bytes, str | None] | None:
 
 
 def list_manifests(client, bucket: str, stream: str | None = None) -> list[dict]:
-    prefix = f"datasets/{stream}/versions/" if stream else "datasets/"
     found = []
-    for obj in client.list_objects(bucket, prefix, recursive=True):
-        parts = obj.object_name.split("/")
-        if len(parts) == 4 and parts[2] == "versions" and parts[3].endswith(".json"):
-            found.append({"stream": parts[1], "id": parts[3][:-5], "key": obj.object_name,
+    for obj in client.list_objects(bucket, layout.versions_prefix(stream) if stream else layout.PREFIX,
+                                   recursive=True):
+        if parsed := layout.parse_manifest_key(obj.object_name):
+            found.append({"stream": parsed[0], "id": parsed[1], "key": obj.object_name,
                           "written": obj.last_modified.isoformat() if obj.last_modified else ""})
     return sorted(found, key=lambda m: m["written"])
 
@@ -81,18 +67,19 @@ def find(client, bucket: str, wanted: str, stream: str | None = None) -> dict:
 
 
 def read_manifest(client, bucket: str, stream: str, dataset_id: str) -> dict:
-    got = _get(client, bucket, manifest_key(stream, dataset_id))
+    key = layout.manifest_key(stream, dataset_id)
+    got = _get(client, bucket, key)
     if got is None:
-        raise CliError(f"no manifest {manifest_key(stream, dataset_id)} in s3://{bucket}")
+        raise CliError(f"no manifest {key} in s3://{bucket}")
     try:
         return json.loads(got[0])
     except ValueError:
-        raise CliError(f"{manifest_key(stream, dataset_id)} is not JSON") from None
+        raise CliError(f"{key} is not JSON") from None
 
 
 def verify_dataset(client, bucket: str, stream: str, dataset_id: str) -> tuple[dict, list[dict]]:
     """(manifest, one entry per part checked: {"part", "ok", "problem"})."""
-    key = manifest_key(stream, dataset_id)
+    key = layout.manifest_key(stream, dataset_id)
     got = _get(client, bucket, key)
     if got is None:
         raise CliError(f"no manifest {key} in s3://{bucket}")
@@ -102,7 +89,7 @@ def verify_dataset(client, bucket: str, stream: str, dataset_id: str) -> tuple[d
                "problem": "" if recorded == actual else f"sha256 {actual} but recorded {recorded}"}]
     try:
         manifest = json.loads(data)
-        computed = manifest_id(manifest)
+        computed = layout.dataset_id(manifest)
     except (ValueError, KeyError, TypeError) as exc:
         checks.append({"part": f"{key} (id)", "ok": False, "problem": f"not a manifest: {exc!r}"})
         return {}, checks

@@ -1,4 +1,5 @@
-"""`driftline up | down | status | logs`: the platform's processes."""
+"""`driftline up | down | status | logs`: the platform's processes (one per role, one serving
+process per model: services/cli/processes.py)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,19 @@ from typing import Annotated
 import typer
 
 from services import devstack
+from services.common.schema import StreamSchema
 from services.devstack.supervisor import alive, command_line, free_port, port_or_free
 
 from . import output, streams
-from .clients import ALIASES, DEADLINE_S, KAFKA_TIMEOUT_S, Rpc, health, kafka_admin
+from .clients import ALIASES, DEADLINE_S, KAFKA_TIMEOUT_S, Rpc, kafka_admin
 from .errors import CliError
-from .state import DEFAULT_DASHBOARD_PORT, DEFAULT_PORTS, SERVICES, WITH_GRPC, Platform
+from .processes import SUPERVISOR, health_row, healthy, label, plan_serving, serve_new_models, wait_healthy
+from .state import (
+    DEFAULT_DASHBOARD_PORT, DEFAULT_PORTS, SERVICES, SERVING, WITH_GRPC, Platform, log_name, read_json,
+    split_process,
+)
 
 JsonOut = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
-SUPERVISOR = "services.cli.supervise"
-CRASH_LOOP_RESTARTS = 3  # during `up`: a service restarted this often will not come up by waiting
 
 
 # -- up ---------------------------------------------------------------------------------------
@@ -51,87 +55,57 @@ def _stack(say) -> tuple[dict[str, str], list[str]]:
     return env, started
 
 
-def _describe(platform: Platform, stream_path: Path, stream_name: str, stack_env: dict[str, str],
+def _describe(platform: Platform, stream_path: Path, schema: StreamSchema, stack_env: dict[str, str],
               stack_started: list[str], any_ports: bool) -> dict:
-    """platform.json for a new run: where every service will listen and what it is started with."""
+    """platform.json for a new run: where every process will listen and what it is started with.
+    `schema` is the default stream's, and its model is the platform's (DRIFTLINE_MODEL_NAME)."""
     settings = platform.settings
     data = platform.home / "data"
     env = {
         **{k: v for k, v in os.environ.items() if k.startswith("DRIFTLINE_S3_") or k in (
-            "DRIFTLINE_TOPIC_PREFIX", "DRIFTLINE_BUCKET", "DRIFTLINE_MODEL_NAME")},
+            "DRIFTLINE_TOPIC_PREFIX", "DRIFTLINE_BUCKET")},
         **stack_env,
         "DRIFTLINE_TOPIC_PREFIX": settings.topic_prefix, "DRIFTLINE_BUCKET": settings.bucket,
-        "DRIFTLINE_MODEL_NAME": settings.model_name, "DRIFTLINE_STREAM": stream_name,
+        "DRIFTLINE_MODEL_NAME": schema.model_name, "DRIFTLINE_STREAM": schema.stream,
         "DRIFTLINE_SCHEMA_PATH": str(stream_path), "DRIFTLINE_STREAMS_DIR": str(platform.streams_dir),
         "PYTHONUNBUFFERED": "1",
     }
     pick = (lambda default: free_port()) if any_ports else port_or_free
-    ports = {name: pick(DEFAULT_PORTS[name]) for name in WITH_GRPC}
+    roles = [name for name in SERVICES if name != SERVING]
+    ports = {name: pick(DEFAULT_PORTS[name]) for name in roles if name in WITH_GRPC}
     dashboard = pick(DEFAULT_DASHBOARD_PORT)
     addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    platform.doc = {"stream": schema.stream, "model_name": schema.model_name}  # what plan_serving reads
+    serving = plan_serving(platform, addresses, pick)
     own = {"registry": {"DRIFTLINE_REGISTRY_DB": str(data / "registry.db"), "DRIFTLINE_RELAY_INTERVAL_S": "0.5"},
            "feature": {"DRIFTLINE_FEATURE_DATADIR": str(data / "feature")},
            "monitor": {"DRIFTLINE_DASHBOARD_PORT": str(dashboard)}}
     services = {}
-    for name in SERVICES:
+    for name in roles:
         service_env = {"DRIFTLINE_GRPC_PORT": str(ports.get(name, 0)), "DRIFTLINE_METRICS_PORT": str(free_port()),
                        "DRIFTLINE_REGISTRY_ADDRESS": addresses["registry"],
                        "DRIFTLINE_FEATURE_ADDRESS": addresses["feature"],
-                       "DRIFTLINE_SERVING_ADDRESS": addresses["serving"], **own.get(name, {})}
-        services[name] = {"address": addresses.get(name, ""), "log": str(platform.log_dir / f"{name}.log"),
+                       "DRIFTLINE_SERVING_ADDRESS": serving.get(schema.model_name, {}).get("address", ""),
+                       **own.get(name, {})}
+        services[name] = {"address": addresses.get(name, ""), "log": str(platform.log_dir / log_name(name)),
                           "metrics": f"http://127.0.0.1:{service_env['DRIFTLINE_METRICS_PORT']}/metrics",
                           "env": service_env}
     return {"state": "starting", "home": str(platform.home), "started_at": output.iso(time.time() * 1000),
-            "stream": stream_name, "schema_path": str(stream_path), "model_name": settings.model_name,
-            "env": env, "services": services, "stack_started": stack_started,
+            "stream": schema.stream, "schema_path": str(stream_path), "model_name": schema.model_name,
+            "env": env, "services": services, "serving": serving, "stack_started": stack_started,
             "dashboard_url": f"http://127.0.0.1:{dashboard}/"}
 
 
-def _health_row(platform: Platform, name: str, supervision: dict) -> dict:
-    sup = supervision.get(name, {})
-    if name in WITH_GRPC:
-        state = health(platform.address(name), timeout=1.0)
-    else:  # the trainer has no gRPC server: its process is its health
-        state = "RUNNING" if sup.get("state") == "running" else (sup.get("state") or "stopped").upper()
-    return {"service": name, "address": platform.address(name) if name in WITH_GRPC else "",
-            "health": state, "pid": sup.get("pid"), "restarts": sup.get("restarts", 0)}
-
-
-def _healthy(row: dict) -> bool:
-    return row["health"] in ("SERVING", "RUNNING")
-
-
-def _wait_up(platform: Platform, supervisor: subprocess.Popen, timeout: float) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        if supervisor.poll() is not None:
-            raise CliError(f"the supervisor exited with {supervisor.returncode}: see {platform.home / 'supervisor.log'}")
-        supervision = platform.supervision()
-        rows = [_health_row(platform, name, supervision) for name in SERVICES]
-        crashing = [r for r in rows if r["restarts"] >= CRASH_LOOP_RESTARTS]
-        if crashing:
-            name = crashing[0]["service"]
-            raise CliError(f"{name} keeps exiting (restarted {crashing[0]['restarts']} times): see "
-                           f"{platform.log_path(name)}{_last_line(platform.log_path(name))}")
-        if supervision and all(_healthy(r) for r in rows):
-            return rows
-        if time.monotonic() > deadline:
-            waiting = ", ".join(f"{r['service']} ({r['health']})" for r in rows if not _healthy(r))
-            raise CliError(f"not healthy after {timeout:g}s: {waiting}; logs in {platform.log_dir}")
-        time.sleep(0.5)
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    return f" (last line: {lines[-1][:300]})" if lines else ""
+def _process_table(rows: list[dict], restarts: bool = False) -> None:
+    output.table(["service", "model", "address", "health", "pid", *(["restarts"] if restarts else [])],
+                 [(r["service"], r["model"] or "", r["address"] or "(no gRPC)", r["health"], r["pid"] or "-",
+                   *([r["restarts"]] if restarts else [])) for r in rows])
 
 
 def up(stream: Annotated[list[str], typer.Option(
            "--stream", help="A stream schema file (added to the platform) or a stream's name; repeatable. "
-                            "The services run the first; the others are added for later.")] = [],
+                            "The first is the default stream (events that name none); every stream of the "
+                            "platform gets a serving process for its model.")] = [],
        foreground: Annotated[bool, typer.Option(
            "--foreground", help="Stay attached and follow the logs; Ctrl-C stops everything.")] = False,
        timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to be healthy.")] = 180.0,
@@ -139,17 +113,21 @@ def up(stream: Annotated[list[str], typer.Option(
            "--any-ports", help="Free ports instead of the defaults (gRPC 50051-50055, dashboard 8055).")] = False,
        json_out: JsonOut = False) -> None:
     """Start the platform: the local stack (unless DRIFTLINE_KAFKA_BOOTSTRAP and DRIFTLINE_S3_ENDPOINT are
-    set), then the six services under a supervisor that restarts any that dies."""
+    set), then ingest, feature, registry, monitor, the trainer and one serving process per model of the
+    streams folder, under a supervisor that restarts any that dies. On a running platform: serves the
+    streams added to the folder since."""
     platform = Platform.load()
     if platform.running():
         output.note(f"the platform in {platform.home} is already up (driftline down stops it)")
+        for row in serve_new_models(platform, timeout):
+            output.note(f"{label(row)} started at {row['address']} for a stream added to {platform.streams_dir}")
         return status(json_out=json_out)
     streams.seed(platform)
     chosen = [streams.resolve(platform, spec) for spec in stream] or [
         streams.find_stream(platform, os.environ.get("DRIFTLINE_STREAM") or "default")]
     stream_path, schema = chosen[0]
     stack_env, stack_started = _stack(output.note)
-    platform.doc = _describe(platform, stream_path, schema.stream, stack_env, stack_started, any_ports)
+    platform.doc = _describe(platform, stream_path, schema, stack_env, stack_started, any_ports)
     platform.log_dir.mkdir(parents=True, exist_ok=True)
     platform.supervisor_file.unlink(missing_ok=True)
     platform.save()
@@ -159,19 +137,21 @@ def up(stream: Annotated[list[str], typer.Option(
                                       start_new_session=True)
     platform.doc["supervisor"] = {"pid": supervisor.pid, "log": str(platform.home / "supervisor.log")}
     platform.save()
-    output.note(f"starting the six services (stream {schema.stream}, state in {platform.state_file})…")
+    models = ", ".join(platform.serving_models())
+    output.note(f"starting the services (default stream {schema.stream}; serving {models}; "
+                f"state in {platform.state_file})…")
     try:
-        rows = _wait_up(platform, supervisor, timeout)
+        rows = wait_healthy(platform, None, timeout, lambda: supervisor.poll() is None)
     except BaseException:
         _down(platform, quiet=True)
         raise
+    platform.doc = Platform.load().doc  # a `streams add` meanwhile may have planned another serving process
     platform.doc["state"] = "up"
     platform.save()
     if json_out:
         output.emit_json({"home": str(platform.home), "dashboard_url": platform.dashboard_url, "services": rows})
     else:
-        output.table(["service", "address", "health", "pid"],
-                     [(r["service"], r["address"] or "(no gRPC)", r["health"], r["pid"]) for r in rows])
+        _process_table(rows)
         output.say(f"dashboard: {platform.dashboard_url}")
         output.say("stop it with: driftline down" if not foreground else "following the logs; Ctrl-C stops everything")
     if foreground:
@@ -186,11 +166,17 @@ def _follow_until_interrupted(platform: Platform, supervisor: subprocess.Popen) 
     # Ctrl-C even where SIGINT came in ignored (a shell's background job), and SIGTERM alike.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    paths = {name: platform.log_path(name) for name in SERVICES} | {"supervisor": platform.home / "supervisor.log"}
-    positions = {name: path.stat().st_size if path.exists() else 0 for name, path in paths.items()}
+    positions: dict[str, int] = {}
     try:
         while supervisor.poll() is None:
+            # Each round anew: a serving process that `streams add` started has a log too (read from its start).
+            platform.doc = read_json(platform.state_file) or platform.doc
+            paths = {name: platform.log_path(service, model) for name, service, model in platform.processes()}
+            paths["supervisor"] = platform.home / "supervisor.log"
+            first = not positions
             for name, path in paths.items():
+                if name not in positions:
+                    positions[name] = path.stat().st_size if first and path.exists() else 0
                 positions[name], lines = _read_new(path, positions[name])
                 for line in lines:
                     output.say(f"{name:<10} | {line}")
@@ -247,8 +233,9 @@ def _down(platform: Platform, quiet: bool) -> list[tuple[str, str]]:
         how = _stop_pid(pid, SUPERVISOR, timeout=45.0)
         if how:
             done.append(("supervisor", how))
-    for name, sup in platform.supervision().items():  # a service the supervisor left behind
-        how = sup.get("pid") and _stop_pid(sup["pid"], f"services.{name}", timeout=10.0)
+    for name, sup in platform.supervision().items():  # a process the supervisor left behind
+        service = sup.get("service") or split_process(name)[0]
+        how = sup.get("pid") and _stop_pid(sup["pid"], f"services.{service}", timeout=10.0)
         done.append((name, how or "stopped"))
     started = platform.doc.get("stack_started") or []
     if started:
@@ -340,13 +327,18 @@ def _try(fn, *args) -> tuple[object, str | None]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
+
 def status(json_out: JsonOut = False) -> None:
-    """Health and restarts per service, consumer lag per group, model aliases, the last alert."""
+    """Health and restarts per process (serving: one per model), consumer lag per group, model aliases,
+    the last alert."""
     platform = Platform.load()
     models = streams.platform_models(platform)
     supervision = platform.supervision() if platform.running() else {}
-    with ThreadPoolExecutor(8) as pool:  # everything at once: an unreachable platform answers in one deadline
-        rows = {name: pool.submit(_health_row, platform, name, supervision) for name in SERVICES}
+    processes = platform.processes()
+    # Everything at once: an unreachable platform answers within one deadline.
+    with ThreadPoolExecutor(len(processes) + 3) as pool:
+        rows = {name: pool.submit(health_row, platform, name, service, model, supervision)
+                for name, service, model in processes}
         lag = pool.submit(_try, _lag, platform)
         aliases = pool.submit(_try, _aliases, platform, models)
         alert = pool.submit(_try, _last_alert, platform, models)
@@ -365,9 +357,7 @@ def status(json_out: JsonOut = False) -> None:
         output.emit_json(report)
     else:
         output.pairs([("platform", f"{state} ({platform.home})"), ("dashboard", platform.dashboard_url)])
-        output.table(["service", "address", "health", "pid", "restarts"],
-                     [(r["service"], r["address"] or "(no gRPC)", r["health"], r["pid"] or "-", r["restarts"])
-                      for r in rows])
+        _process_table(rows, restarts=True)
         if lag_rows:
             output.table(["consumer group", "topic", "partition", "committed", "end", "lag"],
                          [(r["group"], r["topic"], r["partition"], r["committed"], r["end"], r["lag"]) for r in lag_rows])
@@ -380,30 +370,40 @@ def status(json_out: JsonOut = False) -> None:
                        f"{' (retraining requested)' if last_alert['training_request_id'] else ''}")
         elif alert_error is None:
             output.say("last alert: none")
-    down_rows = [r for r in rows if not _healthy(r)]
+    down_rows = [r for r in rows if not healthy(r)]
     if down_rows:
         first = down_rows[0]
         where = f" at {first['address']}" if first["address"] else ""
         what = "is unreachable" if first["address"] else "is not running"
-        others = [r["service"] for r in down_rows[1:]]
-        raise CliError(f"{first['service']}{where} {what} ({first['health']})"
+        others = [label(r) for r in down_rows[1:]]
+        raise CliError(f"{label(first)}{where} {what} ({first['health']})"
                        + (f"; also {', '.join(others)}" if others else ""), code=3)
 
 
 # -- logs -------------------------------------------------------------------------------------
 
 
-def logs(service: Annotated[str, typer.Argument(help=f"One of {', '.join(SERVICES)}, or supervisor.")],
+def logs(service: Annotated[str, typer.Argument(help=f"One of {', '.join(SERVICES)}, or supervisor; "
+                                                   "serving:MODEL for one model's serving process.")],
+         model: Annotated[str | None, typer.Option(
+             help="With serving: the model whose serving process (default: the default stream's).")] = None,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing what is appended.")] = False,
          lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines from the end (0: all).")] = 50
          ) -> None:
-    """A service's log (its stdout and stderr)."""
+    """A process's log (its stdout and stderr)."""
     platform = Platform.load()
+    service, named = split_process(service)
+    model = model or named
     if service not in (*SERVICES, "supervisor"):
         raise CliError(f"unknown service {service!r}: one of {', '.join(SERVICES)}, supervisor")
-    path = platform.home / "supervisor.log" if service == "supervisor" else platform.log_path(service)
+    if model and service != SERVING:
+        raise CliError(f"--model is for serving (one process per model), not {service}")
+    if model:
+        platform.serving_address(model)  # an unknown model: the one-line error that names it
+    path = platform.home / "supervisor.log" if service == "supervisor" else platform.log_path(service, model)
+    what = f"serving:{model}" if model else service
     if not path.exists():
-        raise CliError(f"no log for {service} at {path} (driftline up writes it)")
+        raise CliError(f"no log for {what} at {path} (driftline up writes it)")
     position, text = _read_new(path, 0)
     for line in text[-lines:] if lines else text:
         output.say(line)

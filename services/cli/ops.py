@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from driftline.v1 import monitor_pb2, registry_pb2, serving_pb2, training_pb2
+from driftline.v1 import monitor_pb2, registry_pb2, serving_pb2, serving_pb2_grpc, training_pb2
 
 from . import output, streams
 from .clients import Rpc, producer, read_topic, require_trainer
@@ -138,8 +138,10 @@ def drift(model: Annotated[str | None, typer.Argument(help="The model (default: 
 def predict(model: Annotated[str, typer.Argument(help="The model to ask.")],
             row: Annotated[str, typer.Option(help='The features as a JSON object: \'{"salary": 1.2, …}\'.')],
             json_out: JsonOut = False) -> None:
-    """Ask serving for one prediction; the row's names are put in the model's feature order."""
+    """Ask the model's serving process for one prediction; the row's names are put in the model's
+    feature order."""
     platform = Platform.load()
+    address = platform.serving_address(model)  # an unknown model is refused here, naming it
     try:
         values = json.loads(row)
     except json.JSONDecodeError as exc:
@@ -160,7 +162,7 @@ def predict(model: Annotated[str, typer.Argument(help="The model to ask.")],
     except (TypeError, ValueError):
         bad = next(n for n in names if not isinstance(values[n], (int, float)))
         raise CliError(f"--row: {bad} is {values[bad]!r}, not a number") from None
-    with Rpc.of(platform, "serving") as serving:
+    with Rpc(f"serving ({model})", address, serving_pb2_grpc.PredictorStub) as serving:
         reply = serving.call("Predict", serving_pb2.PredictRequest(
             model_name=model, rows=[serving_pb2.Row(values=vector)]))
     prediction = reply.predictions[0]

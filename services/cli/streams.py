@@ -3,8 +3,10 @@
 The platform's streams are the folder `$DRIFTLINE_HOME/streams/`: `driftline up` copies the
 bundled schemas (`config/streams/`) there once and runs every service with it as
 DRIFTLINE_STREAMS_DIR (services/common/streams.py, re-read when it changes), so a stream added
-with `streams add` (always stored as JSON, `<stream>.json`) reaches a running platform. Before
-the first `up` the bundled streams are listed too. A schema is read from JSON, or YAML when the
+with `streams add` (always stored as JSON, `<stream>.json`) reaches a running platform: the
+services that serve every stream pick it up from the folder, and the supervisor starts a serving
+process for its model (serving runs one process per model), restarting no other. Before the
+first `up` the bundled streams are listed too. A schema is read from JSON, or YAML when the
 file ends in .yaml/.yml and PyYAML is installed, and checked by services.common.schema; a
 malformed one is refused with the place (a JSON path, or line:column for a syntax error) and
 the reason:
@@ -37,6 +39,7 @@ from services.common.schema import SchemaError, StreamSchema
 
 from . import output
 from .errors import CliError, json_object
+from .processes import serve_new_models
 from .state import Platform
 
 BUNDLED = schema_rules.REPO_ROOT / "config" / "streams"
@@ -230,16 +233,29 @@ def describe(schema: StreamSchema, path: Path) -> dict:
 @app.command("add")
 def add_command(file: Annotated[Path, typer.Argument(help="The schema: .json, or .yaml/.yml with PyYAML.")],
                 replace: Annotated[bool, typer.Option(help="Overwrite a stream of that name with another schema.")] = False,
+                timeout: Annotated[float, typer.Option(
+                    help="On a running platform: seconds to wait for the new serving process.")] = 60.0,
                 json_out: JsonOut = False) -> None:
-    """Check a stream schema and keep it in the platform's streams directory."""
+    """Check a stream schema and keep it in the platform's streams directory; on a running platform,
+    start a serving process for its model (when it has none), restarting nothing else."""
     platform = Platform.load()
     where, schema, changed = add(platform, file, replace)
-    info = {**describe(schema, where), "changed": changed}
+    info = {**describe(schema, where), "changed": changed, "serving": None}
+    if platform.running():
+        started = {row["model"]: row for row in serve_new_models(platform, timeout)}
+        row = started.get(schema.model_name)
+        info["serving"] = row or {"model": schema.model_name, "address": platform.serving.get(
+            schema.model_name, {}).get("address")}
+        info["serving"]["started"] = row is not None
     if json_out:
         return output.emit_json(info)
     verb = "added" if changed else "already there, unchanged:"
     output.say(f"stream {schema.stream} {verb} {where} ({len(schema.fields)} fields, "
                f"{len(schema.feature_names)} features)")
+    if info["serving"]:
+        serving = info["serving"]
+        how = f"started (pid {serving['pid']})" if serving["started"] else "already served"
+        output.say(f"model {schema.model_name}: serving at {serving['address']}, {how}")
 
 
 @app.command("list")

@@ -1,10 +1,12 @@
 """The platform's supervisor: `python -m services.cli.supervise HOME`.
 
 `driftline up` starts it as a detached process (its own session), so it outlives the command:
-it reads HOME/platform.json, starts the six services, restarts any that exits (exponential
-back-off, services.devstack.supervisor.Backoff), writes their state to HOME/supervisor.json on
-every change and logs each start, exit and restart to its output (HOME/supervisor.log). SIGTERM
-or SIGINT (`driftline down`) stops the services and then itself.
+it reads HOME/platform.json, starts the services (one process per role, one serving process per
+model), restarts any that exits (exponential back-off, services.devstack.supervisor.Backoff),
+writes their state to HOME/supervisor.json on every change and logs each start, exit and restart
+to its output (HOME/supervisor.log). SIGHUP (`driftline streams add`) re-reads platform.json and
+starts the processes it names that are not running, leaving every other one alone. SIGTERM or
+SIGINT (`driftline down`) stops the services and then itself.
 """
 
 from __future__ import annotations
@@ -15,14 +17,24 @@ import sys
 import time
 from pathlib import Path
 
-from services.devstack.supervisor import Supervisor
+from services.devstack.supervisor import Program, Supervisor
 
-from .state import SERVICES, Platform, read_json, write_json
+from .state import SERVING, Platform, read_json, write_json
 
 
-def service_env(doc: dict, name: str) -> dict[str, str]:
-    """What a service is started with: this process's environment, the platform's, its own."""
-    return {**os.environ, **doc.get("env", {}), **doc["services"][name].get("env", {})}
+def programs(platform: Platform) -> dict[str, Program]:
+    """What each process is started with: this process's environment, the platform's, its own."""
+    doc = platform.doc
+    if not doc.get("services"):
+        raise ValueError(f"no platform description in {platform.state_file}")
+    found = {}
+    for name, service, model in platform.processes():
+        entry = platform.serving.get(model) if service == SERVING else doc["services"].get(name)
+        if entry is None:
+            continue
+        found[name] = Program(service, {**os.environ, **doc.get("env", {}), **entry.get("env", {})},
+                              Path(entry["log"]))
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,27 +43,31 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m services.cli.supervise HOME", file=sys.stderr)
         return 2
     home = Path(args[0])
-    doc = read_json(home / "platform.json")
-    if not doc.get("services"):
-        print(f"supervise: no platform description in {home / 'platform.json'}", file=sys.stderr)
+    platform = Platform(home, read_json(home / "platform.json"))
+    try:
+        initial = programs(platform)
+    except ValueError as exc:
+        print(f"supervise: {exc}", file=sys.stderr)
         return 2
-    platform = Platform(home, doc)
 
     def say(line: str) -> None:
         print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}", flush=True)
 
-    supervisor = Supervisor({name: service_env(doc, name) for name in SERVICES if name in doc["services"]},
-                            platform.log_dir, say=say,
+    supervisor = Supervisor(initial, platform.log_dir, say=say,
                             on_change=lambda snapshot: write_json(platform.supervisor_file, snapshot))
 
     def stop(signum, frame) -> None:
         say(f"supervisor: {signal.Signals(signum).name}, stopping the services")
         supervisor.stop_event.set()
 
+    def reload(signum, frame) -> None:
+        supervisor.reload_requested = True
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     say(f"supervisor: pid {os.getpid()}, platform in {home}")
-    supervisor.run()
+    supervisor.run(reload=lambda: programs(Platform(home, read_json(home / "platform.json"))))
     say("supervisor: every service stopped")
     return 0
 

@@ -4,8 +4,9 @@ them all with SIGTERM — the way an orchestrator would, on one machine.
 
 `LoopProcesses` runs one loop for as long as its caller (the demo, the end-to-end test);
 `Supervisor` keeps services running for as long as a platform is up (`driftline up`): a
-service that exits is started again after an exponentially growing delay, and every restart
-is logged and counted.
+process that exits is started again after an exponentially growing delay, every restart is
+logged and counted, and processes can be added to (or taken from) a running supervisor without
+touching the others.
 """
 
 from __future__ import annotations
@@ -179,13 +180,23 @@ class Backoff:
         return min(self.max_s, self.initial_s * self.factor ** max(0, failures - 1))
 
 
+@dataclass(frozen=True)
+class Program:
+    """What a Supervisor runs under one name: `python -m services.<service>` with `env`, its
+    output appended to `log_path`. Several names may run one service (one serving process per
+    model: "serving:sea", "serving:hyperplane")."""
+
+    service: str
+    env: Mapping[str, str]
+    log_path: Path
+
+
 @dataclass
 class Supervised:
-    """One service under a Supervisor: how to start it and what happened to it so far."""
+    """One process under a Supervisor: how to start it and what happened to it so far."""
 
     name: str
-    env: dict[str, str]
-    log_path: Path
+    program: Program
     process: subprocess.Popen | None = None
     started_at: float = 0.0          # time.time() of the current run
     restarts: int = 0                # starts after the first
@@ -203,33 +214,44 @@ class Supervised:
         return "restarting" if self.restart_at is not None else "stopped"
 
     def snapshot(self) -> dict:
-        return {"pid": self.pid, "state": self.state(), "restarts": self.restarts, "last_exit": self.last_exit,
-                "started_at": self.started_at, "log": str(self.log_path)}
+        return {"service": self.program.service, "pid": self.pid, "state": self.state(), "restarts": self.restarts,
+                "last_exit": self.last_exit, "started_at": self.started_at, "log": str(self.program.log_path)}
 
 
 class Supervisor:
-    """Starts services, restarts the ones that exit (with `Backoff`), stops them all on request.
+    """Starts processes, restarts the ones that exit (with `Backoff`), stops them all on request.
 
-    `on_change` gets `snapshot()` after every start, exit and restart; `say` gets one line per
-    event (the supervisor's log). `run()` blocks until `stop_event` is set, then stops everything.
+    `programs` maps a name to a `Program`, or to an environment alone (the name is then the
+    service, its log `log_dir/<name>.log`). `reconcile` starts the names that are new and stops
+    the ones that are gone, leaving every other process as it is. `on_change` gets `snapshot()`
+    after every start, exit, restart and stop; `say` gets one line per event (the supervisor's
+    log). `run()` blocks until `stop_event` is set, then stops everything.
     """
 
-    def __init__(self, services: Mapping[str, Mapping[str, str]], log_dir: Path, *,
+    def __init__(self, programs: Mapping[str, Program | Mapping[str, str]], log_dir: Path, *,
                  backoff: Backoff = Backoff(), on_change: Callable[[dict], None] = lambda snapshot: None,
                  say: Callable[[str], None] = print, poll_s: float = 0.2) -> None:
-        self.services = {name: Supervised(name, dict(env), Path(log_dir) / f"{name}.log")
-                         for name, env in services.items()}
+        self.log_dir = Path(log_dir)
+        self.services = {name: Supervised(name, self._program(name, p)) for name, p in programs.items()}
         self.backoff = backoff
         self.on_change = on_change
         self.say = say
         self.poll_s = poll_s
         self.stop_event = threading.Event()
+        # Set (from a signal handler, say) to have `run` call its `reload` before the next round;
+        # a plain flag, since a handler must not wait for a lock its own thread may hold.
+        self.reload_requested = False
+
+    def _program(self, name: str, program: Program | Mapping[str, str]) -> Program:
+        if isinstance(program, Program):
+            return program
+        return Program(name, dict(program), self.log_dir / f"{name}.log")
 
     def snapshot(self) -> dict:
         return {name: s.snapshot() for name, s in self.services.items()}
 
     def _start(self, service: Supervised) -> None:
-        service.process = spawn(service.name, service.env, service.log_path)
+        service.process = spawn(service.program.service, service.program.env, service.program.log_path)
         service.started_at = time.time()
         service.restart_at = None
         self.say(f"{service.name}: started (pid {service.process.pid})")
@@ -238,6 +260,22 @@ class Supervisor:
         for service in self.services.values():
             self._start(service)
         self.on_change(self.snapshot())
+
+    def reconcile(self, programs: Mapping[str, Program | Mapping[str, str]]) -> tuple[list[str], list[str]]:
+        """Runs exactly `programs`: starts the names not running yet, stops those not named any
+        more; a process already running under a name is left alone. Returns (started, stopped)."""
+        gone = [name for name in self.services if name not in programs]
+        new = [name for name in programs if name not in self.services]
+        if gone:
+            self._terminate([self.services[name] for name in gone])
+            for name in gone:
+                del self.services[name]
+        for name in new:
+            self.services[name] = Supervised(name, self._program(name, programs[name]))
+            self._start(self.services[name])
+        if gone or new:
+            self.on_change(self.snapshot())
+        return new, gone
 
     def check(self) -> None:
         """One round: notes exits, schedules restarts, starts the ones that are due."""
@@ -263,17 +301,28 @@ class Supervisor:
         if changed:
             self.on_change(self.snapshot())
 
-    def run(self) -> None:
+    def run(self, reload: Callable[[], Mapping[str, Program | Mapping[str, str]]] | None = None) -> None:
+        """Supervises until `stop_event`; when `reload_requested`, reconciles with what `reload()` returns."""
         self.start_all()
         while not self.stop_event.wait(self.poll_s):
+            if self.reload_requested:
+                self.reload_requested = False
+                if reload is not None:
+                    try:
+                        programs = reload()
+                    except Exception as exc:  # a bad description must not take the running ones down
+                        self.say(f"supervisor: reload failed, nothing changed: {type(exc).__name__}: {exc}")
+                    else:
+                        started, stopped = self.reconcile(programs)
+                        self.say(f"supervisor: reloaded ({len(started)} started, {len(stopped)} stopped)")
             self.check()
         self.stop()
 
-    def stop(self, timeout: float = 20.0) -> dict[str, int | None]:
-        """SIGTERM to every service (last started first), SIGKILL to those still up after `timeout`."""
-        for service in self.services.values():
+    def _terminate(self, services: list[Supervised], timeout: float = 20.0) -> None:
+        """SIGTERM to each of `services` that runs, in the order given; SIGKILL to those still up after `timeout`."""
+        for service in services:
             service.restart_at = None
-        running = [s for s in reversed(self.services.values()) if s.process and s.process.poll() is None]
+        running = [s for s in services if s.process and s.process.poll() is None]
         for service in running:
             service.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -286,5 +335,9 @@ class Supervisor:
                 self.say(f"{service.name}: killed after SIGTERM timed out")
             service.last_exit = service.process.returncode
             self.say(f"{service.name}: stopped ({service.last_exit})")
+
+    def stop(self, timeout: float = 20.0) -> dict[str, int | None]:
+        """SIGTERM to every process (last started first), SIGKILL to those still up after `timeout`."""
+        self._terminate(list(reversed(self.services.values())), timeout)
         self.on_change(self.snapshot())
         return {name: s.last_exit for name, s in self.services.items()}

@@ -1,5 +1,6 @@
 """Running `driftline` as a user does: the console script in a subprocess, with a DRIFTLINE_HOME,
-a topic prefix and a bucket of its own."""
+a topic prefix and a bucket of its own; and two streams besides the default one, each with its
+own field names and its own model."""
 
 from __future__ import annotations
 
@@ -12,6 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DRIFTLINE = Path(sys.executable).parent / "driftline"
+
+
+def _numbers(names: str, high: float) -> list[dict]:
+    return [{"name": name, "type": "number", "required": True, "min": 0, "max": high} for name in names.split()]
+
+
+LABEL = {"type": "integer", "required": False, "min": 0, "max": 1}
+# river's synth.SEA (x1..x3 in [0, 10], label x1 + x2 <= θ), its model named after the stream; and a
+# synth.Hyperplane-like stream (a..e in [0, 1]) that names its model.
+SEA = {"stream": "sea", "fields": _numbers("x1 x2 x3", 10), "label": LABEL}
+HYPERPLANE = {"stream": "hyperplane", "model": "hyperplane-model", "fields": _numbers("a b c d e", 1), "label": LABEL}
 
 
 @dataclass
