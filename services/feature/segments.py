@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from services.common.datasets import segments_prefix
 from services.common.objectstore import ObjectStore
 
 _SEGMENT_NAME = re.compile(r"p(\d{3,})-(\d{12,})-(\d{12,})\.json$")
@@ -33,10 +34,6 @@ class SegmentRow:
     event_time_ms: int
     label: int
     values: Sequence[float]
-
-
-def segments_prefix(stream: str) -> str:
-    return f"datasets/{stream}/segments/"
 
 
 def segment_stem(stream: str, partition: int, first_offset: int, last_offset: int) -> str:

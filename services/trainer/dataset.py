@@ -9,9 +9,7 @@ and every segment is read back against the sha256 the manifest records.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import threading
 import time
@@ -22,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from services.common.datasets import segments_prefix
 from services.common.objectstore import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -35,18 +34,6 @@ class WindowNotFilled(RuntimeError):
 
 class Cancelled(RuntimeError):
     """The service is stopping; the request is left for redelivery."""
-
-
-def segments_prefix(stream: str) -> str:
-    return f"datasets/{stream}/segments/"
-
-
-def manifest_key(stream: str, dataset_id: str) -> str:
-    return f"datasets/{stream}/versions/{dataset_id}.json"
-
-
-def eval_key(stream: str, dataset_id: str) -> str:
-    return f"datasets/{stream}/eval/{dataset_id}.parquet"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +99,6 @@ class Dataset:
         n_eval = min(self.rows - 1, max(1, round(self.rows * holdout_fraction)))
         cut = self.rows - n_eval
         return self.table.slice(0, cut), self.table.slice(cut)
-
-
-def dataset_id(manifest: dict) -> str:
-    """sha256 of the canonical JSON (sorted keys, no whitespace) of segments + window + feature names."""
-    identity = {k: manifest[k] for k in ("segments", "window_start_ms", "window_end_ms", "feature_names")}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def features_and_labels(table: pa.Table, feature_names: list[str]) -> tuple[np.ndarray, np.ndarray]:

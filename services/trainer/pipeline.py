@@ -14,13 +14,11 @@ import pyarrow as pa
 import torch
 
 from driftline.v1 import registry_pb2, registry_pb2_grpc, training_pb2
+from services.common.datasets import dataset_id, eval_key, manifest_key
 from services.common.objectstore import ObjectStore, sha256_of
 from services.common.reference import DecileBins, TrainingReference
 
-from .dataset import (
-    Dataset, SegmentReader, Window, dataset_id, eval_key, features_and_labels, manifest_key, to_parquet,
-    wait_for_rows,
-)
+from .dataset import Dataset, SegmentReader, Window, features_and_labels, to_parquet, wait_for_rows
 from .export import INPUT_NAME, OUTPUT_NAME, check_matches_torch, export_onnx, predict_proba, session
 from .reference import feature_references
 from .settings import TrainerSettings
