@@ -16,6 +16,10 @@ from .errors import CliError, from_rpc, unreachable
 from .state import Platform
 
 DEADLINE_S = 3.0  # every gRPC call; an unreachable service is reported well within 5 s
+# The monitor answers a report between two batches of its worker, and a batch that brings a new
+# version calibrates its thresholds first (seconds on a small machine). A stopped monitor still
+# fails at once: a refused connection does not wait for the deadline.
+REPORT_DEADLINE_S = 15.0
 KAFKA_TIMEOUT_S = 3.0
 ALIASES = ("production", "canary", "shadow")
 

@@ -20,7 +20,7 @@ from services.common.schema import StreamSchema
 from services.devstack.supervisor import alive, command_line, free_port, port_or_free
 
 from . import output, streams
-from .clients import ALIASES, DEADLINE_S, KAFKA_TIMEOUT_S, Rpc, kafka_admin
+from .clients import ALIASES, DEADLINE_S, KAFKA_TIMEOUT_S, REPORT_DEADLINE_S, Rpc, kafka_admin
 from .errors import CliError
 from .processes import SUPERVISOR, health_row, healthy, label, plan_serving, serve_new_models, wait_healthy
 from .state import (
@@ -310,7 +310,8 @@ def _last_alert(platform: Platform, models: list[str]) -> dict | None:
     alerts = []
     with Rpc.of(platform, "monitor") as monitor:
         for model in models:
-            reply = monitor.call("GetDriftReport", monitor_pb2.GetDriftReportRequest(model_name=model))
+            reply = monitor.call("GetDriftReport", monitor_pb2.GetDriftReportRequest(model_name=model),
+                                 timeout=REPORT_DEADLINE_S)
             alerts += [(report, alert) for report in reply.reports for alert in report.alerts]
     if not alerts:
         return None

@@ -22,7 +22,7 @@ import typer
 from driftline.v1 import monitor_pb2, registry_pb2, serving_pb2, serving_pb2_grpc, training_pb2
 
 from . import output, streams
-from .clients import Rpc, producer, read_topic, require_trainer
+from .clients import REPORT_DEADLINE_S, Rpc, producer, read_topic, require_trainer
 from .errors import CliError
 from .state import Platform
 
@@ -115,7 +115,8 @@ def drift(model: Annotated[str | None, typer.Argument(help="The model (default: 
     platform = Platform.load()
     name = model or streams.platform_models(platform)[0]
     with Rpc.of(platform, "monitor") as monitor:
-        reply = monitor.call("GetDriftReport", monitor_pb2.GetDriftReportRequest(model_name=name, model_version=version))
+        reply = monitor.call("GetDriftReport", monitor_pb2.GetDriftReportRequest(model_name=name, model_version=version),
+                             timeout=REPORT_DEADLINE_S)
     reports = [output.plain(r) for r in reply.reports]
     if json_out:
         return output.emit_json(reports)
