@@ -74,18 +74,48 @@ def read_rows(path: Path) -> list[dict]:
                 if line.strip():
                     rows.append(plain_row(json_object(line, path, "a row", line=n)))
         return rows
+    if suffix == ".csv":
+        return read_csv_rows(path)
     try:
-        if suffix == ".csv":
-            import pyarrow.csv as csv
+        import pyarrow.parquet as pq
 
-            table = csv.read_csv(path)
-        else:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
+        table = pq.read_table(path)
     except Exception as exc:  # pyarrow's ArrowInvalid and friends
-        raise CliError(f"{path}: cannot read as {suffix[1:]}: {exc}") from None
+        raise CliError(f"{path}: cannot read as parquet: {exc}") from None
     return [plain_row(row) for row in table.to_pylist()]
+
+
+def csv_value(text: str) -> object:
+    """A CSV cell as a JSON producer would send it: a number when it reads as one, else the text.
+
+    Cell by cell, not column by column (as a columnar reader infers types): one mistyped cell must
+    make one bad record, the one ingest dead-letters, not turn the whole column into strings.
+
+    >>> [csv_value(v) for v in ["3", "-2.5", "1e3", "oops", " 7 "]]
+    [3, -2.5, 1000.0, 'oops', 7]
+    """
+    stripped = text.strip()
+    for kind in (int, float):
+        try:
+            return kind(stripped)
+        except ValueError:
+            continue
+    return text
+
+
+def read_csv_rows(path: Path) -> list[dict]:
+    """The rows of a CSV file with a header line; an empty cell is a missing field."""
+    import csv
+
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames:
+                raise CliError(f"{path}: no header line")
+            return [{k: csv_value(v) for k, v in row.items() if k is not None and v not in (None, "")}
+                    for row in reader]
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise CliError(f"{path}: cannot read as csv: {exc}") from None
 
 
 def produce(file: Annotated[Path, typer.Argument(help="Rows to send: .jsonl, .csv or .parquet.")],
