@@ -1,10 +1,12 @@
 """The monitor's wire decoding: what it reads of its input records, as arrays.
 
-* Feature records (`driftline.features`), the bulk of the input: `labelled_records` reads a
-  batch's event ids and labels in one numpy pass over its bytes (FeatureRecord's wire
-  format in field order, each record's framing checked; None for any other layout, and the
-  caller parses record by record), and `event_time_ms` reads one record's event time (the
-  join keeps a record's bytes and parses it only if it ever joins).
+* Feature records (`driftline.features`), the bulk of the input: `FeatureScan` finds every
+  record's fields in one numpy pass over a batch's bytes (FeatureRecord's wire format in field
+  order, each record's framing checked; None for any other layout, and the caller parses
+  record by record) and gathers what is asked of them — the labelled records' event ids and
+  labels (`labelled_records`), the records of one stream and their feature vectors as one
+  matrix; `event_time_ms` reads one record's event time (the join keeps a record's bytes and
+  parses it only if it ever joins).
 * Prediction logs (`driftline.predictions`): `prediction_columns` reads either form of a
   `PredictionLog` (columnar buffers, or a message per row) as arrays.
 """
@@ -36,15 +38,8 @@ def labelled_records(values: Sequence[bytes], *, feature_sets: bool = False
     """The labelled feature records of a batch — (their positions, event ids, labels) — read in
     one numpy pass over the batch's bytes instead of a parsed message per record; with
     `feature_sets`, a fourth list: each labelled record's feature set (its stream; "" when it
-    names none), read by the same pass.
-
-    The pass reads FeatureRecord's wire format as serializers write it: fields in field-number
-    order, each at most once, lengths of at most two bytes, a label of 0–127. It checks every
-    record's framing (each field inside the record, a whole number of doubles, nothing after the
-    label) and the event ids' UTF-8 (and the feature sets', when asked for); the fields the
-    monitor does not read (entity, event time, values) are not parsed. None when any record is outside that layout (another
-    field order, unknown fields, a negative label, damage): the caller then parses the batch
-    record by record, which also finds the undecodable ones.
+    names none), read by the same pass. `FeatureScan.of(values).labelled(…)`, for a caller that
+    reads nothing else of the batch.
 
     >>> from driftline.v1 import features_pb2
     >>> records = [features_pb2.FeatureRecord(event_id="e1", values=[0.5, 1.0], label=1),
@@ -59,35 +54,101 @@ def labelled_records(values: Sequence[bytes], *, feature_sets: bool = False
     >>> labelled_records([b"\\x0a\\x05e1"]) is None  # an event id longer than its record
     True
     """
-    n = len(values)
-    lengths = np.fromiter(map(len, values), np.int64, n)
-    buf = np.frombuffer(b"".join(values) + b"\0\0\0", np.uint8)  # padded: reads run 2 bytes ahead
-    end = np.cumsum(lengths)
-    pos = end - lengths
-    ok = np.ones(n, bool)
-    has_id, id_start, id_length, pos = _length_delimited(buf, pos, end, ok, 0x0A)  # 1 event_id
-    pos = _length_delimited(buf, pos, end, ok, 0x12)[3]  # 2 entity_id
-    has_set, set_start, set_length, pos = _length_delimited(buf, pos, end, ok, 0x1A)  # 3 feature_set
-    pos = _length_delimited(buf, pos, end, ok, 0x22)[3]  # 4 event_time
-    has_values, _, values_length, pos = _length_delimited(buf, pos, end, ok, 0x2A)  # 5 values, packed
-    ok &= ~has_values | (values_length % 8 == 0)
-    has_label = (pos < end) & (buf[pos] == 0x30)  # 6 label, a one-byte varint
-    label = buf[pos + 1]
-    ok &= (np.where(has_label, pos + 2, pos) == end) & ~(has_label & (label >= 0x80))
-    if not ok.all():
-        return None
-    rows = np.flatnonzero(has_label)
-    if not len(rows):
-        return ([], [], [], []) if feature_sets else ([], [], [])
-    ids = _strings(buf, id_start[rows], np.where(has_id, id_length, 0)[rows])
-    if ids is None:
-        return None
-    if not feature_sets:
-        return rows.tolist(), ids, label[rows].tolist()
-    sets = _strings(buf, set_start[rows], np.where(has_set, set_length, 0)[rows])
-    if sets is None:
-        return None
-    return rows.tolist(), ids, label[rows].tolist(), sets
+    scan = FeatureScan.of(values)
+    return None if scan is None else scan.labelled(feature_sets=feature_sets)
+
+
+class FeatureScan:
+    """Where every field of a batch of FeatureRecords is, found in one numpy pass over the batch's
+    bytes (`of`); what the monitor reads of them is then gathered from those positions:
+    the labelled records' ids and labels (`labelled`), the records of one feature set
+    (`in_set`) and their feature vectors as one float64 matrix (`vectors`).
+
+    The pass reads FeatureRecord's wire format as serializers write it: fields in field-number
+    order, each at most once, lengths of at most two bytes, a label of 0–127. It checks every
+    record's framing (each field inside the record, a whole number of doubles, nothing after the
+    label); the event ids' UTF-8 (and the feature sets', when asked for) is checked when they are
+    read, the event time is not parsed. `of` is None when any record is outside that layout
+    (another field order, unknown fields, a negative label, damage): the caller then parses the
+    batch record by record, which also finds the undecodable ones.
+
+    >>> from driftline.v1 import features_pb2
+    >>> records = [features_pb2.FeatureRecord(event_id="e1", feature_set="s", values=[0.5, 1.0], label=1),
+    ...            features_pb2.FeatureRecord(event_id="e2", values=[2.0, 3.0]),
+    ...            features_pb2.FeatureRecord(event_id="e3", feature_set="s", values=[4.0])]
+    >>> scan = FeatureScan.of([r.SerializeToString() for r in records])
+    >>> rows = np.flatnonzero(scan.in_set(b"s", or_empty=False)); rows.tolist()
+    [0, 2]
+    >>> matrix, taken = scan.vectors(rows, 2)  # the record of one value is not of this width
+    >>> matrix.tolist(), taken.tolist()
+    ([[0.5, 1.0]], [0])
+    >>> scan.in_set(b"s", or_empty=True).tolist()  # a record that names no feature set: the default stream's
+    [True, True, True]
+    """
+
+    __slots__ = ("n", "_buf", "_id", "_set", "_values", "_has_label", "_label")
+
+    def __init__(self, n, buf, id_field, set_field, values_field, has_label, label) -> None:
+        self.n, self._buf = n, buf
+        self._id, self._set, self._values = id_field, set_field, values_field  # (start, length; 0 when absent)
+        self._has_label, self._label = has_label, label
+
+    @classmethod
+    def of(cls, values: Sequence[bytes]) -> FeatureScan | None:
+        n = len(values)
+        lengths = np.fromiter(map(len, values), np.int64, n)
+        buf = np.frombuffer(b"".join(values) + b"\0\0\0", np.uint8)  # padded: reads run 2 bytes ahead
+        end = np.cumsum(lengths)
+        pos = end - lengths
+        ok = np.ones(n, bool)
+        has_id, id_start, id_length, pos = _length_delimited(buf, pos, end, ok, 0x0A)  # 1 event_id
+        pos = _length_delimited(buf, pos, end, ok, 0x12)[3]  # 2 entity_id
+        has_set, set_start, set_length, pos = _length_delimited(buf, pos, end, ok, 0x1A)  # 3 feature_set
+        pos = _length_delimited(buf, pos, end, ok, 0x22)[3]  # 4 event_time
+        has_values, values_start, values_length, pos = _length_delimited(buf, pos, end, ok, 0x2A)  # 5 values, packed
+        ok &= ~has_values | (values_length % 8 == 0)
+        has_label = (pos < end) & (buf[pos] == 0x30)  # 6 label, a one-byte varint
+        label = buf[pos + 1]
+        ok &= (np.where(has_label, pos + 2, pos) == end) & ~(has_label & (label >= 0x80))
+        if not ok.all():
+            return None
+        return cls(n, buf, (id_start, np.where(has_id, id_length, 0)), (set_start, np.where(has_set, set_length, 0)),
+                   (values_start, np.where(has_values, values_length, 0)), has_label, label)
+
+    def labelled(self, *, feature_sets: bool = False):
+        """(positions, event ids, labels) of the labelled records, and with `feature_sets` their
+        feature sets; None when an id (or a feature set) is not UTF-8 (see `labelled_records`)."""
+        rows = np.flatnonzero(self._has_label)
+        if not len(rows):
+            return ([], [], [], []) if feature_sets else ([], [], [])
+        ids = _strings(self._buf, self._id[0][rows], self._id[1][rows])
+        if ids is None:
+            return None
+        if not feature_sets:
+            return rows.tolist(), ids, self._label[rows].tolist()
+        sets = _strings(self._buf, self._set[0][rows], self._set[1][rows])
+        if sets is None:
+            return None
+        return rows.tolist(), ids, self._label[rows].tolist(), sets
+
+    def in_set(self, name: bytes, *, or_empty: bool) -> np.ndarray:
+        """(n,) bool: the records whose feature set is `name` (UTF-8), and with `or_empty` those that
+        name none (the default stream's). Compared as bytes, nothing decoded."""
+        start, length = self._set
+        same = length == len(name)
+        if name and same.any():
+            rows = np.flatnonzero(same)
+            chars = self._buf[start[rows, None] + np.arange(len(name))]
+            same[rows] = (chars == np.frombuffer(name, np.uint8)).all(axis=1)
+        return same | (length == 0) if or_empty else same
+
+    def vectors(self, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The feature vectors of the records at `rows` that hold `width` values, as one (m, width)
+        float64 matrix gathered from the batch's bytes, and those records' positions (m,)."""
+        start, length = self._values
+        taken = rows[length[rows] == 8 * width]
+        raw = self._buf[start[taken, None] + np.arange(8 * width)]  # (m, 8·width) bytes, little-endian doubles
+        return raw.view("<f8").reshape(len(taken), width).astype(np.float64, copy=False), taken
 
 
 def _strings(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> list[str] | None:

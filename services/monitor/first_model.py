@@ -80,9 +80,11 @@ class FirstModels:
 
     def refresh(self, force: bool = False) -> None:
         """Re-reads the catalogue (it only stats the folder, at most once a second)."""
-        changed = self.catalog.refresh(force)
-        if changed or force:
-            self._models = {schema.stream: schema.model_name for schema in self.catalog}
+        self.catalog.refresh(force)
+        # (compared, not taken from refresh's answer: another reader of the catalogue may have had it)
+        models = {schema.stream: schema.model_name for schema in self.catalog}
+        if models != self._models or force:
+            self._models = models
             self._recount()
 
     def add(self, stream: str, rows: int, first_ms: Callable[[], int]) -> None:

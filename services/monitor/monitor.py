@@ -10,7 +10,9 @@ a `Hub`, and into a bounded history the dashboard draws.
 
 With a stream catalogue, every stream of it is served: a drift request names its model's own
 stream, and a stream whose model has no production version asks for its first model
-(`first_model.FirstModels`: the labelled feature records are counted per stream).
+(`first_model.FirstModels`: the labelled feature records are counted per stream). A stream whose
+model has a production version with a training reference feeds that version's data drift with
+its own events (the feature records' values, `_StreamFeed`), whether or not anyone calls Predict.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from confluent_kafka import Message
@@ -31,7 +34,7 @@ from services.common.kafka import DecodeFailure, Producer, decode
 from services.common.settings import Topics
 from services.common.streams import StreamCatalog
 
-from .codec import event_time_ms, labelled_records, prediction_columns
+from .codec import FeatureScan, event_time_ms, prediction_columns
 from .first_model import FirstModels
 from .hub import Hub
 from .joiner import Joined, Label, LabelJoin
@@ -45,6 +48,19 @@ from .tracker import Position, TrackerConfig, VersionTracker
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]  # (model name, version)
+
+FEEDS_CHECK_S = 1.0  # how often the streams' feeds are looked at again (the catalogue, a missing reference)
+
+
+@dataclass
+class _StreamFeed:
+    """A stream whose events feed its model's production version's data drift."""
+    stream: str
+    tracker: VersionTracker
+    width: int      # values per feature vector: the stream's (= the version's) feature names
+    name: bytes     # the stream's name as FeatureRecord.feature_set carries it
+    default: bool   # the default stream: a record that names no feature set is one of its events
+    skipped: int = 0  # records of another width, not compared
 
 
 class DriftMonitor:
@@ -76,6 +92,12 @@ class DriftMonitor:
         self._touched: set[Key] = set()
         self._samples: dict[str, object] = {}  # SAMPLES per model, looked up once
         self._produced = False  # anything published since the last flush
+        self._clock = clock
+        # Per stream, the production version its events feed (`_stream_feeds`), looked at again
+        # when a production version changes and every FEEDS_CHECK_S.
+        self._feeds: dict[str, _StreamFeed] = {}
+        self._feeds_checked = float("-inf")
+        self._refused: set[tuple[str, int, str]] = set()  # (model, version, stream) whose features differ: logged
         # Per input topic, the kind its records are counted under. Feature records are read a
         # run at a time (`_on_feature_run`); every other topic's a record at a time.
         self._kinds = {topics.features: "features", topics.labels: "labels", topics.predictions: "predictions",
@@ -130,10 +152,17 @@ class DriftMonitor:
         values = [m.value() or b"" for m in run]
         # Streams are read only while one still waits for its first model.
         counting = self.first_models is not None and self.first_models.counting
-        found = labelled_records(values, feature_sets=counting)
+        feeds = self._stream_feeds()
+        scan = FeatureScan.of(values)
+        found = scan.labelled(feature_sets=counting) if scan is not None else None
         if found is None:  # a record outside the usual layout, or a damaged one: record by record
-            self._on_feature_records(run, values)
+            self._on_feature_records(run, values, feeds)
             return
+        for feed in feeds.values():  # the events' values, only for a stream whose production version compares them
+            rows = np.flatnonzero(scan.in_set(feed.name, or_empty=feed.default))
+            if len(rows):
+                matrix, taken = scan.vectors(rows, feed.width)
+                self._stream_rows(feed, matrix, taken.tolist(), len(rows), run, values)
         rows, ids, labels = found[:3]
         if not ids:
             return  # nothing labelled
@@ -144,7 +173,7 @@ class DriftMonitor:
         if self.join.add_labels(ids, pending) is None:
             self._join_one_by_one(run, rows, ids, pending)
 
-    def _on_feature_records(self, run: list[Message], values: list[bytes]) -> None:
+    def _on_feature_records(self, run: list[Message], values: list[bytes], feeds: dict[str, _StreamFeed]) -> None:
         # One record at a time, each dropped as soon as its fields are read: the allocator reuses
         # its memory (a list of a batch's parsed records costs several times the parsing).
         parse = features_pb2.FeatureRecord.FromString
@@ -153,22 +182,97 @@ class DriftMonitor:
         where: list[int] = []
         streams: list[str] = []
         add_id, add_pending, add_where = ids.append, pending.append, where.append
+        default = self.streams.default if self.streams is not None else ""
+        fed: dict[str, tuple[list[int], list]] = {stream: ([], []) for stream in feeds}  # (positions, vectors)
         for i, value in enumerate(values):
             try:
                 record = parse(value)
             except DecodeError as exc:
                 self._undecodable(run[i], exc)
                 continue
+            if feeds and (into := fed.get(record.feature_set or default)) is not None:
+                into[0].append(i)
+                into[1].append(record.values)
             if record.HasField("label"):  # unlabelled events have nothing to join
                 add_id(record.event_id)
                 add_pending((record.label, value))
                 add_where(i)
                 streams.append(record.feature_set)
+        for stream, (positions, vectors) in fed.items():
+            feed = feeds[stream]
+            kept = [(i, v) for i, v in zip(positions, vectors) if len(v) == feed.width]
+            matrix = np.array([v for _, v in kept], np.float64).reshape(len(kept), feed.width)
+            self._stream_rows(feed, matrix, [i for i, _ in kept], len(positions), run, values)
         if ids and self.first_models is not None and self.first_models.counting:
             self._count_labelled(streams, [raw for _, raw in pending])
         if not ids or self.join.add_labels(ids, pending) is not None:
             return  # nothing labelled, or they all wait for their predictions
         self._join_one_by_one(run, where, ids, pending)
+
+    def _stream_rows(self, feed: _StreamFeed, matrix: np.ndarray, taken: list[int], seen: int,
+                     run: list[Message], values: list[bytes]) -> None:
+        """A batch's events of `feed`'s stream, `matrix` (m, width) the vectors of those at positions
+        `taken` (`seen` in all; the others hold another number of values, and are not compared)."""
+        if len(taken) < seen:
+            if not feed.skipped:
+                log.warning("feature records with another number of values than the stream's features; not "
+                            "compared", extra={"stream": feed.stream, "model": feed.tracker.model_name,
+                                               "features": feed.width})
+            feed.skipped += seen - len(taken)
+        if not taken:
+            return
+        first = run[taken[0]]
+        feed.tracker.add_stream_rows(matrix, event_time_ms(values[taken[0]]),
+                                     Position(first.topic(), first.partition(), first.offset()))
+        self._touched.add((feed.tracker.model_name, feed.tracker.version))
+
+    def _stream_feeds(self) -> dict[str, _StreamFeed]:
+        """Per stream, the production version its events feed: a stream of the catalogue whose model
+        has a production version whose reference has feature bins, under the same feature names in
+        the same order (a version whose differ is not compared, logged once). A version no
+        longer fed (it left production) goes back to its served rows."""
+        if self.streams is None:
+            return self._feeds
+        now = self._clock()
+        if now - self._feeds_checked < FEEDS_CHECK_S:
+            return self._feeds
+        self._feeds_checked = now
+        self.streams.refresh()
+        feeds: dict[str, _StreamFeed] = {}
+        for schema in self.streams:
+            version = self._production.get(schema.model_name)
+            if not version:
+                continue
+            tracker = self._tracker(schema.model_name, version)  # asks for its reference while it has none
+            if not tracker.compares_stream:
+                continue
+            names = list(schema.feature_names)
+            if list(tracker.reference.feature_names) != names:
+                refused = (schema.model_name, version, schema.stream)
+                if refused not in self._refused:
+                    self._refused.add(refused)
+                    log.warning("the stream's features are not the version's: its data drift is not compared "
+                                "with the stream's events", extra={
+                                    "stream": schema.stream, "model": schema.model_name, "version": version,
+                                    "stream_features": names, "version_features": list(tracker.reference.feature_names)})
+                continue
+            known = self._feeds.get(schema.stream)
+            feeds[schema.stream] = known if known is not None and known.tracker is tracker else _StreamFeed(
+                schema.stream, tracker, len(names), schema.stream.encode(), schema.stream == self.streams.default)
+        still = {id(feed.tracker) for feed in feeds.values()}
+        for feed in self._feeds.values():
+            if id(feed.tracker) not in still:
+                feed.tracker.stop_stream()
+        self._feeds = feeds
+        return feeds
+
+    def _production_is(self, model_name: str, version: int) -> None:
+        """`model_name`'s production alias points at `version`: the trackers' flags and the feeds follow."""
+        self._production[model_name] = version
+        for (name, v), tracker in self._trackers.items():
+            if name == model_name:
+                tracker.production = v == version
+        self._feeds_checked = float("-inf")  # the stream's events feed the new one from the next batch
 
     def _count_labelled(self, streams: list[str], raws: list[bytes]) -> None:
         """Labelled feature records per stream, towards the first models (`raws[i]` is the record of
@@ -239,13 +343,10 @@ class DriftMonitor:
         when = event.occurred_at.ToMilliseconds() if event.HasField("occurred_at") else int(time.time() * 1000)
         if event.kind == registry_pb2.RegistryEvent.ALIAS_MOVED:
             PROMOTIONS.labels(event.model_name, event.alias).inc()
-            if event.alias == "production":
-                self._production[event.model_name] = version
+            if event.alias == "production" and version:
+                self._production_is(event.model_name, version)
                 if self.first_models is not None:
                     self.first_models.production(event.model_name, version)
-                for (name, v), tracker in self._trackers.items():
-                    if name == event.model_name:
-                        tracker.production = v == version
             text = f"{event.alias} → v{version}" + (f" (was v{event.previous_version})" if event.previous_version else "")
             self.reporting.mark("promotion", event.model_name, version, text, when)
         elif event.kind == registry_pb2.RegistryEvent.VERSION_REGISTERED:
@@ -329,8 +430,11 @@ class DriftMonitor:
             return self.first_models.waiting() if self.first_models is not None else []
 
     def production_looked_up(self, model_name: str, version: int | None) -> None:
-        """The registry's answer: `model_name`'s production version, or None when it points nowhere."""
+        """The registry's answer: `model_name`'s production version, or None when it points nowhere.
+        A registry event that moved the alias since wins over a lookup."""
         with self._lock:
+            if version and model_name not in self._production:
+                self._production_is(model_name, version)
             if self.first_models is None:
                 return
             if version:
@@ -357,6 +461,7 @@ class DriftMonitor:
         versions = sorted(v for m, v in self._trackers if m == model_name)
         for version in versions[:-self.max_versions_per_model]:
             tracker = self._trackers.pop((model_name, version))
+            self._feeds_checked = float("-inf")
             self.retraining.forget((model_name, version))
             self.reporting.forget(tracker)
 

@@ -54,20 +54,20 @@ class Reports:
             unmatched_predictions=c["expired_predictions"] + c["evicted_predictions"])
 
     def due(self, trackers: Iterable[VersionTracker]) -> list[VersionTracker]:
-        """The trackers with news whose report is due: `every_samples` more labelled samples, or
-        `every_s` since their last report."""
+        """The trackers with news (labelled samples, served rows or the stream's events) whose report
+        is due: `every_samples` more labelled samples, or `every_s` since their last report."""
         now = self._clock()
         found = []
         for tracker in trackers:
             samples, rows, at = self._last.get((tracker.model_name, tracker.version), (0, 0, float("-inf")))
-            news = tracker.samples != samples or tracker.predicted_rows != rows
+            news = tracker.samples != samples or _rows(tracker) != rows
             if news and (tracker.samples - samples >= self.every_samples or now - at >= self.every_s):
                 found.append(tracker)
         return found
 
     def published(self, tracker: VersionTracker, report: monitor_pb2.DriftReport) -> None:
         """A report went to the stats topic: gauges, history and watchers get it too."""
-        self._last[(tracker.model_name, tracker.version)] = (tracker.samples, tracker.predicted_rows, self._clock())
+        self._last[(tracker.model_name, tracker.version)] = (tracker.samples, _rows(tracker), self._clock())
         export_gauges(tracker, report)
         self.history.append(compact(report))
         self.hub.publish(("report", report))
@@ -97,6 +97,11 @@ class Reports:
         """A version no longer tracked: its gauges go too."""
         self._last.pop((tracker.model_name, tracker.version), None)
         remove_gauges(tracker)
+
+
+def _rows(tracker: VersionTracker) -> int:
+    """Rows a tracker has compared: served rows and the stream's events (news for a report)."""
+    return tracker.predicted_rows + tracker.stream_rows
 
 
 def export_gauges(tracker: VersionTracker, report: monitor_pb2.DriftReport) -> None:

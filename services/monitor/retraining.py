@@ -41,7 +41,7 @@ class RetrainingTrigger:
         if not candidates:
             return None
         alert = min(candidates, key=lambda a: (a.signal != CONCEPT, a.change_time_ms or 1 << 62))
-        count = tracker.samples if alert.signal == CONCEPT else tracker.predicted_rows
+        count = tracker.rows_for(alert.signal)  # labelled samples, or the rows of the window that alarmed
         decision = self.policy.decide(tracker.model_name, tracker.version, count)
         if not decision.retrain:
             if self._blocked_by.get(key) != decision.rule:  # once per rule, not once per sample

@@ -476,6 +476,30 @@ class WindowDrift:
         self._over = np.zeros((2, f), dtype=np.int64)
         self._under = np.zeros(f, dtype=np.int64)
 
+    def carry(self, old: WindowDrift) -> None:
+        """Goes on from `old`, a window over other columns of the same rows: its row count (alarms
+        name rows by number), and when every column here is one of its columns (binned alike), their
+        rows in the window and their tests' state.
+
+        >>> edges, props = [np.linspace(0, 1, 11)] * 2, np.full((2, 10), 0.1)
+        >>> both = WindowDrift(["a", "b"], edges, props, window=100, step=50,
+        ...                    psi_threshold=np.full(2, 0.2), ks_threshold=np.full(2, 0.15))
+        >>> _ = both.update(np.random.default_rng(0).uniform(0, 1, (120, 2)))
+        >>> b = WindowDrift(["b"], edges[1:], props[1:], window=100, step=50,
+        ...                 psi_threshold=np.full(1, 0.2), ks_threshold=np.full(1, 0.15))
+        >>> b.carry(both); b.rows, b.count, bool((b.counts() == both.counts()[1:]).all()), b.psi == both.psi[1:]
+        (120, 100, True, array([ True]))
+        """
+        self.rows = old.rows
+        if not all(name in old.names for name in self.names) or old.window != self.window:
+            return
+        columns = [old.names.index(name) for name in self.names]
+        self._ring[:] = old._ring[:, columns]
+        self._filled, self._since_test = old._filled, old._since_test
+        for state in ("psi", "ks", "js", "distance", "alarmed", "_under"):
+            setattr(self, state, getattr(old, state)[columns].copy())
+        self._over = old._over[:, columns].copy()
+
     @property
     def count(self) -> int:
         """Rows in the window."""

@@ -18,6 +18,13 @@ Signals per version:
   KS against the reference bins in metadata.json (`signals.WindowDrift`); for a
   categorical feature (its reference lists categories) Jensen–Shannon distance
   takes KS's place (`categorical.py`).
+
+Data drift has one source per version. Served rows (prediction logs) feed `window`: the
+features and the score, as long as nothing else feeds the features. The production version of a
+stream sees that stream's events themselves (`add_stream_rows`, from the feature records): from
+their first row on, the features are compared in `stream_window` and `window` keeps the score
+only, so an event that was also served is never counted twice; `stop_stream` (the version left
+production) gives the features back to the served rows.
 """
 
 from __future__ import annotations
@@ -143,7 +150,13 @@ class VersionTracker:
         self._sample_at: deque[tuple[int, Position, int]] = deque(maxlen=50_000)
         # (first row, served-at ms, position) of recent prediction logs, for data-drift alerts.
         self._logs: deque[tuple[int, int, Position]] = deque(maxlen=10_000)
+        # Served rows: the features and the score, or only the score while the stream feeds the features.
         self.window: WindowDrift | None = None
+        self._served: list[int] = []  # per column of `window`: the served row's column, or -1 (the score)
+        # The stream's own events (production version only), from the feature records.
+        self.stream_window: WindowDrift | None = None
+        self.stream_rows = 0  # rows of the stream's events seen since it feeds this version
+        self._stream_at: deque[tuple[int, int, Position]] = deque(maxlen=10_000)  # (first row, event ms, position)
         self.alerts: list[Alert] = []  # newest last; bounded
         self._new_alerts: list[Alert] = []  # raised since `take_new_alerts`
 
@@ -152,14 +165,30 @@ class VersionTracker:
     def set_reference(self, reference: ModelReference) -> None:
         self.reference = reference
         names = [n for n in reference.feature_names if n in reference.features]
+        # The compared features' columns in a feature vector (the model's feature order).
         self._columns = [reference.feature_names.index(n) for n in names]
-        bins = [reference.features[n] for n in names]
         self._with_score = reference.scores is not None
-        if self._with_score:
-            names.append(SCORE)
-            bins.append(reference.scores)
+        self._serve(features=True)
+
+    def _serve(self, *, features: bool) -> None:
+        """(Re)builds the served rows' window: the compared features (unless the stream feeds them)
+        and the score."""
+        ref = self.reference
+        columns = self._columns if features else []
+        self._served = [*columns, *([-1] if self._with_score else [])]
+        names = [ref.feature_names[c] for c in columns] + ([SCORE] if self._with_score else [])
+        old, self.window = self.window, self._calibrated(names, "served rows")
+        if old is not None and self.window is not None:
+            self.window.carry(old)  # the score's rows so far stay in its window
+
+    def _calibrated(self, names: list[str], source: str) -> WindowDrift | None:
+        """A window over `names` (features, and SCORE for the score) against the reference's bins,
+        its thresholds bootstrapped for the expected run length (`calibrate_windows`); None for
+        no names."""
+        ref = self.reference
+        bins = [ref.scores if n == SCORE else ref.features[n] for n in names]
         if not bins:
-            return
+            return None
         # A categorical feature's bins are its categories and one more, unseen (reference share 0).
         k = max(len(b.proportions) + b.categorical for b in bins)
         proportions = np.zeros((len(bins), k))
@@ -170,24 +199,53 @@ class VersionTracker:
         c = self.config
         calibration = calibrate_windows(proportions, c.psi_window, c.window_step, c.expected_run_length,
                                         c.window_confirm, streams=c.calibration_streams,
-                                        reference_rows=reference.reference_rows, categorical=categorical)
-        self.window = WindowDrift(names, [np.asarray(b.edges) for b in bins], proportions,
-                                  window=c.psi_window, step=c.window_step, psi_threshold=calibration.psi,
-                                  ks_threshold=calibration.ks, confirm=c.window_confirm,
-                                  clear_ratio=c.window_clear_ratio,
-                                  categories=[np.asarray(b.categories) if b.categorical else None for b in bins],
-                                  js_threshold=calibration.js)
+                                        reference_rows=ref.reference_rows, categorical=categorical)
+        window = WindowDrift(names, [np.asarray(b.edges) for b in bins], proportions,
+                             window=c.psi_window, step=c.window_step, psi_threshold=calibration.psi,
+                             ks_threshold=calibration.ks, confirm=c.window_confirm,
+                             clear_ratio=c.window_clear_ratio,
+                             categories=[np.asarray(b.categories) if b.categorical else None for b in bins],
+                             js_threshold=calibration.js)
         log.info("data-drift thresholds calibrated", extra={
-            "model": self.model_name, "version": self.version, "features": len(names),
+            "model": self.model_name, "version": self.version, "source": source, "features": len(names),
             "categorical": [n for n, cat in zip(names, categorical) if cat],
             "ert": c.expected_run_length, "seconds": round(time.perf_counter() - started, 3)})
+        return window
+
+    # -- the data-drift source -------------------------------------------------------------
+
+    @property
+    def compares_stream(self) -> bool:
+        """Whether the stream's events can be compared here: a reference with feature bins."""
+        return self.reference is not None and bool(self._columns)
+
+    def _use_stream(self) -> bool:
+        """The stream's events feed the features from now on; the served rows keep the score."""
+        if not self.compares_stream:
+            return False
+        names = [self.reference.feature_names[c] for c in self._columns]
+        self.stream_window = self._calibrated(names, "stream")
+        self._serve(features=False)
+        log.info("data drift from the stream's events; served rows feed prediction drift only", extra={
+            "model": self.model_name, "version": self.version, "features": names})
+        return True
+
+    def stop_stream(self) -> None:
+        """The stream no longer feeds this version (it left production): served rows feed its data
+        drift again, from an empty window."""
+        if self.stream_window is None:
+            return
+        self.stream_window = None
+        self._serve(features=True)
+        log.info("data drift from served rows again", extra={"model": self.model_name, "version": self.version})
 
     # -- input ---------------------------------------------------------------------------
 
     def add_predictions(self, features: np.ndarray, scores: np.ndarray, served_at_ms: int,
                         at: Position) -> None:
-        """Served rows (n, F) and their positive-class scores (n,): they feed the data- and
-        prediction-drift windows, whether or not labels ever come."""
+        """Served rows (n, F) and their positive-class scores (n,): they feed the prediction-drift
+        window, and the data-drift one unless the stream's events feed it, whether or not labels
+        ever come."""
         n = len(features)
         if not n:
             return
@@ -197,32 +255,47 @@ class VersionTracker:
             return
         matrix = np.empty((n, len(self.window.names)))
         width = features.shape[1] if features.ndim == 2 else 0
-        for i, column in enumerate(self._columns):
-            matrix[:, i] = features[:, column] if column < width else np.nan
-        if self._with_score:
-            matrix[:, -1] = scores if len(scores) == n else np.nan
-        for alarm in self.window.update(matrix):
-            start_ms, change_at = self._log_at(alarm.change_sample)
-            _, detected_at = self._log_at(alarm.detected_sample)
+        for i, column in enumerate(self._served):
+            if column < 0:
+                matrix[:, i] = scores if len(scores) == n else np.nan
+            else:
+                matrix[:, i] = features[:, column] if column < width else np.nan
+        self._compare(self.window, matrix, self._logs, "rows")
+
+    def add_stream_rows(self, values: np.ndarray, event_time_ms: int, at: Position) -> None:
+        """Rows (m, F) of the stream's events, F values each in the model's feature order (the
+        monitor has checked the stream's feature names against the version's): from the first
+        of them on they feed this version's data drift instead of the served rows."""
+        m = len(values)
+        if not m or (self.stream_window is None and not self._use_stream()):
+            return
+        self._stream_at.append((self.stream_rows + 1, event_time_ms, at or Position()))
+        self.stream_rows += m
+        self._compare(self.stream_window, values[:, self._columns], self._stream_at, "events of the stream")
+
+    def _compare(self, window: WindowDrift, matrix: np.ndarray, positions: deque, what: str) -> None:
+        """Rows into `window`; its alarms are alerts (positions: (first row, ms, position) per input
+        record), and an alert of its features clears once the window no longer alarms."""
+        for alarm in window.update(matrix):
+            start_ms, change_at = _row_at(positions, alarm.change_sample)
+            _, detected_at = _row_at(positions, alarm.detected_sample)
             self._raise(Alert.from_alarm(
                 PREDICTION if alarm.feature == SCORE else DATA, alarm, features=[alarm.feature],
                 change_time_ms=start_ms, change_at=change_at, detected_at=detected_at, description=(
-                    f"{alarm.statistic.upper()} of {alarm.feature} over the last {self.window.window} rows "
+                    f"{alarm.statistic.upper()} of {alarm.feature} over the last {window.window} {what} "
                     f"is {alarm.value:.4f} > {alarm.threshold:.4f} (calibrated for one false alarm per "
-                    f"{self.config.expected_run_length:.0f} rows) on {self.window.confirm} consecutive tests")))
+                    f"{self.config.expected_run_length:.0f} rows) on {window.confirm} consecutive tests")))
         for alert in self.alerts:
-            if alert.active and alert.signal in (DATA, PREDICTION):
-                f = self.window.names.index(alert.features[0])
-                if not self.window.alarmed[f]:
+            if alert.active and alert.signal in (DATA, PREDICTION) and alert.features[0] in window.names:
+                if not window.alarmed[window.names.index(alert.features[0])]:
                     alert.active = False
 
-    def _log_at(self, row: int) -> tuple[int, Position]:
-        found = (0, Position())
-        for first, served_ms, at in reversed(self._logs):
-            if first <= row:
-                return served_ms, at
-            found = (served_ms, at)
-        return found
+    def rows_for(self, signal: str) -> int:
+        """What a policy's minimum counts for an alert of `signal`: labelled samples for concept
+        drift, else the rows of the window that raised it."""
+        if signal == CONCEPT:
+            return self.samples
+        return self.stream_rows if signal == DATA and self.stream_window is not None else self.predicted_rows
 
     def add_outcome(self, joined: Joined, at: Position | None = None) -> ChangeAlarm | None:
         """A prediction with its true label; returns a change when ADWIN detects one.
@@ -436,14 +509,10 @@ class VersionTracker:
     # -- output --------------------------------------------------------------------------
 
     def feature_drift(self) -> list[monitor_pb2.FeatureDrift]:
-        if self.window is None or self.window.count < self.window.window:
-            return []
-        w = self.window
-        return [monitor_pb2.FeatureDrift(
-            feature=name, psi=float(w.psi[i]), ks=float(w.ks[i]), drifted=bool(w.alarmed[i]),
-            psi_threshold=float(w.psi_threshold[i]), ks_threshold=float(w.ks_threshold[i]), window=w.count,
-            js=float(w.js[i]), js_threshold=float(w.js_threshold[i]), categorical=bool(w.categorical[i]))
-            for i, name in enumerate(w.names)]
+        """Per compared column of each full window: the stream's features (when the stream feeds
+        them), then the served rows' (the features otherwise, and the score)."""
+        return [drift for w in (self.stream_window, self.window) if w is not None and w.count >= w.window
+                for drift in _drift(w)]
 
     def active_alerts(self) -> list[Alert]:
         return [a for a in self.alerts if a.active]
@@ -470,3 +539,21 @@ class VersionTracker:
             report.change_time.FromMilliseconds(self.drift.event_time_ms)
             report.change_sample = self.drift.sample
         return report
+
+
+def _drift(w: WindowDrift) -> list[monitor_pb2.FeatureDrift]:
+    return [monitor_pb2.FeatureDrift(
+        feature=name, psi=float(w.psi[i]), ks=float(w.ks[i]), drifted=bool(w.alarmed[i]),
+        psi_threshold=float(w.psi_threshold[i]), ks_threshold=float(w.ks_threshold[i]), window=w.count,
+        js=float(w.js[i]), js_threshold=float(w.js_threshold[i]), categorical=bool(w.categorical[i]))
+        for i, name in enumerate(w.names)]
+
+
+def _row_at(positions: deque[tuple[int, int, Position]], row: int) -> tuple[int, Position]:
+    """The (ms, position) of the input record that brought 1-based row `row` (the oldest kept, if older)."""
+    found = (0, Position())
+    for first, ms, at in reversed(positions):
+        if first <= row:
+            return ms, at
+        found = (ms, at)
+    return found

@@ -1,11 +1,21 @@
 """The registry as the monitor's tests see it: a small real gRPC servicer (run in a
-tests/support.GrpcThread) that answers GetModelVersion and GetAlias from dicts."""
+tests/support.GrpcThread) that answers GetModelVersion and GetAlias from dicts; and what every live
+monitor fixture sets up first — topics and a bucket of its own, versions whose metadata.json holds a
+training reference."""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
+
 import grpc
+import numpy as np
 
 from driftline.v1 import registry_pb2, registry_pb2_grpc
+from services.common.kafka import ensure_topics
+from services.common.objectstore import MinioObjectStore
+from services.common.settings import Topics
+from services.monitor.psi import reference_bins
 
 
 class RegistryStandIn(registry_pb2_grpc.RegistryServicer):
@@ -17,6 +27,17 @@ class RegistryStandIn(registry_pb2_grpc.RegistryServicer):
         self.aliases: dict[tuple[str, str], int] = {}
         self.alias_lookups: list[tuple[str, str]] = []
         self.unavailable = False  # True: every call fails UNAVAILABLE, as a registry that is not up yet
+
+    def with_reference(self, store: MinioObjectStore, model: str, version: int, features: list[str],
+                       training: np.ndarray, scores_reference: dict, **metadata) -> None:
+        """A version whose metadata.json (written to `store`) holds the reference bins of `training`'s
+        columns, named `features`, and `scores_reference`; `metadata` adds to the file."""
+        written = store.put_json(f"models/{model}/{version}/metadata.json", {
+            "name": model, "version": version, "feature_names": features, "classes": [0, 1],
+            "reference": {name: reference_bins(training[:, i]) for i, name in enumerate(features)},
+            "scores_reference": scores_reference, **metadata})
+        self.versions[(model, version)] = registry_pb2.ModelVersion(
+            name=model, version=version, feature_names=features, metadata_uri=written.uri)
 
     async def GetModelVersion(self, request, context):
         found = self.versions.get((request.name, request.version))
@@ -34,3 +55,21 @@ class RegistryStandIn(registry_pb2_grpc.RegistryServicer):
                                 f"alias {request.alias!r} of model {request.name!r} points nowhere")
         return self.versions.get((request.name, version)) or registry_pb2.ModelVersion(
             name=request.name, version=version)
+
+
+@dataclass
+class Isolated:
+    """A test's own topic prefix (its topics created) and bucket (created), on the shared broker and S3."""
+    prefix: str
+    topics: Topics
+    bucket: str
+    store: MinioObjectStore
+
+
+def isolated(kafka_bootstrap: str, s3) -> Isolated:
+    prefix, bucket = f"t{uuid.uuid4().hex[:12]}.", f"test-{uuid.uuid4().hex[:20]}"
+    topics = Topics(prefix)
+    ensure_topics(kafka_bootstrap, topics.all())
+    store = MinioObjectStore(s3.endpoint, s3.access_key, s3.secret_key, bucket, s3.secure)
+    store.ensure_bucket()
+    return Isolated(prefix, topics, bucket, store)

@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 
 from driftline.v1 import (
-    features_pb2, monitor_pb2, monitor_pb2_grpc, registry_pb2, registry_pb2_grpc, serving_pb2, training_pb2,
+    features_pb2, monitor_pb2, monitor_pb2_grpc, registry_pb2_grpc, serving_pb2, training_pb2,
 )
-from services.common.kafka import Consumer, Producer, ensure_topics
-from services.common.objectstore import MinioObjectStore
+from services.common.kafka import Consumer, Producer
 from services.common.settings import Topics
 from services.monitor import joiner
 from services.monitor.detectors import ErrorRateChange, RollingAccuracy
@@ -30,7 +29,7 @@ from services.monitor.psi import Bins, reference_bins
 from services.monitor.signals import window_statistics
 from services.monitor.tracker import Position, TrackerConfig, VersionTracker
 from services.serving.prediction_log import ServedRequest, to_log
-from registry_stand_in import RegistryStandIn
+from registry_stand_in import RegistryStandIn, isolated
 from support import GrpcThread, ServiceRun, free_port, wait_for
 
 
@@ -297,20 +296,12 @@ class Scenario:
 def scenario(kafka_bootstrap, s3, tmp_path_factory) -> Scenario:
     """One monitor process, two models: "drifting" (with a training reference) drifts after
     enough samples; "early" (no metadata.json anywhere) drifts before the policy allows a request."""
-    prefix, bucket = f"t{uuid.uuid4().hex[:12]}.", f"test-{uuid.uuid4().hex[:20]}"
-    topics = Topics(prefix)
-    ensure_topics(kafka_bootstrap, topics.all())
-    store = MinioObjectStore(s3.endpoint, s3.access_key, s3.secret_key, bucket, s3.secure)
-    store.ensure_bucket()
-
+    own = isolated(kafka_bootstrap, s3)
+    prefix, bucket, topics = own.prefix, own.bucket, own.topics
     training = np.random.default_rng(0).uniform(0, 1, (2000, len(FEATURES)))
-    metadata = store.put_json("models/drifting/1/metadata.json", {
-        "name": "drifting", "version": 1, "feature_names": FEATURES, "classes": [0, 1],
-        "reference": {name: reference_bins(training[:, i]) for i, name in enumerate(FEATURES)},
-        "scores_reference": reference_bins([0.2] * 500 + [0.8] * 500, bins=2)})
     registry_servicer = RegistryStandIn()
-    registry_servicer.versions[("drifting", 1)] = registry_pb2.ModelVersion(
-        name="drifting", version=1, feature_names=FEATURES, metadata_uri=metadata.uri)
+    registry_servicer.with_reference(own.store, "drifting", 1, FEATURES, training,
+                                     reference_bins([0.2] * 500 + [0.8] * 500, bins=2))
     registry = GrpcThread(registry_servicer, registry_pb2_grpc.add_RegistryServicer_to_server)
 
     port = free_port()

@@ -18,14 +18,13 @@ import grpc
 import numpy as np
 import pytest
 
-from driftline.v1 import events_pb2, monitor_pb2, monitor_pb2_grpc, registry_pb2, registry_pb2_grpc, serving_pb2
-from services.common.kafka import Producer, ensure_topics
-from services.common.objectstore import MinioObjectStore
+from driftline.v1 import events_pb2, monitor_pb2, monitor_pb2_grpc, registry_pb2_grpc, serving_pb2
+from services.common.kafka import Producer
 from services.common.settings import Topics
 from services.monitor.psi import reference_bins
 from support import ROOT, GrpcThread, ServiceRun, free_port, wait_for
 from monitor_fakes import stop_cleanly
-from registry_stand_in import RegistryStandIn
+from registry_stand_in import RegistryStandIn, isolated
 
 FEATURES = ["f0", "f1", "f2"]
 JOIN_TTL_S = 2.0
@@ -68,20 +67,13 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(kafka_bootstrap, s3, tmp_path_factory):
-    prefix, bucket = f"t{uuid.uuid4().hex[:12]}.", f"test-{uuid.uuid4().hex[:20]}"
-    topics = Topics(prefix)
-    ensure_topics(kafka_bootstrap, topics.all())
-    store = MinioObjectStore(s3.endpoint, s3.access_key, s3.secret_key, bucket, s3.secure)
-    store.ensure_bucket()
+    own = isolated(kafka_bootstrap, s3)
+    prefix, bucket, topics = own.prefix, own.bucket, own.topics
     training = np.random.default_rng(0).uniform(0, 1, (2000, len(FEATURES)))
     registry_servicer = RegistryStandIn()
     for model in ("dash", "watched", "labels"):
-        metadata = store.put_json(f"models/{model}/1/metadata.json", {
-            "name": model, "version": 1, "feature_names": FEATURES, "classes": [0, 1],
-            "reference": {name: reference_bins(training[:, i]) for i, name in enumerate(FEATURES)},
-            "scores_reference": reference_bins(np.random.default_rng(1).uniform(0, 1, 2000))})
-        registry_servicer.versions[(model, 1)] = registry_pb2.ModelVersion(
-            name=model, version=1, feature_names=FEATURES, metadata_uri=metadata.uri)
+        registry_servicer.with_reference(own.store, model, 1, FEATURES, training,
+                                         reference_bins(np.random.default_rng(1).uniform(0, 1, 2000)))
     registry = GrpcThread(registry_servicer, registry_pb2_grpc.add_RegistryServicer_to_server)
     grpc_port, dashboard_port = free_port(), free_port()
     log_path = tmp_path_factory.mktemp("monitor-live") / "monitor.log"
