@@ -36,9 +36,10 @@ import typer
 
 from services.common import schema as schema_rules
 from services.common.schema import SchemaError, StreamSchema
+from services.common.streams import schema_document
 
 from . import output
-from .errors import CliError, json_object
+from .errors import CliError
 from .processes import serve_new_models
 from .state import Platform
 
@@ -58,21 +59,10 @@ def parse_file(path: Path) -> dict:
         text = path.read_text()
     except OSError as exc:
         raise CliError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise CliError(f"{path}: YAML needs PyYAML (pip install pyyaml), or give the schema as JSON") from None
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-            raise CliError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
-        if not isinstance(doc, dict):
-            raise CliError(f"{path}: a stream schema is an object, got {type(doc).__name__}")
-        return doc
-    return json_object(text, path, "a stream schema")
+    try:
+        return schema_document(text, str(path))
+    except SchemaError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _reason(exc: Exception) -> str:

@@ -28,8 +28,15 @@ STREAM_HEADER = "driftline.stream"
 SUFFIXES = (".json", ".yaml", ".yml")
 
 
-def parse_schema_text(text: str, source: str) -> StreamSchema:
-    """A schema from the text of a JSON or YAML file; SchemaError names the file and the reason."""
+def schema_document(text: str, source: str) -> dict:
+    """The object in a schema file's text (YAML when `source` ends in .yaml/.yml, else JSON);
+    SchemaError with `source:line:column` for a syntax error.
+
+    >>> schema_document('{"stream": ', "s.json")
+    Traceback (most recent call last):
+    ...
+    services.common.schema.SchemaError: s.json:1:12: not valid JSON: Expecting value
+    """
     if source.endswith((".yaml", ".yml")):
         try:
             import yaml
@@ -38,14 +45,22 @@ def parse_schema_text(text: str, source: str) -> StreamSchema:
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise SchemaError(f"{source}: not valid YAML: {exc}") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+            raise SchemaError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
     else:
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise SchemaError(f"{source}: not valid JSON: {exc}") from exc
+            raise SchemaError(f"{source}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
     if not isinstance(doc, dict):
         raise SchemaError(f"{source}: a stream schema is an object, got {type(doc).__name__}")
+    return doc
+
+
+def parse_schema_text(text: str, source: str) -> StreamSchema:
+    """A schema from the text of a JSON or YAML file; SchemaError names the file and the reason."""
+    doc = schema_document(text, source)
     try:
         return StreamSchema.from_dict(doc)
     except SchemaError as exc:

@@ -4,11 +4,13 @@ own field names and its own model."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,3 +79,19 @@ def platform_processes(env: dict[str, str]) -> list[str]:
         except OSError:
             continue
     return found
+
+
+@contextmanager
+def one_byte_changed(client, bucket: str, key: str, at: float = 0.5):
+    """The object at `key` with one byte flipped but its recorded sha256 kept, as a disk or a
+    person could leave it; put back as it was afterwards."""
+    response = client.get_object(bucket, key)
+    original, sha = response.read(), response.headers["x-amz-meta-sha256"]
+    response.close()
+    changed = bytearray(original)
+    changed[int(len(changed) * at)] ^= 0x01
+    client.put_object(bucket, key, io.BytesIO(bytes(changed)), len(changed), metadata={"sha256": sha})
+    try:
+        yield
+    finally:
+        client.put_object(bucket, key, io.BytesIO(original), len(original), metadata={"sha256": sha})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ from services.cli.produce import stable_id
 from services.common.settings import Topics
 from services.demo.stream import DriftingStream
 
+from cli_support import one_byte_changed
 from support import ROOT, wait_for
 
 MODEL = "driftline-model"
@@ -237,20 +237,11 @@ def test_datasets_verify_passes_then_names_the_segment_whose_byte_changed(platfo
     assert shown["id"] == trained["dataset_id"] and shown["segments"]
     assert platform.json("datasets", "verify", trained["dataset_id"])["ok"]
 
-    client, bucket = s3.client(), platform.env["DRIFTLINE_BUCKET"]
     key = shown["segments"][-1]["key"]
-    response = client.get_object(bucket, key)
-    original, sha = response.read(), response.headers["x-amz-meta-sha256"]
-    response.close()
-    tampered = bytearray(original)
-    tampered[len(tampered) // 2] ^= 0x01
-    client.put_object(bucket, key, io.BytesIO(bytes(tampered)), len(tampered), metadata={"sha256": sha})
-    try:
+    with one_byte_changed(s3.client(), platform.env["DRIFTLINE_BUCKET"], key):
         failed = platform.run("datasets", "verify", trained["dataset_id"])
         assert failed.returncode == 1 and failed.stderr.count("\n") == 1
         assert failed.stderr.startswith(f"driftline: dataset {trained['dataset_id'][:12]} does not verify: {key}: sha256 ")
-    finally:
-        client.put_object(bucket, key, io.BytesIO(original), len(original), metadata={"sha256": sha})
 
 
 def test_a_killed_service_is_restarted_and_counted(platform):
