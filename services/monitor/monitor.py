@@ -12,7 +12,8 @@ With a stream catalogue, every stream of it is served: a drift request names its
 stream, and a stream whose model has no production version asks for its first model
 (`first_model.FirstModels`: the labelled feature records are counted per stream). A stream whose
 model has a production version with a training reference feeds that version's data drift with
-its own events (the feature records' values, `_StreamFeed`), whether or not anyone calls Predict.
+its own events (the feature records' values, `_StreamFeed`), whether or not anyone calls Predict;
+its window opens with the stream's latest events, kept per stream (`_Recent`) until then.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 import operator
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -63,6 +64,40 @@ class _StreamFeed:
     skipped: int = 0  # records of another width, not compared
 
 
+class _Recent:
+    """A stream's latest feature vectors, kept so that a version fed from now on does not start from
+    an empty window (a one-shot replay sends all its events before the first model is served): a
+    ring of the last `size` vectors (float64, the stream's feature order) and, per batch they came
+    in, (its first row, the event time and position of its first record), as the tracker locates
+    alerts. Rows are numbered from 1 as they were added."""
+
+    def __init__(self, stream: str, names: list[str], size: int, default: bool) -> None:
+        self.stream, self.names, self.width = stream, names, len(names)
+        self.name, self.default = stream.encode(), default
+        self.ring = np.empty((size, len(names)), np.float64)
+        self.rows = 0
+        self.at: deque[tuple[int, int, Position]] = deque()
+
+    def add(self, matrix: np.ndarray, event_ms: int, at: Position) -> None:
+        """Rows (m, width) of one batch, oldest first (only the last `size` of them are kept)."""
+        size = len(self.ring)
+        kept = matrix[-size:]
+        first = self.rows + len(matrix) - len(kept)  # 0-based number of the first row kept
+        self.ring[np.arange(first, first + len(kept)) % size] = kept
+        self.at.append((first + 1, event_ms, at))
+        self.rows = first + len(kept)
+        oldest = self.rows - size + 1
+        while len(self.at) > 1 and self.at[1][0] <= oldest:  # a batch wholly overwritten
+            self.at.popleft()
+
+    def latest(self) -> tuple[np.ndarray, list[tuple[int, int, Position]]]:
+        """The rows kept, oldest first, and their batches (first rows numbered from 1 in them)."""
+        n = min(self.rows, len(self.ring))
+        start = self.rows - n  # 0-based number of the oldest row kept
+        values = self.ring[np.arange(start, self.rows) % len(self.ring)]
+        return values, [(max(first - start, 1), ms, at) for first, ms, at in self.at]
+
+
 class DriftMonitor:
     def __init__(self, *, topics: Topics, stream: str, producer: Producer,
                  references: RegistryReferences, policy: DriftPolicy, join: LabelJoin,
@@ -98,6 +133,10 @@ class DriftMonitor:
         self._feeds: dict[str, _StreamFeed] = {}
         self._feeds_checked = float("-inf")
         self._refused: set[tuple[str, int, str]] = set()  # (model, version, stream) whose features differ: logged
+        # Per stream of the catalogue, its latest `psi_window` feature vectors (`_Recent`): they open
+        # the window of a version its events start to feed. Decoded for that alone only while no
+        # version is fed; a fed stream's are the rows its version got.
+        self._recent: dict[str, _Recent] = {}
         # Per input topic, the kind its records are counted under. Feature records are read a
         # run at a time (`_on_feature_run`); every other topic's a record at a time.
         self._kinds = {topics.features: "features", topics.labels: "labels", topics.predictions: "predictions",
@@ -137,6 +176,7 @@ class DriftMonitor:
                     on_record(record, Position(topic, msg.partition(), msg.offset()))
             for topic, n in counts.items():
                 RECORDS.labels(self._kinds[topic]).inc(n)
+            self._stream_feeds()  # a production version learnt in this batch is fed (and prefilled) now
             self._after_batch()
             self._housekeeping()
         if self._produced:  # a batch that published nothing has nothing to wait for
@@ -163,6 +203,12 @@ class DriftMonitor:
             if len(rows):
                 matrix, taken = scan.vectors(rows, feed.width)
                 self._stream_rows(feed, matrix, taken.tolist(), len(rows), run, values)
+        for recent in self._recent.values():  # a stream no version is fed with: its latest vectors only
+            if recent.stream not in feeds:
+                rows = np.flatnonzero(scan.in_set(recent.name, or_empty=recent.default))[-len(recent.ring):]
+                if len(rows):
+                    matrix, taken = scan.vectors(rows, recent.width)
+                    self._keep_recent(recent, matrix, taken.tolist(), run, values)
         rows, ids, labels = found[:3]
         if not ids:
             return  # nothing labelled
@@ -183,26 +229,33 @@ class DriftMonitor:
         streams: list[str] = []
         add_id, add_pending, add_where = ids.append, pending.append, where.append
         default = self.streams.default if self.streams is not None else ""
-        fed: dict[str, tuple[list[int], list]] = {stream: ([], []) for stream in feeds}  # (positions, vectors)
+        # Per stream, (position, vector) of its events: every one for a fed stream, the latest
+        # `psi_window` for one only kept (`_Recent`).
+        fed: dict[str, deque] = {stream: deque() for stream in feeds}
+        fed.update((stream, deque(maxlen=len(recent.ring))) for stream, recent in self._recent.items()
+                   if stream not in feeds)
         for i, value in enumerate(values):
             try:
                 record = parse(value)
             except DecodeError as exc:
                 self._undecodable(run[i], exc)
                 continue
-            if feeds and (into := fed.get(record.feature_set or default)) is not None:
-                into[0].append(i)
-                into[1].append(record.values)
+            if fed and (into := fed.get(record.feature_set or default)) is not None:
+                into.append((i, record.values))
             if record.HasField("label"):  # unlabelled events have nothing to join
                 add_id(record.event_id)
                 add_pending((record.label, value))
                 add_where(i)
                 streams.append(record.feature_set)
-        for stream, (positions, vectors) in fed.items():
-            feed = feeds[stream]
-            kept = [(i, v) for i, v in zip(positions, vectors) if len(v) == feed.width]
-            matrix = np.array([v for _, v in kept], np.float64).reshape(len(kept), feed.width)
-            self._stream_rows(feed, matrix, [i for i, _ in kept], len(positions), run, values)
+        for stream, events in fed.items():
+            feed, recent = feeds.get(stream), self._recent.get(stream)
+            width = feed.width if feed is not None else recent.width
+            kept = [(i, v) for i, v in events if len(v) == width]
+            matrix = np.array([v for _, v in kept], np.float64).reshape(len(kept), width)
+            if feed is not None:
+                self._stream_rows(feed, matrix, [i for i, _ in kept], len(events), run, values)
+            else:
+                self._keep_recent(recent, matrix, [i for i, _ in kept], run, values)
         if ids and self.first_models is not None and self.first_models.counting:
             self._count_labelled(streams, [raw for _, raw in pending])
         if not ids or self.join.add_labels(ids, pending) is not None:
@@ -222,9 +275,26 @@ class DriftMonitor:
         if not taken:
             return
         first = run[taken[0]]
-        feed.tracker.add_stream_rows(matrix, event_time_ms(values[taken[0]]),
-                                     Position(first.topic(), first.partition(), first.offset()))
+        event_ms, at = event_time_ms(values[taken[0]]), Position(first.topic(), first.partition(), first.offset())
+        feed.tracker.add_stream_rows(matrix, event_ms, at)
         self._touched.add((feed.tracker.model_name, feed.tracker.version))
+        recent = self._recent.get(feed.stream)
+        if recent is not None and recent.width == feed.width:  # the stream's latest, for a next version
+            size = len(recent.ring)
+            if len(taken) > size:
+                first = run[taken[-size]]
+                event_ms, at = event_time_ms(values[taken[-size]]), Position(first.topic(), first.partition(),
+                                                                            first.offset())
+            recent.add(matrix[-size:], event_ms, at)
+
+    def _keep_recent(self, recent: _Recent, matrix: np.ndarray, taken: list[int], run: list[Message],
+                     values: list[bytes]) -> None:
+        """The latest events of a stream no version is fed with (`matrix` (m, width), the vectors
+        of the records at positions `taken`, at most `psi_window` of them) into its ring."""
+        if taken:
+            first = run[taken[0]]
+            recent.add(matrix, event_time_ms(values[taken[0]]),
+                       Position(first.topic(), first.partition(), first.offset()))
 
     def _stream_feeds(self) -> dict[str, _StreamFeed]:
         """Per stream, the production version its events feed: a stream of the catalogue whose model
@@ -239,14 +309,21 @@ class DriftMonitor:
         self._feeds_checked = now
         self.streams.refresh()
         feeds: dict[str, _StreamFeed] = {}
+        recents: dict[str, _Recent] = {}
         for schema in self.streams:
+            names = list(schema.feature_names)
+            recent = self._recent.get(schema.stream)
+            if names and (recent is None or recent.names != names):
+                recent = _Recent(schema.stream, names, self.tracker_config.psi_window,
+                                 schema.stream == self.streams.default)
+            if names:
+                recents[schema.stream] = recent
             version = self._production.get(schema.model_name)
             if not version:
                 continue
             tracker = self._tracker(schema.model_name, version)  # asks for its reference while it has none
             if not tracker.compares_stream:
                 continue
-            names = list(schema.feature_names)
             if list(tracker.reference.feature_names) != names:
                 refused = (schema.model_name, version, schema.stream)
                 if refused not in self._refused:
@@ -257,13 +334,21 @@ class DriftMonitor:
                                     "stream_features": names, "version_features": list(tracker.reference.feature_names)})
                 continue
             known = self._feeds.get(schema.stream)
-            feeds[schema.stream] = known if known is not None and known.tracker is tracker else _StreamFeed(
-                schema.stream, tracker, len(names), schema.stream.encode(), schema.stream == self.streams.default)
+            if known is not None and known.tracker is tracker:
+                feeds[schema.stream] = known
+                continue
+            feeds[schema.stream] = _StreamFeed(schema.stream, tracker, len(names), schema.stream.encode(),
+                                               schema.stream == self.streams.default)
+            if recent is not None and recent.rows and tracker.stream_window is None:
+                # The stream's latest events (before production, or those the previous version got)
+                # open the window: a one-shot replay's version is compared at once.
+                if tracker.prefill_stream(*recent.latest()):
+                    self._touched.add((tracker.model_name, tracker.version))
         still = {id(feed.tracker) for feed in feeds.values()}
         for feed in self._feeds.values():
             if id(feed.tracker) not in still:
                 feed.tracker.stop_stream()
-        self._feeds = feeds
+        self._feeds, self._recent = feeds, recents
         return feeds
 
     def _production_is(self, model_name: str, version: int) -> None:
@@ -298,6 +383,8 @@ class DriftMonitor:
     def tick(self) -> None:
         """Called when no records came: time-based reports and join expiry still happen."""
         with self._lock:
+            self._stream_feeds()  # production learnt from a lookup, or a reference that came late
+            self._after_batch()
             self._housekeeping()
         self.producer.flush()
 

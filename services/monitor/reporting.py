@@ -101,7 +101,7 @@ class Reports:
 
 def _rows(tracker: VersionTracker) -> int:
     """Rows a tracker has compared: served rows and the stream's events (news for a report)."""
-    return tracker.predicted_rows + tracker.stream_rows
+    return tracker.predicted_rows + tracker.stream_rows + tracker.prefilled_rows
 
 
 def export_gauges(tracker: VersionTracker, report: monitor_pb2.DriftReport) -> None:

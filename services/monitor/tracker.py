@@ -24,7 +24,8 @@ features and the score, as long as nothing else feeds the features. The producti
 stream sees that stream's events themselves (`add_stream_rows`, from the feature records): from
 their first row on, the features are compared in `stream_window` and `window` keeps the score
 only, so an event that was also served is never counted twice; `stop_stream` (the version left
-production) gives the features back to the served rows.
+production) gives the features back to the served rows. `prefill_stream` opens the stream window
+with the stream's latest events from before (the monitor keeps them while no version is fed).
 """
 
 from __future__ import annotations
@@ -156,7 +157,10 @@ class VersionTracker:
         # The stream's own events (production version only), from the feature records.
         self.stream_window: WindowDrift | None = None
         self.stream_rows = 0  # rows of the stream's events seen since it feeds this version
-        self._stream_at: deque[tuple[int, int, Position]] = deque(maxlen=10_000)  # (first row, event ms, position)
+        self.prefilled_rows = 0  # the stream's latest events from before, that opened its window (`prefill_stream`)
+        self._prefilled_through = 0  # the stream window's last row of those
+        # (first row of `stream_window`, event ms, position) per input batch
+        self._stream_at: deque[tuple[int, int, Position]] = deque(maxlen=10_000)
         self.alerts: list[Alert] = []  # newest last; bounded
         self._new_alerts: list[Alert] = []  # raised since `take_new_alerts`
 
@@ -225,6 +229,8 @@ class VersionTracker:
             return False
         names = [self.reference.feature_names[c] for c in self._columns]
         self.stream_window = self._calibrated(names, "stream")
+        self._stream_at.clear()  # rows are numbered as the new window numbers them
+        self._prefilled_through = 0
         self._serve(features=False)
         log.info("data drift from the stream's events; served rows feed prediction drift only", extra={
             "model": self.model_name, "version": self.version, "features": names})
@@ -269,9 +275,26 @@ class VersionTracker:
         m = len(values)
         if not m or (self.stream_window is None and not self._use_stream()):
             return
-        self._stream_at.append((self.stream_rows + 1, event_time_ms, at or Position()))
+        self._stream_at.append((self.stream_window.rows + 1, event_time_ms, at or Position()))
         self.stream_rows += m
         self._compare(self.stream_window, values[:, self._columns], self._stream_at, "events of the stream")
+
+    def prefill_stream(self, values: np.ndarray, at: Sequence[tuple[int, int, Position]]) -> bool:
+        """The stream's latest events from before it fed this version (m, F), oldest first, open its
+        window — the rows it has not been fed yet: a version promoted after a one-shot replay has a full
+        window at once. `at`: (first row, event ms, position) of the batches they came in, rows
+        numbered from 1 in `values`. Same calibrated window and tests as `add_stream_rows` (an alarm
+        is located at those records); counted in `prefilled_rows`, not `stream_rows`. False when
+        nothing was added (no rows, a window already open, or no feature bins)."""
+        m = len(values)
+        if not m or self.stream_window is not None or not self._use_stream():
+            return False
+        base = self.stream_window.rows
+        self._stream_at.extend((base + first, ms, where) for first, ms, where in at)
+        self.prefilled_rows += m
+        self._prefilled_through = base + m
+        self._compare(self.stream_window, values[:, self._columns], self._stream_at, "events of the stream")
+        return True
 
     def _compare(self, window: WindowDrift, matrix: np.ndarray, positions: deque, what: str) -> None:
         """Rows into `window`; its alarms are alerts (positions: (first row, ms, position) per input
@@ -284,18 +307,29 @@ class VersionTracker:
                 change_time_ms=start_ms, change_at=change_at, detected_at=detected_at, description=(
                     f"{alarm.statistic.upper()} of {alarm.feature} over the last {window.window} {what} "
                     f"is {alarm.value:.4f} > {alarm.threshold:.4f} (calibrated for one false alarm per "
-                    f"{self.config.expected_run_length:.0f} rows) on {window.confirm} consecutive tests")))
+                    f"{self.config.expected_run_length:.0f} rows) on {window.confirm} consecutive tests"
+                    + self._prefill_note(window, alarm.change_sample))))
         for alert in self.alerts:
             if alert.active and alert.signal in (DATA, PREDICTION) and alert.features[0] in window.names:
                 if not window.alarmed[window.names.index(alert.features[0])]:
                     alert.active = False
+
+    def _prefill_note(self, window: WindowDrift, change_sample: int) -> str:
+        """Says so when an alarmed window reaches back into the events that opened it (they came
+        before the stream fed this version; the alert's change is located at them all the same)."""
+        if window is not self.stream_window or change_sample > self._prefilled_through:
+            return ""
+        return (f"; the window opened with the stream's {self._prefilled_through} latest events from "
+                f"before it fed this version")
 
     def rows_for(self, signal: str) -> int:
         """What a policy's minimum counts for an alert of `signal`: labelled samples for concept
         drift, else the rows of the window that raised it."""
         if signal == CONCEPT:
             return self.samples
-        return self.stream_rows if signal == DATA and self.stream_window is not None else self.predicted_rows
+        if signal == DATA and self.stream_window is not None:
+            return self.stream_rows + self.prefilled_rows
+        return self.predicted_rows
 
     def add_outcome(self, joined: Joined, at: Position | None = None) -> ChangeAlarm | None:
         """A prediction with its true label; returns a change when ADWIN detects one.

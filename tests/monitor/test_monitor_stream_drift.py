@@ -231,3 +231,89 @@ def test_a_production_version_from_the_registrys_lookup_is_fed_too(tmp_path, reg
         assert [f.feature for f in _report(monitor, 3).features] == FEATURES and _report(monitor, 3).production
     else:
         assert monitor.reports() == []
+
+
+# -- the stream's latest events open the window of a version fed from now on ----------------------
+
+def _looked_up(monitor: DriftMonitor, version: int) -> None:
+    """Production from Registry.GetAlias, then an idle poll (no record comes)."""
+    monitor.production_looked_up(MODEL, version)
+    monitor.tick()
+
+
+@pytest.mark.parametrize("learnt", [_promoted, _looked_up], ids=["alias_moved", "lookup"])
+@pytest.mark.parametrize("damaged", [False, True], ids=["scanned", "parsed"])
+def test_a_one_shot_replay_before_production_fills_the_window_at_once(tmp_path, learnt, damaged):
+    """`driftline produce` sends every event before the first model is served: once production is
+    known, with no further record, its report lists per-feature statistics over a full window of
+    the stream's latest events (its own training rows here: no drift)."""
+    references = _References()
+    monitor = _monitor(_catalog(tmp_path / "streams"), references)
+    x = _vectors(np.random.default_rng(8), 450)
+    for start in range(0, 450, 150):  # batches larger than the window's step; the ring wraps
+        batch = _records(monitor, x[start:start + 150], start)
+        if damaged:  # one undecodable record: the batch is parsed record by record
+            batch.insert(0, Message(monitor.topics.features, b"\x0a\xff"))
+        monitor.handle(batch)
+    assert monitor.reports() == [] and references.asked == []  # nothing tracked before production
+
+    learnt(monitor, 1)
+
+    report = _report(monitor)
+    drift = {f.feature: f for f in report.features}
+    assert report.production and list(drift) == FEATURES
+    for f in drift.values():
+        assert f.window == WINDOW and f.psi < f.psi_threshold and f.ks < f.ks_threshold and not f.drifted
+    tracker = monitor._trackers[(MODEL, 1)]
+    assert tracker.stream_rows == 0 and tracker.prefilled_rows == WINDOW == tracker.rows_for(DATA)
+    # The latest WINDOW events, oldest first, binned as live rows are.
+    assert np.array_equal(tracker.stream_window._ring, tracker.stream_window.bin_indices(x[-WINDOW:]))
+    # The same calibration as a window the stream fed from its first row.
+    live = _monitor(_catalog(tmp_path / "live"), references)
+    _promoted(live, 1)
+    _feed(live, x[:WINDOW])
+    assert np.array_equal(live._trackers[(MODEL, 1)].stream_window.psi_threshold, tracker.stream_window.psi_threshold)
+    # Live rows go on from there, and the report went out to the stats topic too.
+    _feed(monitor, _vectors(np.random.default_rng(9), 100), first=450)
+    assert tracker.stream_rows == 100 and tracker.stream_window.rows == WINDOW + 100
+    assert monitor.producer.on(monitor.topics.monitor_stats)
+
+
+def test_fewer_events_than_the_window_open_it_partly(tmp_path):
+    monitor = _monitor(_catalog(tmp_path / "streams"))
+    _feed(monitor, _vectors(np.random.default_rng(10), 120))
+    _promoted(monitor, 1)
+    tracker = monitor._trackers[(MODEL, 1)]
+    assert tracker.prefilled_rows == 120 and list(_report(monitor).features) == []  # not full yet
+    _feed(monitor, _vectors(np.random.default_rng(11), 80), first=120)
+    assert [f.window for f in _report(monitor).features] == [WINDOW] * len(FEATURES)
+
+
+def test_a_drift_in_the_events_before_production_alerts_at_those_events(tmp_path):
+    """Prefilled rows run through the same window and tests: a real shift among them is an alert,
+    located at the stream's records that carried it, and it says the window opened with them."""
+    monitor = _monitor(_catalog(tmp_path / "streams"))
+    rng = np.random.default_rng(12)
+    _feed(monitor, np.r_[_vectors(rng, 100), _vectors(rng, 300, shift=0.6)])
+    _promoted(monitor, 1)
+    _feed(monitor, _vectors(rng, 50, shift=0.6), first=400)  # the second consecutive test confirms
+    alerts = [a for a in _report(monitor).alerts if a.signal == DATA]
+    assert {tuple(a.features) for a in alerts} == {("f0",)}
+    alert = alerts[0]
+    assert alert.topic == monitor.topics.features
+    assert alert.change_offset == 200 and alert.change_time.ToMilliseconds() == T0_MS + 200_000  # the ring's oldest batch
+    assert alert.detected_offset == 400 and "before it fed this version" in alert.description
+
+
+def test_a_new_production_version_opens_with_the_streams_latest_events(tmp_path):
+    """Production moves with no further record: the new version's window holds the latest events
+    the previous one was fed (the stream's), binned against its own reference."""
+    monitor = _monitor(_catalog(tmp_path / "streams"))
+    _promoted(monitor, 1)
+    x = _vectors(np.random.default_rng(13), 300)
+    _feed(monitor, x)
+    _promoted(monitor, 2)
+    v1, v2 = monitor._trackers[(MODEL, 1)], monitor._trackers[(MODEL, 2)]
+    assert v1.stream_window is None and v2.stream_rows == 0 and v2.prefilled_rows == WINDOW
+    assert np.array_equal(v2.stream_window._ring, v2.stream_window.bin_indices(x[-WINDOW:]))
+    assert [f.window for f in _report(monitor, 2).features] == [WINDOW] * len(FEATURES)
