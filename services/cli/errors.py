@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
-import json
-
 import grpc
+
+from services.common import streams
 
 
 class CliError(Exception):
@@ -25,20 +25,11 @@ class CliError(Exception):
 
 def json_object(text: str, path: object, what: str, line: int | None = None) -> dict:
     """The JSON object in `text` (line `line` of the file `path`, or all of it); a CliError that
-    says `path:line:column` otherwise.
-
-    >>> json_object('[1]', "rows.jsonl", "a row", line=3)
-    Traceback (most recent call last):
-    ...
-    services.cli.errors.CliError: rows.jsonl:3: a row is a JSON object, got list
-    """
+    says `path:line:column` otherwise (services.common.streams.json_object's rule)."""
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CliError(f"{path}:{line or exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
-    if not isinstance(doc, dict):
-        raise CliError(f"{path}{f':{line}' if line else ''}: {what} is a JSON object, got {type(doc).__name__}")
-    return doc
+        return streams.json_object(text, str(path), what, line)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 class Unreachable(CliError):

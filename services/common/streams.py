@@ -48,13 +48,27 @@ def schema_document(text: str, source: str) -> dict:
             mark = getattr(exc, "problem_mark", None)
             where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
             raise SchemaError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
-    else:
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SchemaError(f"{source}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+        if not isinstance(doc, dict):
+            raise SchemaError(f"{source}: a stream schema is an object, got {type(doc).__name__}")
+        return doc
+    return json_object(text, source, "a stream schema")
+
+
+def json_object(text: str, source: str, what: str, line: int | None = None) -> dict:
+    """The JSON object in `text` (line `line` of the file `source`, or all of it); SchemaError
+    (a ValueError) with `source:line:column` otherwise.
+
+    >>> json_object('[1]', "rows.jsonl", "a row", line=3)
+    Traceback (most recent call last):
+    ...
+    services.common.schema.SchemaError: rows.jsonl:3: a row is a JSON object, got list
+    """
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{source}:{line or exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
     if not isinstance(doc, dict):
-        raise SchemaError(f"{source}: a stream schema is an object, got {type(doc).__name__}")
+        raise SchemaError(f"{source}{f':{line}' if line else ''}: {what} is a JSON object, got {type(doc).__name__}")
     return doc
 
 
