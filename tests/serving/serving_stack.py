@@ -30,6 +30,13 @@ from support import GrpcThread, ServiceRun, free_port, wait_for
 MODEL = "tiny-traffic"
 
 
+def store_and_topics(kafka_bootstrap: str, s3, topic_prefix: str, bucket_name: str) -> tuple[MinioObjectStore, Topics]:
+    """The test's bucket (created) and topics, with serving's registry-events and predictions topics created."""
+    store = MinioObjectStore(s3.endpoint, s3.access_key, s3.secret_key, bucket_name, s3.secure)
+    store.ensure_bucket()
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, [topics.registry_events, topics.predictions])
+    return store, topics
 
 
 class Registry(registry_pb2_grpc.RegistryServicer):

@@ -20,12 +20,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from driftline.v1 import registry_pb2, registry_pb2_grpc, serving_pb2, serving_pb2_grpc
-from services.common.kafka import Consumer, Producer, ensure_topics
+from services.common.kafka import Consumer, Producer
 from services.common.objectstore import MinioObjectStore
 from services.common.settings import Topics
 from services.serving import onnx_model, prediction_log
 from services.serving.prediction_log import PredictionLogger, ServedRequest
 from services.serving.server import PREDICTOR
+from serving_stack import store_and_topics
 from tiny_models import FEATURES, WEIGHTS, expected_scores, tiny_model
 from support import GrpcThread, ServiceRun, free_port, wait_for
 
@@ -118,10 +119,7 @@ class Loop:
 
 @pytest.fixture
 def loop(kafka_bootstrap, s3, topic_prefix, bucket_name, tmp_path):
-    store = MinioObjectStore(s3.endpoint, s3.access_key, s3.secret_key, bucket_name, s3.secure)
-    store.ensure_bucket()
-    topics = Topics(topic_prefix)
-    ensure_topics(kafka_bootstrap, [topics.registry_events, topics.predictions])
+    store, topics = store_and_topics(kafka_bootstrap, s3, topic_prefix, bucket_name)
     registry = GrpcThread(RegistryStandIn(), registry_pb2_grpc.add_RegistryServicer_to_server)
     running = Loop(kafka_bootstrap, topics, store, registry, Producer(kafka_bootstrap), tmp_path / "serving.log")
     yield running

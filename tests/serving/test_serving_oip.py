@@ -31,12 +31,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from driftline.v1 import registry_pb2, registry_pb2_grpc, serving_pb2, serving_pb2_grpc
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc as pb_grpc
-from services.common.kafka import ensure_topics
-from services.common.objectstore import MinioObjectStore
-from services.common.settings import Topics
 from services.serving.batcher import Batcher, DeadlineExpired, QueueFull
 from services.serving.onnx_model import load_model
 from services.serving.server import INFERENCE
+from serving_stack import store_and_topics
 from tiny_models import FEATURES, WEIGHTS, expected_scores, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -228,10 +226,7 @@ class Serving:
 
 @pytest.fixture
 def stack(kafka_bootstrap, s3, topic_prefix, bucket_name, tmp_path):
-    store = MinioObjectStore(s3.endpoint, s3.access_key, s3.secret_key, bucket_name, s3.secure)
-    store.ensure_bucket()
-    topics = Topics(topic_prefix)
-    ensure_topics(kafka_bootstrap, [topics.registry_events, topics.predictions])
+    store, _ = store_and_topics(kafka_bootstrap, s3, topic_prefix, bucket_name)
     with registry_server() as (registry, address):
         def publish(version: int, production: bool = True) -> None:
             ref = store.put_bytes(f"models/{MODEL}/{version}/model.onnx", tiny_model(WEIGHTS[version]))
