@@ -274,17 +274,14 @@ class DriftMonitor:
             feed.skipped += seen - len(taken)
         if not taken:
             return
-        first = run[taken[0]]
-        event_ms, at = event_time_ms(values[taken[0]]), Position(first.topic(), first.partition(), first.offset())
+        event_ms, at = _located(run, values, taken[0])
         feed.tracker.add_stream_rows(matrix, event_ms, at)
         self._touched.add((feed.tracker.model_name, feed.tracker.version))
         recent = self._recent.get(feed.stream)
         if recent is not None and recent.width == feed.width:  # the stream's latest, for a next version
             size = len(recent.ring)
             if len(taken) > size:
-                first = run[taken[-size]]
-                event_ms, at = event_time_ms(values[taken[-size]]), Position(first.topic(), first.partition(),
-                                                                            first.offset())
+                event_ms, at = _located(run, values, taken[-size])
             recent.add(matrix[-size:], event_ms, at)
 
     def _keep_recent(self, recent: _Recent, matrix: np.ndarray, taken: list[int], run: list[Message],
@@ -292,9 +289,7 @@ class DriftMonitor:
         """The latest events of a stream no version is fed with (`matrix` (m, width), the vectors
         of the records at positions `taken`, at most `psi_window` of them) into its ring."""
         if taken:
-            first = run[taken[0]]
-            recent.add(matrix, event_time_ms(values[taken[0]]),
-                       Position(first.topic(), first.partition(), first.offset()))
+            recent.add(matrix, *_located(run, values, taken[0]))
 
     def _stream_feeds(self) -> dict[str, _StreamFeed]:
         """Per stream, the production version its events feed: a stream of the catalogue whose model
@@ -568,3 +563,9 @@ class DriftMonitor:
 
 
 _topic = operator.methodcaller("topic")
+
+
+def _located(run: list[Message], values: list[bytes], i: int) -> tuple[int, Position]:
+    """The event time and position of the batch's feature record `i` (where a run of its rows begins)."""
+    m = run[i]
+    return event_time_ms(values[i]), Position(m.topic(), m.partition(), m.offset())
