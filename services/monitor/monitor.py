@@ -476,9 +476,7 @@ class DriftMonitor:
             asked = self.retraining.consider(tracker)
             if asked is not None:
                 alert, request = asked
-                self._produce(self.topics.training_requests, request, key=tracker.model_name)
-                self.reporting.mark("training_request", key[0], key[1], request.reason, int(time.time() * 1000),
-                              request_id=request.request_id, signal=alert.signal)
+                self._request_training(request, tracker.version, signal=alert.signal)
                 self._publish_report(tracker, training_request_id=request.request_id)
 
     def _housekeeping(self) -> None:
@@ -489,10 +487,13 @@ class DriftMonitor:
         if self.first_models is not None:
             self.first_models.refresh()
             for request in self.first_models.due():
-                self._produce(self.topics.training_requests, request, key=request.model_name)
-                self.reporting.mark("training_request", request.model_name, 0, request.reason,
-                                    int(time.time() * 1000), request_id=request.request_id, signal="first_model",
-                                    stream=request.stream)
+                self._request_training(request, 0, signal="first_model", stream=request.stream)
+
+    def _request_training(self, request: training_pb2.TrainingRequest, version: int, **extra) -> None:
+        """A training request out, and on the timeline (`version`: the one that asked; 0 for a first model)."""
+        self._produce(self.topics.training_requests, request, key=request.model_name)
+        self.reporting.mark("training_request", request.model_name, version, request.reason, int(time.time() * 1000),
+                            request_id=request.request_id, **extra)
 
     def _publish_report(self, tracker: VersionTracker, training_request_id: str = "") -> None:
         report = self.reporting.report(tracker, time.time_ns(), training_request_id)
