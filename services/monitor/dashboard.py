@@ -23,7 +23,8 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .monitor import DriftMonitor, compact
+from .monitor import DriftMonitor
+from .reporting import compact
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,12 @@ from services.common.registry_client import RegistryClient
 from services.common.runtime import ConsumerWorker, ServiceProcess
 from services.common.streams import StreamCatalog
 
+from .codec import event_time_ms
 from .dashboard import Dashboard
 from .first_model import ProductionLookups
 from .hub import Hub
 from .joiner import LabelJoin
-from .monitor import DriftMonitor, event_time_ms
+from .monitor import DriftMonitor
 from .policy import DriftPolicy
 from .references import RegistryReferences
 from .settings import MonitorSettings

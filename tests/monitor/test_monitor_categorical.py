@@ -10,7 +10,7 @@ from scipy.spatial.distance import jensenshannon
 from services.common.reference import TrainingReference, fit_reference
 from services.monitor.calibration import calibrate_windows
 from services.monitor.categorical import js_distance
-from services.monitor.monitor import compact
+from services.monitor.reporting import compact
 from services.monitor.references import ModelReference
 from services.monitor.signals import WindowDrift
 from services.monitor.tracker import DATA, Position, TrackerConfig, VersionTracker
