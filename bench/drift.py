@@ -116,7 +116,7 @@ def ks_statistics(stream: np.ndarray, reference: int, every: int) -> tuple[np.nd
     return stats, ends - 1
 
 
-CUSUM_SHIFTS = tuple(float(v) for v in TrackerConfig().cusum_shifts)  # the monitor's default bank
+CUSUM_SHIFTS = TrackerConfig().cusum_shifts  # the monitor's default bank
 # The monitor's default; figures measured before the settings had one source used 128.
 CALIBRATION_STREAMS = TrackerConfig().calibration_streams
 DRIFTLINE_GRID = [0.5, 0.6, 0.7, 0.85, 1, 1.2, 1.4, 1.7, 2, 2.4, 3, 4, 5, 6, 8, 12, 16, 24, 32]  # × the ERT aimed at
