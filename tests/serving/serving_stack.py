@@ -40,20 +40,21 @@ def store_and_topics(kafka_bootstrap: str, s3, topic_prefix: str, bucket_name: s
 
 
 class Registry(registry_pb2_grpc.RegistryServicer):
-    """GetAlias / GetModelVersion from dicts the test sets; aliases are kept apart."""
+    """GetAlias / GetModelVersion of `model` from dicts the test sets; aliases are kept apart."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: str = MODEL) -> None:
+        self.model = model
         self.versions: dict[int, registry_pb2.ModelVersion] = {}
         self.aliases: dict[str, int] = {}
 
     async def GetAlias(self, request, context):
-        version = self.aliases.get(request.alias) if request.name == MODEL else None
+        version = self.aliases.get(request.alias) if request.name == self.model else None
         if not version:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"alias {request.alias!r} points nowhere")
         return self.versions[version]
 
     async def GetModelVersion(self, request, context):
-        if request.name != MODEL or request.version not in self.versions:
+        if request.name != self.model or request.version not in self.versions:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such version")
         return self.versions[request.version]
 

@@ -26,29 +26,11 @@ from services.common.settings import Topics
 from services.serving import onnx_model, prediction_log
 from services.serving.prediction_log import PredictionLogger, ServedRequest
 from services.serving.server import PREDICTOR
-from serving_stack import store_and_topics
+from serving_stack import Registry, store_and_topics
 from tiny_models import FEATURES, WEIGHTS, expected_scores, tiny_model
 from support import GrpcThread, ServiceRun, free_port, wait_for
 
 MODEL = "tiny"
-
-
-# -- a real gRPC Registry that answers from what the test set ------------------------------
-
-class RegistryStandIn(registry_pb2_grpc.RegistryServicer):
-    def __init__(self) -> None:
-        self.versions: dict[int, registry_pb2.ModelVersion] = {}
-        self.production: int | None = None
-
-    async def GetAlias(self, request, context):
-        if request.name != MODEL or request.alias != "production" or self.production is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"{request.name}@{request.alias} points nowhere")
-        return self.versions[self.production]
-
-    async def GetModelVersion(self, request, context):
-        if request.name != MODEL or request.version not in self.versions:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "no such version")
-        return self.versions[request.version]
 
 
 # -- the loop around one serving process ---------------------------------------------------
@@ -77,7 +59,7 @@ class Loop:
                         update_registry: bool = True, alias: str = "production", model: str = MODEL) -> None:
         """What the registry does on SetAlias/Promote: the alias moves, an event says so."""
         if update_registry:
-            self.registry.servicer.production = record.version
+            self.registry.servicer.aliases["production"] = record.version
         event = registry_pb2.RegistryEvent(
             event_id=uuid.uuid4().hex, kind=registry_pb2.RegistryEvent.ALIAS_MOVED, model_name=model,
             model_version=record, alias=alias, previous_version=previous)
@@ -120,7 +102,7 @@ class Loop:
 @pytest.fixture
 def loop(kafka_bootstrap, s3, topic_prefix, bucket_name, tmp_path):
     store, topics = store_and_topics(kafka_bootstrap, s3, topic_prefix, bucket_name)
-    registry = GrpcThread(RegistryStandIn(), registry_pb2_grpc.add_RegistryServicer_to_server)
+    registry = GrpcThread(Registry(MODEL), registry_pb2_grpc.add_RegistryServicer_to_server)
     running = Loop(kafka_bootstrap, topics, store, registry, Producer(kafka_bootstrap), tmp_path / "serving.log")
     yield running
     registry.stop()
@@ -174,7 +156,7 @@ def test_no_production_version_answers_unavailable_until_one_appears(loop):
         assert health.Check(health_pb2.HealthCheckRequest(service=PREDICTOR)).status == \
             health_pb2.HealthCheckResponse.NOT_SERVING
 
-        loop.registry.servicer.production = record.version  # no event: the retry loop finds it
+        loop.registry.servicer.aliases["production"] = record.version  # no event: the retry loop finds it
         wait_for(lambda: _answers_version(stub, 1), 30, "serving to load v1 by polling the alias")
         assert health.Check(health_pb2.HealthCheckRequest(service=PREDICTOR)).status == \
             health_pb2.HealthCheckResponse.SERVING
