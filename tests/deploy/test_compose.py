@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import ast
 import copy
-import importlib
 import importlib.util
-import inspect
 import json
 import os
 import re
@@ -33,6 +31,8 @@ from pathlib import Path
 import pytest
 import yaml  # PyYAML (a dev dependency): compose, Prometheus and Grafana provisioning files are YAML
 
+from driftline_services import ENV_PREFIX, SERVICES, service_module, settings_class, settings_env_names
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -40,8 +40,6 @@ PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
 CONFTEST = ROOT / "tests" / "conftest.py"
 
-SERVICES = ("ingest", "feature", "trainer", "registry", "serving", "monitor")
-ENV_PREFIX = "DRIFTLINE_"
 # Environment variables that name another service: host:port (or scheme://host:port).
 ADDRESS_VARS = re.compile(r"^DRIFTLINE_(\w+_ADDRESS|KAFKA_BOOTSTRAP|S3_ENDPOINT)$")
 # Environment variables that hold a credential: only `${VAR:?message}` is allowed as their value.
@@ -59,22 +57,6 @@ def load_compose(path: Path = COMPOSE) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def settings_class(service: str) -> type:
-    """The settings class services/<service>/settings.py defines (the CommonSettings subclass)."""
-    from services.common.settings import CommonSettings
-
-    module = importlib.import_module(f"services.{service}.settings")
-    found = [c for c in vars(module).values() if inspect.isclass(c) and issubclass(c, CommonSettings)
-             and c is not CommonSettings and c.__module__ == module.__name__]
-    assert len(found) == 1, f"services/{service}/settings.py defines {found}"
-    return found[0]
-
-
-def settings_env_names(service: str) -> set[str]:
-    """Every environment variable the service's settings read (upper case; pydantic ignores case)."""
-    return {f"{ENV_PREFIX}{name}".upper() for name in settings_class(service).model_fields}
-
-
 def environment(spec: dict) -> dict[str, str]:
     env = spec.get("environment") or {}
     if isinstance(env, list):  # ["KEY=value", ...]
@@ -85,12 +67,8 @@ def environment(spec: dict) -> dict[str, str]:
 def driftline_service(spec: dict) -> str | None:
     """`ingest` for a service whose command is `python -m services.ingest`; None otherwise."""
     command = spec.get("command") or []
-    command = command.split() if isinstance(command, str) else [str(c) for c in command]
-    for i, word in enumerate(command[:-1]):
-        if word == "-m" and command[i + 1].startswith("services."):
-            name = command[i + 1].split(".")[1]
-            return name if name in SERVICES else None
-    return None
+    name = service_module(command.split() if isinstance(command, str) else [str(c) for c in command])
+    return name if name in SERVICES else None
 
 
 def grpc_port(service: str, env: dict[str, str]) -> int:

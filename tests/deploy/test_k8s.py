@@ -28,13 +28,8 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv
 
+from driftline_services import SERVICES, service_module, settings_class, settings_env_names
 from services.devstack import tools
-from services.feature.settings import FeatureSettings
-from services.ingest.settings import IngestSettings
-from services.monitor.settings import MonitorSettings
-from services.registry.settings import RegistrySettings
-from services.serving.settings import ServingSettings
-from services.trainer.settings import TrainerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -52,8 +47,7 @@ SCALED_OBJECT_SPEC = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "in
 KAFKA_TRIGGER_REQUIRED = ("bootstrapServers", "consumerGroup", "topic", "lagThreshold")
 
 # `python -m services.<name>` → the settings class whose fields are that process's DRIFTLINE_* env.
-SETTINGS = {"ingest": IngestSettings, "feature": FeatureSettings, "trainer": TrainerSettings,
-            "registry": RegistrySettings, "serving": ServingSettings, "monitor": MonitorSettings}
+SETTINGS = {service: settings_class(service) for service in SERVICES}
 # Env that is no Driftline setting, allowed by name (torch wants a writable home).
 PLAIN_ENV = {"HOME"}
 
@@ -128,11 +122,7 @@ def pod_labels(workload) -> dict:
 
 def service_of(container) -> str | None:
     """`python -m services.<name>` → name."""
-    command = [*container.get("command", []), *container.get("args", [])]
-    for i, word in enumerate(command[:-1]):
-        if word == "-m" and command[i + 1].startswith("services."):
-            return command[i + 1].split(".")[1]
-    return None
+    return service_module([*container.get("command", []), *container.get("args", [])])
 
 
 def config_maps(objs) -> dict[str, dict]:
@@ -412,10 +402,9 @@ def env_problems(objs) -> list[str]:
             if service not in SETTINGS:
                 problems.append(f"{at}: runs no Driftline service (python -m services.<name>)")
                 continue
-            fields = SETTINGS[service].model_fields
             for var in env_of(c, objs):
                 if var.startswith("DRIFTLINE_"):
-                    if var[len("DRIFTLINE_"):].lower() not in fields:
+                    if var.upper() not in settings_env_names(service):
                         problems.append(f"{at}: {var} is no field of {SETTINGS[service].__name__}")
                 elif var not in PLAIN_ENV:
                     problems.append(f"{at}: {var} is neither a DRIFTLINE_ setting nor allowed ({sorted(PLAIN_ENV)})")
