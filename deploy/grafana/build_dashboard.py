@@ -114,7 +114,6 @@ def build() -> dict:
 
 # -- the whole platform -------------------------------------------------------------------------------
 
-SERVICES = ("ingest", "feature", "trainer", "registry", "serving", "monitor")
 # Exported by services/common for every consumer group it runs, per partition (labels group,
 # topic, partition): the records between the group's committed offset and the partition's end.
 LAG = "driftline_kafka_consumer_lag"
