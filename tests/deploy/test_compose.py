@@ -272,14 +272,13 @@ def compose_problems(compose: dict, *, kafka_majors: dict[str, int | None] | Non
         elif prometheus is not None and f"{name}:{metrics}" not in prometheus:
             problems.append(f"{name}: Prometheus does not scrape {name}:{metrics} (deploy/prometheus/prometheus.yml)")
         probe = healthcheck_target(spec)
-        has_grpc = bool(grpc_port(ours, env))
+        grpc = grpc_port(ours, env)
+        probed = split_address(probe[0]) if probe else None
         if probe is None:
             problems.append(f"{name}: its healthcheck is not python -m services.common.healthcheck")
-        elif has_grpc and (not probe or split_address(probe[0]) is None
-                           or split_address(probe[0])[1] != grpc_port(ours, env)):
-            problems.append(f"{name}: its healthcheck probes {probe[:1]}, not its gRPC port {grpc_port(ours, env)}")
-        elif not has_grpc and (not probe or split_address(probe[0]) is None
-                               or split_address(probe[0])[1] != metrics):
+        elif grpc and (probed is None or probed[1] != grpc):
+            problems.append(f"{name}: its healthcheck probes {probe[:1]}, not its gRPC port {grpc}")
+        elif not grpc and (probed is None or probed[1] != metrics):
             problems.append(f"{name}: no gRPC server, so its healthcheck must probe its metrics port {metrics}")
 
     for name, spec in services.items():
