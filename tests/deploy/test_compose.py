@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import importlib.util
 import json
 import os
@@ -419,6 +420,7 @@ def load_generator():
     return module
 
 
+@functools.cache  # two tests read it; parsing every module of services/ once is enough
 def exported_metrics() -> dict[str, tuple[str, list[str]]]:
     """Every series name services/ exports: each Counter/Gauge/Histogram/Summary constructed with
     a literal name (read from the source, so no service is imported), with its type and labels."""
