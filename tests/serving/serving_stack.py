@@ -39,6 +39,29 @@ def store_and_topics(kafka_bootstrap: str, s3, topic_prefix: str, bucket_name: s
     return store, topics
 
 
+def publish_alias_moved(producer: Producer, topics: Topics, model: str, target: registry_pb2.ModelVersion,
+                        alias: str, previous: int, key: str | None = None) -> None:
+    """The ALIAS_MOVED event the registry publishes when `alias` of `model` moves to `target`
+    (keyed by `key`, `model` unless given)."""
+    event = registry_pb2.RegistryEvent(
+        event_id=uuid.uuid4().hex, kind=registry_pb2.RegistryEvent.ALIAS_MOVED, model_name=model,
+        model_version=target, alias=alias, previous_version=previous)
+    event.occurred_at.GetCurrentTime()
+    producer.produce(topics.registry_events, event, key=key or model)
+    producer.flush()
+
+
+def scraped_metric(metrics_port: int, name: str, **labels: str) -> float:
+    """The value of one sample on a /metrics page (0 when absent)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{re.escape(name)}\{{(.*)\}} (\S+)", line)
+        if match and ",".join(sorted(match.group(1).split(","))) == wanted:
+            return float(match.group(2))
+    return 0.0
+
+
 class Registry(registry_pb2_grpc.RegistryServicer):
     """GetAlias / GetModelVersion of `model` from dicts the test sets; aliases are kept apart."""
 
@@ -95,12 +118,7 @@ class Stack:
         else:
             self.aliases.pop(alias, None)
             target = registry_pb2.ModelVersion(name=MODEL)
-        event = registry_pb2.RegistryEvent(
-            event_id=uuid.uuid4().hex, kind=registry_pb2.RegistryEvent.ALIAS_MOVED, model_name=MODEL,
-            model_version=target, alias=alias, previous_version=previous)
-        event.occurred_at.GetCurrentTime()
-        self.producer.produce(self.topics.registry_events, event, key=MODEL)
-        self.producer.flush()
+        publish_alias_moved(self.producer, self.topics, MODEL, target, alias, previous)
 
     @contextmanager
     def serving(self, **settings: str):
@@ -141,13 +159,7 @@ class Stack:
         return self.run.log_text()
 
     def metric(self, name: str, **labels: str) -> float:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
-        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in text.splitlines():
-            match = re.fullmatch(rf"{re.escape(name)}\{{(.*)\}} (\S+)", line)
-            if match and ",".join(sorted(match.group(1).split(","))) == wanted:
-                return float(match.group(2))
-        return 0.0
+        return scraped_metric(self.metrics_port, name, **labels)
 
     def wait_version(self, predictor, version: int, variant: str = "production", timeout: float = 30) -> None:
         def answers() -> bool:

@@ -5,9 +5,7 @@ ALIAS_MOVED events are real RegistryEvent records on the real topic."""
 
 from __future__ import annotations
 
-import re
 import threading
-import urllib.request
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from services.common.settings import Topics
 from services.serving import onnx_model, prediction_log
 from services.serving.prediction_log import PredictionLogger, ServedRequest
 from services.serving.server import PREDICTOR
-from serving_stack import Registry, store_and_topics
+from serving_stack import Registry, publish_alias_moved, scraped_metric, store_and_topics
 from tiny_models import FEATURES, WEIGHTS, expected_scores, tiny_model
 from support import GrpcThread, ServiceRun, free_port, wait_for
 
@@ -60,12 +58,7 @@ class Loop:
         """What the registry does on SetAlias/Promote: the alias moves, an event says so."""
         if update_registry:
             self.registry.servicer.aliases["production"] = record.version
-        event = registry_pb2.RegistryEvent(
-            event_id=uuid.uuid4().hex, kind=registry_pb2.RegistryEvent.ALIAS_MOVED, model_name=model,
-            model_version=record, alias=alias, previous_version=previous)
-        event.occurred_at.GetCurrentTime()
-        self.producer.produce(self.topics.registry_events, event, key=MODEL)
-        self.producer.flush()
+        publish_alias_moved(self.producer, self.topics, model, record, alias, previous, key=MODEL)
 
     @contextmanager
     def serving(self, **env: str):
@@ -90,13 +83,7 @@ class Loop:
         return self.log_path.read_text(errors="replace")
 
     def metric(self, name: str, **labels: str) -> float:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
-        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in text.splitlines():
-            match = re.fullmatch(rf"{re.escape(name)}\{{(.*)\}} (\S+)", line)
-            if match and ",".join(sorted(match.group(1).split(","))) == wanted:
-                return float(match.group(2))
-        return 0.0
+        return scraped_metric(self.metrics_port, name, **labels)
 
 
 @pytest.fixture
