@@ -22,6 +22,17 @@ def _event(i: int) -> events_pb2.Event:
     return event
 
 
+def _topic_with_events(kafka_bootstrap: str, count: int, key: str | None = None) -> tuple[str, Producer]:
+    """A new topic holding _event(0) .. _event(count - 1), and the producer that wrote them."""
+    topic = _topic()
+    ensure_topics(kafka_bootstrap, [topic])
+    producer = Producer(kafka_bootstrap)
+    for i in range(count):
+        producer.produce(topic, _event(i), key=key)
+    producer.flush()
+    return topic, producer
+
+
 def _drain(consumer: Consumer, want: int, rounds: int = 30):
     got = []
     for _ in range(rounds):
@@ -55,12 +66,8 @@ def test_protobuf_records_round_trip_with_keys_and_headers(kafka_bootstrap):
 
 
 def test_a_consumer_group_resumes_after_its_last_commit(kafka_bootstrap):
-    topic, group = _topic(), f"g-{uuid.uuid4().hex}"
-    ensure_topics(kafka_bootstrap, [topic])
-    producer = Producer(kafka_bootstrap)
-    for i in range(10):
-        producer.produce(topic, _event(i))
-    producer.flush()
+    topic, producer = _topic_with_events(kafka_bootstrap, 10)
+    group = f"g-{uuid.uuid4().hex}"
 
     first = Consumer(kafka_bootstrap, group, [topic])
     seen = _drain(first, 10)
@@ -78,12 +85,8 @@ def test_a_consumer_group_resumes_after_its_last_commit(kafka_bootstrap):
 
 
 def test_an_uncommitted_batch_is_delivered_again(kafka_bootstrap):
-    topic, group = _topic(), f"g-{uuid.uuid4().hex}"
-    ensure_topics(kafka_bootstrap, [topic])
-    producer = Producer(kafka_bootstrap)
-    for i in range(5):
-        producer.produce(topic, _event(i))
-    producer.flush()
+    topic, _ = _topic_with_events(kafka_bootstrap, 5)
+    group = f"g-{uuid.uuid4().hex}"
     crashed = Consumer(kafka_bootstrap, group, [topic])
     assert len(_drain(crashed, 5)) == 5
     crashed.close()  # stopped before commit: nothing may be lost
@@ -121,12 +124,8 @@ def test_a_consumer_reports_its_lag_per_partition_from_its_commits(kafka_bootstr
 
     from services.common.kafka import CONSUMER_LAG
 
-    topic, group = _topic(), f"g-{uuid.uuid4().hex[:8]}"
-    ensure_topics(kafka_bootstrap, [topic])
-    producer = Producer(kafka_bootstrap)
-    for i in range(12):
-        producer.produce(topic, _event(i), key="k")
-    producer.flush()
+    topic, _ = _topic_with_events(kafka_bootstrap, 12, key="k")
+    group = f"g-{uuid.uuid4().hex[:8]}"
     consumer = Consumer(kafka_bootstrap, group, [topic], config={"statistics.interval.ms": 200})
 
     def lag_becomes(wanted: int) -> float:
