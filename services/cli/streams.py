@@ -126,25 +126,24 @@ def _schema_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*") if p.suffix.lower() in (".json", ".yaml", ".yml") and p.is_file())
 
 
-def known_streams(platform: Platform) -> dict[str, Path]:
-    """stream name -> schema file: the bundled ones, then the platform's own (which win)."""
+def read_streams(platform: Platform) -> dict[str, tuple[Path, StreamSchema | CliError]]:
+    """stream name -> (schema file, its schema or why it has none): the bundled ones, then the
+    platform's own (which win); each file read once."""
     found = {}
     for path in _schema_files(BUNDLED) + _schema_files(platform.streams_dir):
         try:
-            found[check_schema(parse_file(path)).stream] = path
-        except CliError:
-            found.setdefault(path.stem, path)  # listed, with its error, under its file's name
+            schema = load(path)
+        except CliError as exc:
+            found.setdefault(path.stem, (path, exc))  # listed, with its error, under its file's name
+        else:
+            found[schema.stream] = (path, schema)
     return found
 
 
 def platform_models(platform: Platform) -> list[str]:
     """The models of the platform's streams, the default stream's (DRIFTLINE_MODEL_NAME) first."""
     names = [platform.settings.model_name]
-    for path in known_streams(platform).values():
-        try:
-            names.append(load(path).model_name)
-        except CliError:
-            continue
+    names += [schema.model_name for _, schema in read_streams(platform).values() if isinstance(schema, StreamSchema)]
     return list(dict.fromkeys(names))
 
 
@@ -158,10 +157,13 @@ def seed(platform: Platform) -> None:
 
 
 def find_stream(platform: Platform, name: str) -> tuple[Path, StreamSchema]:
-    path = known_streams(platform).get(name)
-    if path is None:
+    found = read_streams(platform).get(name)
+    if found is None:
         raise CliError(f"unknown stream {name!r} (driftline streams list; add one with driftline streams add FILE)")
-    return path, load(path)
+    path, schema = found
+    if isinstance(schema, CliError):
+        raise schema
+    return path, schema
 
 
 def load(path: Path) -> StreamSchema:
@@ -178,7 +180,7 @@ def add(platform: Platform, path: Path, replace: bool = False) -> tuple[Path, St
         schema = check_schema(doc)
     except CliError as exc:
         raise CliError(f"{path}: {exc}") from None
-    existing = known_streams(platform).get(schema.stream)
+    existing, _ = read_streams(platform).get(schema.stream, (None, None))
     # One file per stream in the folder: a stream already there is replaced in its own file.
     target = existing if existing and existing.parent == platform.streams_dir else platform.streams_dir / f"{schema.stream}.json"
     text = json.dumps(doc, indent=2) + "\n"
@@ -252,12 +254,9 @@ def add_command(file: Annotated[Path, typer.Argument(help="The schema: .json, or
 def list_command(json_out: JsonOut = False) -> None:
     """The streams this platform knows (bundled and added)."""
     platform = Platform.load()
-    rows = []
-    for name, path in known_streams(platform).items():
-        try:
-            rows.append(describe(load(path), path))
-        except CliError as exc:
-            rows.append({"stream": name, "file": str(path), "error": str(exc)})
+    rows = [describe(schema, path) if isinstance(schema, StreamSchema) else
+            {"stream": name, "file": str(path), "error": str(schema)}
+            for name, (path, schema) in read_streams(platform).items()]
     if json_out:
         return output.emit_json(rows)
     output.table(["stream", "model", "fields", "features", "label", "source", "file"],
