@@ -2,7 +2,7 @@
 
 `driftline up` starts it as a detached process (its own session), so it outlives the command:
 it reads HOME/platform.json, starts the services (one process per role, one serving process per
-model), restarts any that exits (exponential back-off, services.devstack.supervisor.Backoff),
+model), restarts any that exits (exponential back-off, services.devstack.supervisor.restart_backoff),
 writes their state to HOME/supervisor.json on every change and logs each start, exit and restart
 to its output (HOME/supervisor.log). SIGHUP (`driftline streams add`) re-reads platform.json and
 starts the processes it names that are not running, leaving every other one alone. SIGTERM or

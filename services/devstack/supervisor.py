@@ -25,6 +25,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.threads import Backoff
+
 from .process import _alive, _cmdline, _port_in_use
 
 # Start order: a service's dependencies come before it.
@@ -162,22 +164,17 @@ def serving(address: str, timeout: float = 1.0) -> bool:
 # -- a platform's services, kept running ------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Delay before restart n (1, 2, …) of a service: initial_s · factor^(n-1), at most max_s.
-    A run that lasted reset_after_s counts as healthy: the next failure starts again at initial_s.
+HEALTHY_RUN_S = 60.0  # a run this long counts as healthy: the next restart's delay starts again at the first
 
-    >>> [Backoff().delay(n) for n in (1, 2, 3, 8, 9)]
-    [0.5, 1.0, 2.0, 30.0, 30.0]
+
+def restart_backoff() -> Backoff:
+    """The delays before restart 1, 2, … of one process: doubling from 0.5 s, at most 30 s.
+
+    >>> backoff = restart_backoff()
+    >>> [backoff.next() for _ in range(9)]
+    [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
     """
-
-    initial_s: float = 0.5
-    factor: float = 2.0
-    max_s: float = 30.0
-    reset_after_s: float = 60.0
-
-    def delay(self, failures: int) -> float:
-        return min(self.max_s, self.initial_s * self.factor ** max(0, failures - 1))
+    return Backoff(first_s=0.5, most_s=30.0)
 
 
 @dataclass(frozen=True)
@@ -200,7 +197,7 @@ class Supervised:
     process: subprocess.Popen | None = None
     started_at: float = 0.0          # time.time() of the current run
     restarts: int = 0                # starts after the first
-    failures: int = 0                # consecutive short runs, for the back-off
+    backoff: Backoff = field(default_factory=restart_backoff)  # over consecutive short runs
     last_exit: int | None = None
     restart_at: float | None = None  # time.monotonic() of the pending restart
 
@@ -219,7 +216,7 @@ class Supervised:
 
 
 class Supervisor:
-    """Starts processes, restarts the ones that exit (with `Backoff`), stops them all on request.
+    """Starts processes, restarts the ones that exit (with `restart_backoff`), stops them all on request.
 
     `programs` maps a name to a `Program`, or to an environment alone (the name is then the
     service, its log `log_dir/<name>.log`). `reconcile` starts the names that are new and stops
@@ -229,11 +226,10 @@ class Supervisor:
     """
 
     def __init__(self, programs: Mapping[str, Program | Mapping[str, str]], log_dir: Path, *,
-                 backoff: Backoff = Backoff(), on_change: Callable[[dict], None] = lambda snapshot: None,
+                 on_change: Callable[[dict], None] = lambda snapshot: None,
                  say: Callable[[str], None] = print, poll_s: float = 0.2) -> None:
         self.log_dir = Path(log_dir)
         self.services = {name: Supervised(name, self._program(name, p)) for name, p in programs.items()}
-        self.backoff = backoff
         self.on_change = on_change
         self.say = say
         self.poll_s = poll_s
@@ -288,8 +284,9 @@ class Supervisor:
                     continue
                 ran = time.time() - service.started_at
                 service.last_exit = code
-                service.failures = 1 if ran >= self.backoff.reset_after_s else service.failures + 1
-                delay = self.backoff.delay(service.failures)
+                if ran >= HEALTHY_RUN_S:
+                    service.backoff.reset()
+                delay = service.backoff.next()
                 service.restart_at = now + delay
                 self.say(f"{service.name}: exited with {code} after {ran:.1f}s; restart "
                          f"{service.restarts + 1} in {delay:g}s")
