@@ -131,11 +131,11 @@ def up(stream: Annotated[list[str], typer.Option(
     platform.log_dir.mkdir(parents=True, exist_ok=True)
     platform.supervisor_file.unlink(missing_ok=True)
     platform.save()
-    with (platform.home / "supervisor.log").open("ab") as log:
+    with platform.supervisor_log.open("ab") as log:
         supervisor = subprocess.Popen([sys.executable, "-m", SUPERVISOR, str(platform.home)],
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
-    platform.doc["supervisor"] = {"pid": supervisor.pid, "log": str(platform.home / "supervisor.log")}
+    platform.doc["supervisor"] = {"pid": supervisor.pid, "log": str(platform.supervisor_log)}
     platform.save()
     models = ", ".join(platform.serving_models())
     output.note(f"starting the services (default stream {schema.stream}; serving {models}; "
@@ -172,7 +172,7 @@ def _follow_until_interrupted(platform: Platform, supervisor: subprocess.Popen) 
             # Each round anew: a serving process that `streams add` started has a log too (read from its start).
             platform.doc = read_json(platform.state_file) or platform.doc
             paths = {name: platform.log_path(service, model) for name, service, model in platform.processes()}
-            paths["supervisor"] = platform.home / "supervisor.log"
+            paths["supervisor"] = platform.supervisor_log
             first = not positions
             for name, path in paths.items():
                 if name not in positions:
@@ -401,7 +401,7 @@ def logs(service: Annotated[str, typer.Argument(help=f"One of {', '.join(SERVICE
         raise CliError(f"--model is for serving (one process per model), not {service}")
     if model:
         platform.serving_address(model)  # an unknown model: the one-line error that names it
-    path = platform.home / "supervisor.log" if service == "supervisor" else platform.log_path(service, model)
+    path = platform.supervisor_log if service == "supervisor" else platform.log_path(service, model)
     what = f"serving:{model}" if model else service
     if not path.exists():
         raise CliError(f"no log for {what} at {path} (driftline up writes it)")

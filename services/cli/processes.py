@@ -57,7 +57,7 @@ def wait_healthy(platform: Platform, names: list[str] | None, timeout: float,
     deadline = time.monotonic() + timeout
     while True:
         if not supervisor_alive():
-            raise CliError(f"the supervisor exited: see {platform.home / 'supervisor.log'}")
+            raise CliError(f"the supervisor exited: see {platform.supervisor_log}")
         supervision = platform.supervision()
         rows = [health_row(platform, name, service, model, supervision)
                 for name, service, model in platform.processes() if names is None or name in names]

@@ -106,6 +106,10 @@ class Platform:
         return self.home / "supervisor.json"
 
     @property
+    def supervisor_log(self) -> Path:
+        return self.home / "supervisor.log"
+
+    @property
     def log_dir(self) -> Path:
         return self.home / "logs"
 
