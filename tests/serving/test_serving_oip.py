@@ -10,16 +10,10 @@ The first tests drive the batcher directly (no infrastructure)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -35,12 +29,10 @@ from services.serving.batcher import Batcher, DeadlineExpired, QueueFull
 from services.serving.onnx_model import load_model
 from services.serving.server import INFERENCE
 from serving_stack import store_and_topics
+from support import GrpcThread, ServiceRun, free_port, wait_for
 from tiny_models import FEATURES, WEIGHTS, expected_scores, tiny_model
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL = "tiny-oip"
-
-
 
 
 def loaded(version: int):
@@ -162,58 +154,13 @@ class RegistryStandIn(registry_pb2_grpc.RegistryServicer):
         return self.versions[request.version]
 
 
-@contextmanager
-def registry_server():
-    servicer = RegistryStandIn()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    state = {}
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        server = grpc.aio.server()
-        registry_pb2_grpc.add_RegistryServicer_to_server(servicer, server)
-        state["port"] = server.add_insecure_port("127.0.0.1:0")
-        state["server"] = server
-        loop.run_until_complete(server.start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
-        yield servicer, f"127.0.0.1:{state['port']}"
-    finally:
-        asyncio.run_coroutine_threadsafe(state["server"].stop(0), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 class Serving:
-    def __init__(self, channel: grpc.Channel, metrics_port: int, process: subprocess.Popen, log: Path):
+    def __init__(self, channel: grpc.Channel, metrics_port: int, run: ServiceRun):
         self.channel = channel
         self.oip = pb_grpc.GRPCInferenceServiceStub(channel)
         self.predictor = serving_pb2_grpc.PredictorStub(channel)
         self.metrics_port = metrics_port
-        self.process = process
-        self.log = log
+        self.run = run
 
     def metrics(self) -> dict[tuple[str, tuple], float]:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
@@ -227,51 +174,47 @@ class Serving:
 @pytest.fixture
 def stack(kafka_bootstrap, s3, topic_prefix, bucket_name, tmp_path):
     store, _ = store_and_topics(kafka_bootstrap, s3, topic_prefix, bucket_name)
-    with registry_server() as (registry, address):
+    registry = GrpcThread(RegistryStandIn(), registry_pb2_grpc.add_RegistryServicer_to_server)
+    try:
         def publish(version: int, production: bool = True) -> None:
             ref = store.put_bytes(f"models/{MODEL}/{version}/model.onnx", tiny_model(WEIGHTS[version]))
-            registry.versions[version] = registry_pb2.ModelVersion(
+            registry.servicer.versions[version] = registry_pb2.ModelVersion(
                 name=MODEL, version=version, artifact_uri=ref.uri, artifact_sha256=ref.sha256,
                 feature_names=FEATURES)
             if production:
-                registry.production = version  # found by serving's alias poller (retry 0.2 s)
+                registry.servicer.production = version  # found by serving's alias poller (retry 0.2 s)
 
         @contextmanager
         def serving(**settings: str):
             grpc_port, metrics_port = free_port(), free_port()
-            env = {**os.environ, "DRIFTLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            env = {"DRIFTLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
                    "DRIFTLINE_TOPIC_PREFIX": topic_prefix, "DRIFTLINE_BUCKET": bucket_name,
-                   "DRIFTLINE_MODEL_NAME": MODEL, "DRIFTLINE_REGISTRY_ADDRESS": address,
+                   "DRIFTLINE_MODEL_NAME": MODEL, "DRIFTLINE_REGISTRY_ADDRESS": registry.address,
                    "DRIFTLINE_GRPC_PORT": str(grpc_port), "DRIFTLINE_METRICS_PORT": str(metrics_port),
                    "DRIFTLINE_ALIAS_RETRY_S": "0.2", "DRIFTLINE_LOG_JSON": "false",
                    **{f"DRIFTLINE_{k.upper()}": v for k, v in settings.items()}}
             log = tmp_path / f"serving-{grpc_port}.log"
-            with open(log, "ab") as out:
-                process = subprocess.Popen([sys.executable, "-m", "services.serving"], cwd=ROOT, env=env,
-                                           stdout=out, stderr=subprocess.STDOUT)
             channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
-            running = Serving(channel, metrics_port, process, log)
+            with ServiceRun("serving", env, log) as run:
+                running = Serving(channel, metrics_port, run)
 
-            def live() -> bool:
-                assert process.poll() is None, f"serving exited: {log.read_text()[-3000:]}"
-                try:
-                    return running.oip.ServerLive(pb.ServerLiveRequest(), timeout=1).live
-                except grpc.RpcError:
-                    return False
+                def live() -> bool:
+                    run.assert_running()
+                    try:
+                        return running.oip.ServerLive(pb.ServerLiveRequest(), timeout=1).live
+                    except grpc.RpcError:
+                        return False
 
-            try:
-                wait_for(live, 30, f"serving to start (log: {log})")
-                yield running
-            finally:
-                channel.close()
-                process.terminate()
                 try:
-                    assert process.wait(20) == 0, f"serving did not exit cleanly: {log.read_text()[-3000:]}"
+                    wait_for(live, 30, f"serving to start (log: {log})")
+                    yield running
                 finally:
-                    if process.poll() is None:
-                        process.kill()
+                    channel.close()
+                assert run.stop(timeout=20) == 0, f"serving did not exit cleanly: {run.log_tail(3000)}"
 
         yield publish, serving
+    finally:
+        registry.stop()
 
 
 def infer_request(rows, *, raw: bool = True, name: str = "features", datatype: str = "FP32",
@@ -318,13 +261,13 @@ def test_oip_readiness_metadata_inference_and_errors(stack):
             health_pb2.HealthCheckResponse.NOT_SERVING
 
         publish(1)
-        wait_for(lambda: s.oip.ServerReady(pb.ServerReadyRequest()).ready, what="v1 to load")
+        wait_for(lambda: s.oip.ServerReady(pb.ServerReadyRequest()).ready, 30, "v1 to load")
         assert s.oip.ModelReady(pb.ModelReadyRequest(name=MODEL)).ready
         assert s.oip.ModelReady(pb.ModelReadyRequest(name=MODEL, version="1")).ready
         assert not s.oip.ModelReady(pb.ModelReadyRequest(name=MODEL, version="7")).ready
         assert not s.oip.ModelReady(pb.ModelReadyRequest(name="nope")).ready
         wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(service=INFERENCE)).status
-                 == health_pb2.HealthCheckResponse.SERVING, what="OIP health SERVING")
+                 == health_pb2.HealthCheckResponse.SERVING, 30, "OIP health SERVING")
         meta = s.oip.ServerMetadata(pb.ServerMetadataRequest())
         assert meta.name == "driftline" and meta.version
 
@@ -404,7 +347,7 @@ def test_concurrent_single_row_calls_are_batched(stack):
     publish, serving = stack
     publish(1)
     with serving(max_queue_delay_ms="20", max_batch_rows="64") as s:
-        wait_for(lambda: s.oip.ServerReady(pb.ServerReadyRequest()).ready, what="v1 to load")
+        wait_for(lambda: s.oip.ServerReady(pb.ServerReadyRequest()).ready, 30, "v1 to load")
         rng = np.random.default_rng(7)
         work = [rng.normal(size=(1, 3)).astype(np.float32) for _ in range(160)]
 
@@ -434,13 +377,13 @@ def test_a_request_expiring_in_the_queue_is_not_run_and_a_full_queue_refuses_at_
     publish, serving = stack
     publish(1)
     with serving(max_queue_delay_ms="1500", max_queued_requests="2") as s:
-        wait_for(lambda: s.oip.ServerReady(pb.ServerReadyRequest()).ready, what="v1 to load")
+        wait_for(lambda: s.oip.ServerReady(pb.ServerReadyRequest()).ready, 30, "v1 to load")
         rows_before = s.metric("driftline_serving_batch_size_rows_count", model=MODEL)
 
         code, _ = refused(lambda r, timeout: s.oip.ModelInfer(r, timeout=0.3), infer_request(ROWS))
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED
         wait_for(lambda: s.metric("driftline_serving_requests_total", model=MODEL, api="infer",
-                                  outcome="deadline_exceeded") == 1, what="the expiry to be counted")
+                                  outcome="deadline_exceeded") == 1, 30, "the expiry to be counted")
         time.sleep(1.7)  # past the batch window it would have run in
         assert s.metric("driftline_serving_batch_size_rows_count", model=MODEL) == rows_before
 
