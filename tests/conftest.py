@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import pytest
 
 from services import devstack
+from support import unique_bucket, unique_prefix
 
 
 # A conftest module holds fixtures, not docstring examples. --doctest-modules would import each one
@@ -41,6 +41,14 @@ class S3:
     @property
     def url(self) -> str:
         return f"{'https' if self.secure else 'http'}://{self.endpoint}"
+
+    def store(self, bucket: str):
+        """The object store of `bucket` on this server, the bucket created."""
+        from services.common.objectstore import MinioObjectStore
+
+        store = MinioObjectStore(self.endpoint, self.access_key, self.secret_key, bucket, self.secure)
+        store.ensure_bucket()
+        return store
 
     def client(self):
         from minio import Minio
@@ -194,7 +202,7 @@ def s3(request) -> Iterator[S3]:
 @pytest.fixture
 def topic_prefix() -> str:
     """A prefix unique to this test, for DRIFTLINE_TOPIC_PREFIX / Topics(prefix)."""
-    return f"t{uuid.uuid4().hex[:12]}."
+    return unique_prefix()
 
 
 @pytest.fixture
@@ -210,4 +218,4 @@ def unique_topic(topic_prefix) -> Callable[[str], str]:
 @pytest.fixture
 def bucket_name() -> str:
     """A valid S3 bucket name (lowercase letters, digits, hyphens; ≤ 63) unique to this test."""
-    return f"test-{uuid.uuid4().hex[:20]}"
+    return unique_bucket()

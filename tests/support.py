@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,9 +21,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.devstack.supervisor import free_port
 
-__all__ = ["ROOT", "GrpcThread", "ServiceRun", "free_port", "wait_for", "wait_serving"]
+__all__ = ["ROOT", "GrpcThread", "ServiceRun", "free_port", "unique_bucket", "unique_prefix", "wait_for",
+           "wait_serving"]
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def unique_prefix() -> str:
+    """A topic prefix (DRIFTLINE_TOPIC_PREFIX) no other test uses, so tests share one broker."""
+    return f"t{uuid.uuid4().hex[:12]}."
+
+
+def unique_bucket() -> str:
+    """A valid S3 bucket name (lowercase letters, digits, hyphens; ≤ 63) no other test uses."""
+    return f"test-{uuid.uuid4().hex[:20]}"
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, every: float = 0.1):

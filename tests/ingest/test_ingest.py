@@ -30,7 +30,7 @@ from services.ingest.pipeline import IngestPipeline, RawInput
 from services.ingest.validation import (
     PARSE, ROUTE, VALIDATE, ValidationError, parse_record, route, validate_parsed, validate_record,
 )
-from support import ServiceRun, free_port, wait_for
+from support import ServiceRun, free_port, unique_prefix, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = load_schema(REPO_ROOT / "config/streams/default.json")
@@ -377,7 +377,7 @@ class RunningIngest:
 @contextlib.contextmanager
 def running_ingest(bootstrap: str, log_path: Path, **env: str):
     """An ingest process on topics of its own (a fresh prefix), serving once this yields."""
-    prefix = f"t{uuid.uuid4().hex[:12]}."
+    prefix = unique_prefix()
     port = free_port()
     env = {"DRIFTLINE_TOPIC_PREFIX": prefix, "DRIFTLINE_GRPC_PORT": str(port), "DRIFTLINE_LOG_JSON": "true", **env}
     with ServiceRun("ingest", env, log_path) as run:
@@ -538,7 +538,7 @@ def test_empty_and_oversized_batches_are_invalid_arguments(ingest, count, messag
 
 
 def test_a_restarted_ingest_resumes_after_its_committed_transactions(kafka_bootstrap, tmp_path):
-    prefix = f"t{uuid.uuid4().hex[:12]}."
+    prefix = unique_prefix()
     topics = Topics(prefix)
     port = free_port()
     env = {"DRIFTLINE_TOPIC_PREFIX": prefix, "DRIFTLINE_GRPC_PORT": str(port)}

@@ -5,7 +5,6 @@ training reference."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 import grpc
@@ -16,6 +15,7 @@ from services.common.kafka import ensure_topics
 from services.common.objectstore import MinioObjectStore
 from services.common.settings import Topics
 from services.monitor.psi import reference_bins
+from support import unique_bucket, unique_prefix
 
 
 class RegistryStandIn(registry_pb2_grpc.RegistryServicer):
@@ -67,9 +67,8 @@ class Isolated:
 
 
 def isolated(kafka_bootstrap: str, s3) -> Isolated:
-    prefix, bucket = f"t{uuid.uuid4().hex[:12]}.", f"test-{uuid.uuid4().hex[:20]}"
+    prefix, bucket = unique_prefix(), unique_bucket()
     topics = Topics(prefix)
     ensure_topics(kafka_bootstrap, topics.all())
-    store = MinioObjectStore(s3.endpoint, s3.access_key, s3.secret_key, bucket, s3.secure)
-    store.ensure_bucket()
+    store = s3.store(bucket)
     return Isolated(prefix, topics, bucket, store)

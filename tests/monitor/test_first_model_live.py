@@ -19,7 +19,7 @@ from services.common.kafka import Consumer, Producer, ensure_topics
 from services.common.settings import Topics
 from monitor_fakes import stop_cleanly
 from registry_stand_in import RegistryStandIn
-from support import GrpcThread, ServiceRun, free_port, wait_for
+from support import GrpcThread, ServiceRun, free_port, unique_bucket, unique_prefix, wait_for
 
 MIN_ROWS = 300
 T0_MS = 1_700_000_000_000
@@ -75,7 +75,7 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(kafka_bootstrap, s3, tmp_path_factory):
-    prefix = f"t{uuid.uuid4().hex[:12]}."
+    prefix = unique_prefix()
     topics = Topics(prefix)
     ensure_topics(kafka_bootstrap, topics.all())
     folder = tmp_path_factory.mktemp("streams")
@@ -90,7 +90,7 @@ def live(kafka_bootstrap, s3, tmp_path_factory):
     grpc_port, dashboard_port = free_port(), free_port()
     log_path = tmp_path_factory.mktemp("monitor-first-model") / "monitor.log"
     env = {"DRIFTLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "DRIFTLINE_TOPIC_PREFIX": prefix,
-           "DRIFTLINE_BUCKET": f"test-{uuid.uuid4().hex[:20]}", "DRIFTLINE_REGISTRY_ADDRESS": registry.address,
+           "DRIFTLINE_BUCKET": unique_bucket(), "DRIFTLINE_REGISTRY_ADDRESS": registry.address,
            "DRIFTLINE_GRPC_PORT": str(grpc_port), "DRIFTLINE_DASHBOARD_PORT": str(dashboard_port),
            "DRIFTLINE_STREAMS_DIR": str(folder), "DRIFTLINE_STREAM": "alpha",
            "DRIFTLINE_FIRST_MODEL_MIN_ROWS": str(MIN_ROWS), "DRIFTLINE_FIRST_MODEL_CHECK_S": "1",

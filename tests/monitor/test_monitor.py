@@ -30,7 +30,7 @@ from services.monitor.signals import window_statistics
 from services.monitor.tracker import Position, TrackerConfig, VersionTracker
 from services.serving.prediction_log import ServedRequest, to_log
 from registry_stand_in import RegistryStandIn, isolated
-from support import GrpcThread, ServiceRun, free_port, wait_for
+from support import GrpcThread, ServiceRun, free_port, unique_prefix, wait_for
 
 
 # == the statistics, as units ================================================================
@@ -177,7 +177,7 @@ def test_columnar_and_row_wise_prediction_logs_feed_the_join_and_windows_alike(k
         scores=Bins.from_json(reference_bins(rng.uniform(0, 1, 2000))), eval_error=0.1, eval_rows=1000,
         reference_rows=2000)
     monitor = DriftMonitor(
-        topics=Topics(f"t{uuid.uuid4().hex[:12]}."), stream=STREAM, producer=Producer(kafka_bootstrap),
+        topics=Topics(unique_prefix()), stream=STREAM, producer=Producer(kafka_bootstrap),
         references=_FixedReferences(reference), policy=DriftPolicy(10_000, 600),
         join=LabelJoin(600, 10_000, read_time=event_time_ms),
         tracker_config=TrackerConfig(psi_window=200, window_step=50, error_reference_samples=50,

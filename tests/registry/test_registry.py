@@ -14,9 +14,9 @@ import pytest
 from driftline.v1 import registry_pb2, registry_pb2_grpc
 from helpers_models import FEATURES, accuracy_of, agrawal_rows, collect, feature_table, parquet_bytes, trained_onnx
 from services.common.kafka import Consumer
-from services.common.objectstore import MinioObjectStore, ObjectStore
+from services.common.objectstore import ObjectStore
 from services.common.settings import Topics
-from support import ServiceRun, free_port
+from support import ServiceRun, free_port, unique_bucket, unique_prefix
 
 Kind = registry_pb2.RegistryEvent.Kind
 REGISTRY = "driftline.v1.Registry"
@@ -58,9 +58,8 @@ def start_registry(env: dict[str, str], log_path: Path) -> tuple[ServiceRun, str
 @pytest.fixture(scope="module")
 def registry(kafka_bootstrap, s3, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("registry")
-    prefix, bucket = f"t{uuid.uuid4().hex[:12]}.", f"test-{uuid.uuid4().hex[:20]}"
-    store = MinioObjectStore(s3.endpoint, s3.access_key, s3.secret_key, bucket, s3.secure)
-    store.ensure_bucket()
+    prefix, bucket = unique_prefix(), unique_bucket()
+    store = s3.store(bucket)
     env = {"DRIFTLINE_TOPIC_PREFIX": prefix, "DRIFTLINE_BUCKET": bucket,
            "DRIFTLINE_REGISTRY_DB": str(tmp / "db" / "registry.db")}
     run, address = start_registry(env, tmp / "registry.log")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import pytest
 
 from driftline.v1 import registry_pb2, registry_pb2_grpc, serving_pb2, serving_pb2_grpc
 from inference import grpc_service_pb2 as pb
@@ -32,8 +31,7 @@ MODEL = "tiny-traffic"
 
 def store_and_topics(kafka_bootstrap: str, s3, topic_prefix: str, bucket_name: str) -> tuple[MinioObjectStore, Topics]:
     """The test's bucket (created) and topics, with serving's registry-events and predictions topics created."""
-    store = MinioObjectStore(s3.endpoint, s3.access_key, s3.secret_key, bucket_name, s3.secure)
-    store.ensure_bucket()
+    store = s3.store(bucket_name)
     topics = Topics(topic_prefix)
     ensure_topics(kafka_bootstrap, [topics.registry_events, topics.predictions])
     return store, topics

@@ -16,9 +16,9 @@ import pytest
 from driftline.v1 import registry_pb2, registry_pb2_grpc, training_pb2
 from helpers_models import FEATURES, STEP_MS, T0_MS, accuracy_of, agrawal_rows, collect, write_segments
 from services.common.kafka import Consumer, Producer, Record, ensure_topics
-from services.common.objectstore import MinioObjectStore, ObjectStore, split_uri
+from services.common.objectstore import ObjectStore, split_uri
 from services.common.settings import Topics
-from support import ServiceRun, free_port, wait_for
+from support import ServiceRun, free_port, unique_bucket, unique_prefix, wait_for
 
 SUCCEEDED, FAILED = training_pb2.TrainingResult.SUCCEEDED, training_pb2.TrainingResult.FAILED
 # An MLP on Agrawal function 0 scores about 0.97 on unseen rows; 0.85 leaves room for seeds and platforms.
@@ -58,9 +58,8 @@ class Loop:
 @pytest.fixture(scope="module")
 def loop(kafka_bootstrap, s3, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trainer")
-    prefix, bucket = f"t{uuid.uuid4().hex[:12]}.", f"test-{uuid.uuid4().hex[:20]}"
-    store = MinioObjectStore(s3.endpoint, s3.access_key, s3.secret_key, bucket, s3.secure)
-    store.ensure_bucket()
+    prefix, bucket = unique_prefix(), unique_bucket()
+    store = s3.store(bucket)
     common = {"DRIFTLINE_TOPIC_PREFIX": prefix, "DRIFTLINE_BUCKET": bucket}
     registry_port = free_port()
     registry = ServiceRun("registry", {**common, "DRIFTLINE_GRPC_PORT": str(registry_port),
@@ -221,7 +220,7 @@ def test_retraining_after_a_concept_change_is_promoted_over_the_old_model(loop):
 
 def test_a_trainer_stopped_while_waiting_leaves_the_request_to_the_next_one(loop, kafka_bootstrap, tmp_path):
     # Its own topics (and so its own consumer group), so the module's trainer does not take the request.
-    topics = Topics(f"t{uuid.uuid4().hex[:12]}.")
+    topics = Topics(unique_prefix())
     ensure_topics(kafka_bootstrap, [topics.training_requests, topics.training_results])
     env = {"DRIFTLINE_TOPIC_PREFIX": topics.prefix, "DRIFTLINE_BUCKET": loop.store.bucket,
            "DRIFTLINE_REGISTRY_ADDRESS": loop.registry_address, "DRIFTLINE_WAIT_TIMEOUT_S": "120",
