@@ -2,6 +2,8 @@
 
     datasets/<stream>/segments/<name>.parquet + .json   immutable feature segments and their
                                                        sidecars (written by feature)
+    datasets/<stream>/labels/<name>.parquet + .json     immutable label segments: the labels of
+                                                       `driftline.labels` (written by feature)
     datasets/<stream>/versions/<dataset_id>.json       a dataset version's manifest (trainer)
     datasets/<stream>/eval/<dataset_id>.parquet        its held-out slice (trainer)
 
@@ -22,6 +24,8 @@ True
 ('datasets/sea/versions/4b28df7a.json', ('sea', '4b28df7a'))
 >>> parse_manifest_key("datasets/sea/segments/p000-000000000000-000000000009.json") is None
 True
+>>> label_segment_key("sea", 0, 0, 9)
+'datasets/sea/labels/p000-000000000000-000000000009.parquet'
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ import json
 from collections.abc import Mapping
 
 PREFIX = "datasets/"
+LABELS = "labels"
+# Label segments' columns: the label of an event, when it became known, and the event's time
+# (0 when the labeller did not know it).
+LABEL_COLUMNS = ("event_id", "label", "labelled_at_ms", "event_time_ms")
 # The manifest's parts that name a version (everything else in it follows from them).
 IDENTITY_KEYS = ("segments", "window_start_ms", "window_end_ms", "feature_names")
 
@@ -48,6 +56,20 @@ def stream_prefix(stream: str | None = None) -> str:
 
 def segments_prefix(stream: str) -> str:
     return f"{stream_prefix(stream)}segments/"
+
+
+def labels_prefix(stream: str) -> str:
+    return f"{stream_prefix(stream)}{LABELS}/"
+
+
+def segment_name(partition: int, first_offset: int, last_offset: int) -> str:
+    """A segment's file name: its source partition and offset range, so a name never repeats."""
+    return f"p{partition:03d}-{first_offset:012d}-{last_offset:012d}"
+
+
+def label_segment_key(stream: str, partition: int, first_offset: int, last_offset: int) -> str:
+    """The Parquet object of a label segment (its sidecar: the same key ending in .json)."""
+    return f"{labels_prefix(stream)}{segment_name(partition, first_offset, last_offset)}.parquet"
 
 
 def versions_prefix(stream: str) -> str:

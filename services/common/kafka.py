@@ -247,20 +247,24 @@ class Consumer:
     """
 
     def __init__(self, bootstrap: str, group_id: str, topics: Iterable[str], *,
-                 from_beginning: bool = True, read_committed: bool = False,
-                 config: Mapping[str, object] | None = None) -> None:
+                 from_beginning: bool = True, read_committed: bool = False, instance_id: str = "",
+                 session_timeout_ms: int = 10000, config: Mapping[str, object] | None = None) -> None:
         conf: dict[str, object] = {
             "bootstrap.servers": bootstrap,
             "group.id": group_id,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest" if from_beginning else "latest",
             "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-            # A restarted member rejoins fast on a one-node dev broker.
-            "session.timeout.ms": 10000,
-            "heartbeat.interval.ms": 1000,
+            # A member that dies without leaving holds its partitions until the session times out;
+            # a static member (KIP-345: the same `group.instance.id` after a restart) takes them
+            # back at once, without a rebalance of the others.
+            "session.timeout.ms": session_timeout_ms,
+            "heartbeat.interval.ms": min(1000, session_timeout_ms // 3),
             "statistics.interval.ms": LAG_STATISTICS_INTERVAL_MS,
             "stats_cb": lambda statistics: record_consumer_lag(group_id, statistics),
         }
+        if instance_id:
+            conf["group.instance.id"] = instance_id
         conf.update(config or {})
         self.raw = _Consumer(conf)
         self.raw.subscribe(list(topics))

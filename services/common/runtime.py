@@ -14,8 +14,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaException, Message
 
+from .deadletter import HANDLE, DeadLetterQueue
 from .grpc_server import GrpcServer, Service, install_signal_handlers
 from .kafka import Consumer
 from .settings import CommonSettings
@@ -29,23 +30,32 @@ class ConsumerWorker(StoppableThread):
     """Polls a consumer, hands each batch to `handle`, then commits.
 
     `handle` must have produced (and flushed) everything the batch leads to
-    before it returns; a batch whose handler raises is rewound to the last
-    commit and retried after a back-off, so a failure never skips a record.
-    Records that can never succeed are the handler's to dead-letter.
+    before it returns. A batch whose handler raises is handed over again after a
+    back-off, so a failure never skips a record; after `max_attempts` failures it
+    is handed over record by record, and a record that fails `max_attempts` times
+    on its own is a poison record: it goes to `dead_letters` (stage `handle`, the
+    error as its reason) and the partition moves on. Without `dead_letters` a
+    failing batch is retried until it succeeds. Since part of a batch may thus be
+    handed over twice, handlers de-duplicate by id.
     A handler that commits its offsets itself (inside a Kafka transaction)
     passes `commits_offsets=True`, and the worker then does not commit again.
     """
 
     def __init__(self, name: str, consumer: Consumer, handle: Callable[[Sequence[Message]], None],
                  *, max_records: int = 500, poll_timeout: float = 0.5,
-                 on_idle: Callable[[], None] | None = None, commits_offsets: bool = False) -> None:
+                 on_idle: Callable[[], None] | None = None, commits_offsets: bool = False,
+                 dead_letters: DeadLetterQueue | None = None, max_attempts: int = 5) -> None:
         super().__init__(name)
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
         self.consumer = consumer
         self.handle = handle
         self.commits_offsets = commits_offsets
         self.max_records = max_records
         self.poll_timeout = poll_timeout
         self.on_idle = on_idle
+        self.dead_letters = dead_letters
+        self.max_attempts = max_attempts
         self.processed = 0
         self.failures = 0
 
@@ -54,34 +64,68 @@ class ConsumerWorker(StoppableThread):
         while not self.stopping:
             try:
                 messages = self.consumer.poll_messages(self.max_records, self.poll_timeout)
-                if messages:
-                    self.handle(messages)
-                    if not self.commits_offsets:
-                        self.consumer.commit()
-                    self.processed += len(messages)
-                elif self.on_idle:
-                    self.on_idle()
-                backoff.reset()
-            except Exception:
-                if self.stopping:
-                    # A handler cut short by the stop: the batch is uncommitted and will be redelivered.
-                    log.info("batch interrupted by the stop; left uncommitted", extra={"worker": self.name})
-                    break
-                self.failures += 1
-                log.exception("batch failed; rewinding to the last commit", extra={"worker": self.name})
-                self._rewind()
+            except KafkaException:
+                log.exception("poll failed", extra={"worker": self.name})
                 self.wait(backoff.next())
+                continue
+            backoff.reset()
+            if not messages:
+                if self.on_idle:
+                    self._guarded(self.on_idle, "idle work failed")
+                continue
+            if not self._handled(messages):
+                # Cut short by the stop: the batch is uncommitted and will be redelivered.
+                log.info("batch interrupted by the stop; left uncommitted", extra={"worker": self.name})
+                break
+            self.processed += len(messages)
+            if not self.commits_offsets:
+                self._guarded(self.consumer.commit, "commit failed; the next commit covers the batch")
         self.consumer.close()
 
-    def _rewind(self) -> None:
-        raw = self.consumer.raw
+    def _handled(self, messages: Sequence[Message]) -> bool:
+        """Hands the batch over until it succeeds, or each of its poison records is dead-lettered;
+        False when the worker is stopped first."""
+        error = self._attempt(messages, self.max_attempts if self.dead_letters else None)
+        if error is None:
+            return True
+        if self.stopping:
+            return False
+        assert self.dead_letters is not None
+        log.warning("batch failed %d times; handling it record by record", self.max_attempts,
+                    extra={"worker": self.name, "records": len(messages)})
+        for message in messages:
+            error = self._attempt([message], self.max_attempts)
+            if self.stopping:
+                return False
+            if error is not None:
+                self.dead_letters.send(message, f"{type(error).__name__}: {error}", stage=HANDLE)
+        return True
+
+    def _attempt(self, messages: Sequence[Message], attempts: int | None) -> Exception | None:
+        """None once `handle(messages)` succeeds; its last error after `attempts` failures (None:
+        no limit), or when the worker stops."""
+        backoff = Backoff()
+        failed = 0
+        while True:
+            try:
+                self.handle(messages)
+                return None
+            except Exception as exc:
+                if self.stopping:
+                    return exc
+                failed += 1
+                self.failures += 1
+                log.exception("handler failed", extra={
+                    "worker": self.name, "records": len(messages), "attempt": failed})
+                if attempts is not None and failed >= attempts:
+                    return exc
+                self.wait(backoff.next())
+
+    def _guarded(self, action: Callable[[], None], message: str) -> None:
         try:
-            assignment = raw.assignment()
-            for tp in raw.committed(assignment, timeout=10):
-                # No commit yet: start of the partition is where `earliest` would begin.
-                raw.seek(TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
-        except KafkaException:
-            log.exception("rewind failed", extra={"worker": self.name})
+            action()
+        except Exception:
+            log.exception(message, extra={"worker": self.name})
 
 
 class ServiceProcess:

@@ -79,6 +79,16 @@ class CommonSettings(BaseSettings):
     # Allocations between young-generation garbage collections (0: Python's default, 700).
     gc_gen0_threshold: int = 0
 
+    # This process's stable name among its group's members (Kafka static membership, KIP-345):
+    # a process restarted under the same name takes its partitions back at once instead of after
+    # the session timeout. Unique per replica (the supervisor and the manifests set it); empty:
+    # dynamic membership.
+    instance_id: str = ""
+    # How long a member that stopped heart-beating keeps its partitions.
+    kafka_session_timeout_ms: int = 10000
+    # Attempts at a record before it goes to the service's dead-letter topic.
+    max_attempts: int = 5
+
     @property
     def kafka_brokers(self) -> list[str]:
         """`kafka_bootstrap` as a list of host:port.
@@ -111,3 +121,11 @@ class Topics:
 
     def all(self) -> list[str]:
         return [v for k, v in vars(self).items() if k != "prefix"]
+
+    def dead_letters(self, service: str) -> str:
+        """The dead-letter topic of `service` (ingest's is `events_dlq`).
+
+        >>> Topics("t.").dead_letters("monitor"), Topics().dead_letters("ingest")
+        ('t.driftline.monitor.dlq', 'driftline.events.dlq')
+        """
+        return self.events_dlq if service == "ingest" else f"{self.prefix}driftline.{service}.dlq"
