@@ -45,13 +45,15 @@ class Event(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., stream: _Optional[str] = ..., entity_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fields: _Optional[_Mapping[str, FieldValue]] = ..., label: _Optional[int] = ...) -> None: ...
 
 class Label(_message.Message):
-    __slots__ = ("event_id", "label", "labelled_at", "event_time")
+    __slots__ = ("event_id", "label", "labelled_at", "event_time", "stream")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     LABELLED_AT_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     label: int
     labelled_at: _timestamp_pb2.Timestamp
     event_time: _timestamp_pb2.Timestamp
-    def __init__(self, event_id: _Optional[str] = ..., label: _Optional[int] = ..., labelled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    stream: str
+    def __init__(self, event_id: _Optional[str] = ..., label: _Optional[int] = ..., labelled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stream: _Optional[str] = ...) -> None: ...
