@@ -7,11 +7,13 @@
     datasets/<stream>/versions/<dataset_id>.json       a dataset version's manifest (trainer)
     datasets/<stream>/eval/<dataset_id>.parquet        its held-out slice (trainer)
 
-A dataset version is a manifest naming the segments it was cut from (with their sha256), its
-event-time window, its feature names and its row count. Its id is the sha256 of the canonical
-JSON (sorted keys, no whitespace) of the segments, the window and the feature names; the row
-count follows from the segments and is left out. The same data therefore always has the same id,
-whoever computes it (the trainer writing a version, `driftline datasets verify` checking one):
+A dataset version is a manifest naming the segments it was cut from (with their sha256), the
+label segments its delayed labels came from (when any did), its event-time window, its feature
+names and its row count. Its id is the sha256 of the canonical JSON (sorted keys, no whitespace)
+of the segments, the label segments (only when there are some), the window and the feature
+names; the row count follows from the segments and is left out. The same data therefore always
+has the same id, whoever computes it (the trainer writing a version, `driftline datasets verify`
+checking one):
 
 >>> manifest = {"segments": [], "window_start_ms": 0, "window_end_ms": 5, "feature_names": ["a"], "rows": 0}
 >>> dataset_id(manifest)
@@ -20,6 +22,10 @@ whoever computes it (the trainer writing a version, `driftline datasets verify` 
 True
 >>> dataset_id({**manifest, "feature_names": ["b"]})[:8]
 '5c45900b'
+>>> dataset_id({**manifest, "label_segments": []}) == dataset_id(manifest)  # no delayed labels
+True
+>>> dataset_id({**manifest, "label_segments": [{"key": "k", "sha256": "s", "labels": 1}]})[:8]
+'9cb80acb'
 >>> manifest_key("sea", "4b28df7a"), parse_manifest_key("datasets/sea/versions/4b28df7a.json")
 ('datasets/sea/versions/4b28df7a.json', ('sea', '4b28df7a'))
 >>> parse_manifest_key("datasets/sea/segments/p000-000000000000-000000000009.json") is None
@@ -41,11 +47,14 @@ LABELS = "labels"
 LABEL_COLUMNS = ("event_id", "label", "labelled_at_ms", "event_time_ms")
 # The manifest's parts that name a version (everything else in it follows from them).
 IDENTITY_KEYS = ("segments", "window_start_ms", "window_end_ms", "feature_names")
+# Parts of the identity only when not empty, so a version without them keeps the id it had before.
+OPTIONAL_IDENTITY_KEYS = ("label_segments",)
 
 
 def dataset_id(manifest: Mapping[str, object]) -> str:
-    """sha256 of the canonical JSON of the manifest's segments, window and feature names."""
+    """sha256 of the canonical JSON of the manifest's segments, label segments, window and feature names."""
     identity = {key: manifest[key] for key in IDENTITY_KEYS}
+    identity.update({key: manifest[key] for key in OPTIONAL_IDENTITY_KEYS if manifest.get(key)})
     return hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
