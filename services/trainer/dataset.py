@@ -1,10 +1,17 @@
-"""Dataset versions from feature segments.
+"""Dataset versions from feature segments and label segments.
 
-The feature service writes immutable Parquet segments of labelled rows, each
-with a JSON sidecar (offsets, event-time range, row count, sha256). A dataset
-version is the set of segment rows inside an event-time window, described by a
-manifest whose sha256 is the dataset id: the same data always gets the same id,
-and every segment is read back against the sha256 the manifest records.
+The feature service writes immutable Parquet segments of feature rows (the
+vector as it was at the event's time), each with a JSON sidecar (offsets,
+event-time range, row count, sha256), and every label of `driftline.labels`
+into label segments beside them. A dataset version is the segment rows inside
+an event-time window, each event once (a replayed row can be in two segments:
+the one in the first segment, by key, is kept), labelled by the event's own
+label or else by the latest (`labelled_at_ms`) of its delayed labels in the
+label segments that exist when the dataset is cut; a row with neither is no
+training row. A manifest names the segments and label segments it took rows and
+labels from, and its sha256 is the dataset id: the same data always gets the
+same id, a label that arrives changes it, and every part is read back against
+the sha256 the manifest records.
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from services.common.datasets import segments_prefix
+from services.common.datasets import labels_prefix, segments_prefix
 from services.common.objectstore import ObjectStore
 
 log = logging.getLogger(__name__)
 
 META_COLUMNS = ["event_id", "entity_id", "event_time_ms", "label"]
+# Working columns of window_rows: which segment a row came from, and its place in it.
+_SEGMENT, _ROW = "__segment", "__row"
 
 
 class WindowNotFilled(RuntimeError):
@@ -63,6 +72,20 @@ class Window:
         return segment.max_event_time_ms >= self.start_ms and segment.min_event_time_ms <= end
 
 
+@dataclass(frozen=True, slots=True)
+class LabelSegment:
+    """A label segment as its sidecar describes it: rows of (event_id, label, labelled_at_ms,
+    event_time_ms)."""
+
+    key: str
+    sha256: str
+    rows: int
+
+    @classmethod
+    def from_sidecar(cls, sidecar: dict) -> "LabelSegment":
+        return cls(sidecar["key"], sidecar["sha256"], int(sidecar["rows"]))
+
+
 @dataclass(frozen=True)
 class Dataset:
     """The labelled rows of a window, sorted by event time, and where they came from."""
@@ -71,6 +94,7 @@ class Dataset:
     feature_names: list[str]
     segments: list[tuple[Segment, int]]  # (segment, rows taken from it)
     table: pa.Table  # META_COLUMNS + feature columns
+    label_segments: list[tuple[LabelSegment, int]] = ()  # (label segment, labels taken from it)
 
     @property
     def rows(self) -> int:
@@ -91,6 +115,8 @@ class Dataset:
             "feature_names": self.feature_names,
             "segments": [{"key": s.key, "sha256": s.sha256, "rows": n}
                          for s, n in sorted(self.segments, key=lambda item: item[0].key)],
+            "label_segments": [{"key": s.key, "sha256": s.sha256, "labels": n}
+                               for s, n in sorted(self.label_segments, key=lambda item: item[0].key)],
             "rows": self.rows,
         }
 
@@ -114,12 +140,13 @@ def to_parquet(table: pa.Table) -> bytes:
 
 
 class SegmentReader:
-    """Lists and reads a stream's segments; both are immutable, so both are cached."""
+    """Lists and reads a stream's feature and label segments; all are immutable, so all are cached."""
 
     def __init__(self, store: ObjectStore, stream: str) -> None:
         self.store = store
         self.stream = stream
         self._sidecars: dict[str, Segment] = {}
+        self._label_sidecars: dict[str, LabelSegment] = {}
         self._tables: dict[str, pa.Table] = {}
 
     def segments(self) -> list[Segment]:
@@ -128,7 +155,14 @@ class SegmentReader:
                 self._sidecars[key] = Segment.from_sidecar(self.store.get_json(key))
         return list(self._sidecars.values())
 
-    def table(self, segment: Segment) -> pa.Table:
+    def label_segments(self) -> list[LabelSegment]:
+        """Every label segment written so far, by key (a sidecar names a complete segment)."""
+        for key in self.store.list_keys(labels_prefix(self.stream)):
+            if key.endswith(".json") and key not in self._label_sidecars:
+                self._label_sidecars[key] = LabelSegment.from_sidecar(self.store.get_json(key))
+        return sorted(self._label_sidecars.values(), key=lambda s: s.key)
+
+    def table(self, segment: Segment | LabelSegment) -> pa.Table:
         if segment.key not in self._tables:
             data = self.store.get_bytes(segment.key, expected_sha256=segment.sha256)
             self._tables[segment.key] = pq.read_table(io.BytesIO(data))
@@ -146,20 +180,62 @@ class SegmentReader:
             log.warning("segments with other feature names left out", extra={"segments": skipped})
         end = now_ms if window.end_ms is None else window.end_ms
         columns = META_COLUMNS + list(newest)
-        taken, parts = [], []
-        for segment in sorted((s for s in candidates if s.feature_names == newest), key=lambda s: s.key):
+        ordered = sorted((s for s in candidates if s.feature_names == newest), key=lambda s: s.key)
+        parts = []
+        for index, segment in enumerate(ordered):
             table = self.table(segment).select(columns)
             t = table.column("event_time_ms")
-            inside = pc.and_(pc.and_(pc.greater_equal(t, window.start_ms), pc.less_equal(t, end)),
-                             pc.is_valid(table.column("label")))
-            rows = table.filter(inside)
+            rows = table.filter(pc.and_(pc.greater_equal(t, window.start_ms), pc.less_equal(t, end)))
             if rows.num_rows:
-                taken.append((segment, rows.num_rows))
+                rows = rows.append_column(_SEGMENT, pa.array(np.full(rows.num_rows, index, np.int32)))
                 parts.append(rows.cast(parts[0].schema) if parts else rows)
         if not parts:
             return None
-        table = pa.concat_tables(parts).sort_by([("event_time_ms", "ascending"), ("event_id", "ascending")])
-        return Dataset(window, list(newest), taken, table)
+        # Segments in key order are in (partition, offset) order: the first copy is the original.
+        table, label_segments = self._labelled(first_per_event(pa.concat_tables(parts)))
+        table = table.filter(pc.is_valid(table.column("label")))
+        if not table.num_rows:
+            return None
+        counts = pc.value_counts(table.column(_SEGMENT)).to_pylist()
+        taken = [(ordered[c["values"]], c["counts"]) for c in counts]
+        table = table.drop_columns([_SEGMENT]).sort_by([("event_time_ms", "ascending"), ("event_id", "ascending")])
+        return Dataset(window, list(newest), taken, table, label_segments)
+
+    def _labelled(self, table: pa.Table) -> tuple[pa.Table, list[tuple[LabelSegment, int]]]:
+        """`table` with each row lacking its own label given its latest delayed label, and the
+        label segments those labels came from (with how many each gave)."""
+        own = table.column("label")
+        missing = table.filter(pc.is_null(own)).column("event_id")
+        label_segments = self.label_segments() if len(missing) else []
+        parts = []
+        for index, segment in enumerate(label_segments):
+            labels = self.table(segment).select(["event_id", "label", "labelled_at_ms"])
+            labels = labels.filter(pc.is_in(labels.column("event_id"), value_set=missing))
+            if labels.num_rows:
+                parts.append(labels.append_column(_SEGMENT, pa.array(np.full(labels.num_rows, index, np.int32)))
+                             .append_column(_ROW, pa.array(np.arange(labels.num_rows, dtype=np.int64))))
+        if not parts:
+            return table, []
+        # Latest labelled_at first; of equal ones the last written (the later segment, the later row).
+        latest = first_per_event(pa.concat_tables(parts).sort_by(
+            [("labelled_at_ms", "descending"), (_SEGMENT, "descending"), (_ROW, "descending")]))
+        found = pc.index_in(table.column("event_id"), value_set=latest.column("event_id"))
+        delayed = latest.column("label").take(found).cast(own.type)
+        used = pc.and_(pc.is_null(own), pc.is_valid(delayed))
+        sources = pc.filter(latest.column(_SEGMENT).take(found), used)
+        given = [(label_segments[c["values"]], c["counts"]) for c in pc.value_counts(sources).to_pylist()]
+        labelled = table.set_column(table.schema.get_field_index("label"), "label", pc.coalesce(own, delayed))
+        return labelled, given
+
+
+def first_per_event(table: pa.Table) -> pa.Table:
+    """The first row of each event_id, in the table's order.
+
+    >>> first_per_event(pa.table({"event_id": ["a", "b", "a"], "v": [1, 2, 3]})).to_pylist()
+    [{'event_id': 'a', 'v': 1}, {'event_id': 'b', 'v': 2}]
+    """
+    ids = table.column("event_id")
+    return table.take(pc.index_in(pc.unique(ids), value_set=ids))
 
 
 def wait_for_rows(reader: SegmentReader, window: Window, min_rows: int, *, timeout_s: float,
