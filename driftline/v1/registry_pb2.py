@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64riftline/v1/registry.proto\x12\x0c\x64riftline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x03\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x61rtifact_uri\x18\x03 \x01(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\x04 \x01(\t\x12\x12\n\ndataset_id\x18\x05 \x01(\t\x12\x14\n\x0c\x63ode_version\x18\x06 \x01(\t\x12\x36\n\x06params\x18\x07 \x03(\x0b\x32&.driftline.v1.ModelVersion.ParamsEntry\x12\x38\n\x07metrics\x18\x08 \x03(\x0b\x32\'.driftline.v1.ModelVersion.MetricsEntry\x12\x15\n\rfeature_names\x18\t \x03(\t\x12\x14\n\x0cmetadata_uri\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65val_uri\x18\x0c \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x94\x02\n\x0cGateDecision\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x19\n\x11\x63\x61ndidate_version\x18\x03 \x01(\x03\x12\x18\n\x10\x62\x61seline_version\x18\x04 \x01(\x03\x12\x1a\n\x12\x63\x61ndidate_accuracy\x18\x05 \x01(\x01\x12\x19\n\x11\x62\x61seline_accuracy\x18\x06 \x01(\x01\x12\x11\n\teval_rows\x18\x07 \x01(\x03\x12\x10\n\x08\x65val_uri\x18\x08 \x01(\t\x12\x10\n\x08promoted\x18\t \x01(\x08\x12\x0e\n\x06reason\x18\n \x01(\t\x12.\n\ndecided_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf9\x02\n\rRegistryEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12.\n\x04kind\x18\x02 \x01(\x0e\x32 .driftline.v1.RegistryEvent.Kind\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x31\n\rmodel_version\x18\x04 \x01(\x0b\x32\x1a.driftline.v1.ModelVersion\x12\r\n\x05\x61lias\x18\x05 \x01(\t\x12\x18\n\x10previous_version\x18\x06 \x01(\x03\x12,\n\x08\x64\x65\x63ision\x18\x07 \x01(\x0b\x32\x1a.driftline.v1.GateDecision\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"W\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12VERSION_REGISTERED\x10\x01\x12\x0f\n\x0b\x41LIAS_MOVED\x10\x02\x12\x10\n\x0cGATE_DECIDED\x10\x03\"P\n\x1bRegisterModelVersionRequest\x12\x31\n\rmodel_version\x18\x01 \x01(\x0b\x32\x1a.driftline.v1.ModelVersion\"7\n\x16GetModelVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"(\n\x18ListModelVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"O\n\x19ListModelVersionsResponse\x12\x32\n\x0emodel_versions\x18\x01 \x03(\x0b\x32\x1a.driftline.v1.ModelVersion\"?\n\x0fSetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\".\n\x0fGetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\">\n\x0ePromoteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05\x61lias\x18\x03 \x01(\t\"\'\n\x17GetGateDecisionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"I\n\x18GetGateDecisionsResponse\x12-\n\tdecisions\x18\x01 \x03(\x0b\x32\x1a.driftline.v1.GateDecision2\xda\x04\n\x08Registry\x12]\n\x14RegisterModelVersion\x12).driftline.v1.RegisterModelVersionRequest\x1a\x1a.driftline.v1.ModelVersion\x12S\n\x0fGetModelVersion\x12$.driftline.v1.GetModelVersionRequest\x1a\x1a.driftline.v1.ModelVersion\x12\x64\n\x11ListModelVersions\x12&.driftline.v1.ListModelVersionsRequest\x1a\'.driftline.v1.ListModelVersionsResponse\x12\x45\n\x08SetAlias\x12\x1d.driftline.v1.SetAliasRequest\x1a\x1a.driftline.v1.ModelVersion\x12\x45\n\x08GetAlias\x12\x1d.driftline.v1.GetAliasRequest\x1a\x1a.driftline.v1.ModelVersion\x12\x43\n\x07Promote\x12\x1c.driftline.v1.PromoteRequest\x1a\x1a.driftline.v1.GateDecision\x12\x61\n\x10GetGateDecisions\x12%.driftline.v1.GetGateDecisionsRequest\x1a&.driftline.v1.GetGateDecisionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64riftline/v1/registry.proto\x12\x0c\x64riftline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x03\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x61rtifact_uri\x18\x03 \x01(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\x04 \x01(\t\x12\x12\n\ndataset_id\x18\x05 \x01(\t\x12\x14\n\x0c\x63ode_version\x18\x06 \x01(\t\x12\x36\n\x06params\x18\x07 \x03(\x0b\x32&.driftline.v1.ModelVersion.ParamsEntry\x12\x38\n\x07metrics\x18\x08 \x03(\x0b\x32\'.driftline.v1.ModelVersion.MetricsEntry\x12\x15\n\rfeature_names\x18\t \x03(\t\x12\x14\n\x0cmetadata_uri\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65val_uri\x18\x0c \x01(\t\x12\x17\n\x0fidempotency_key\x18\r \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xad\x02\n\x0cGateDecision\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x19\n\x11\x63\x61ndidate_version\x18\x03 \x01(\x03\x12\x18\n\x10\x62\x61seline_version\x18\x04 \x01(\x03\x12\x1a\n\x12\x63\x61ndidate_accuracy\x18\x05 \x01(\x01\x12\x19\n\x11\x62\x61seline_accuracy\x18\x06 \x01(\x01\x12\x11\n\teval_rows\x18\x07 \x01(\x03\x12\x10\n\x08\x65val_uri\x18\x08 \x01(\t\x12\x10\n\x08promoted\x18\t \x01(\x08\x12\x0e\n\x06reason\x18\n \x01(\t\x12.\n\ndecided_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x0c \x01(\t\"\xf9\x02\n\rRegistryEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12.\n\x04kind\x18\x02 \x01(\x0e\x32 .driftline.v1.RegistryEvent.Kind\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x31\n\rmodel_version\x18\x04 \x01(\x0b\x32\x1a.driftline.v1.ModelVersion\x12\r\n\x05\x61lias\x18\x05 \x01(\t\x12\x18\n\x10previous_version\x18\x06 \x01(\x03\x12,\n\x08\x64\x65\x63ision\x18\x07 \x01(\x0b\x32\x1a.driftline.v1.GateDecision\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"W\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12VERSION_REGISTERED\x10\x01\x12\x0f\n\x0b\x41LIAS_MOVED\x10\x02\x12\x10\n\x0cGATE_DECIDED\x10\x03\"P\n\x1bRegisterModelVersionRequest\x12\x31\n\rmodel_version\x18\x01 \x01(\x0b\x32\x1a.driftline.v1.ModelVersion\"P\n\x16GetModelVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"(\n\x18ListModelVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"O\n\x19ListModelVersionsResponse\x12\x32\n\x0emodel_versions\x18\x01 \x03(\x0b\x32\x1a.driftline.v1.ModelVersion\"?\n\x0fSetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\".\n\x0fGetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"W\n\x0ePromoteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"\'\n\x17GetGateDecisionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"I\n\x18GetGateDecisionsResponse\x12-\n\tdecisions\x18\x01 \x03(\x0b\x32\x1a.driftline.v1.GateDecision2\xda\x04\n\x08Registry\x12]\n\x14RegisterModelVersion\x12).driftline.v1.RegisterModelVersionRequest\x1a\x1a.driftline.v1.ModelVersion\x12S\n\x0fGetModelVersion\x12$.driftline.v1.GetModelVersionRequest\x1a\x1a.driftline.v1.ModelVersion\x12\x64\n\x11ListModelVersions\x12&.driftline.v1.ListModelVersionsRequest\x1a\'.driftline.v1.ListModelVersionsResponse\x12\x45\n\x08SetAlias\x12\x1d.driftline.v1.SetAliasRequest\x1a\x1a.driftline.v1.ModelVersion\x12\x45\n\x08GetAlias\x12\x1d.driftline.v1.GetAliasRequest\x1a\x1a.driftline.v1.ModelVersion\x12\x43\n\x07Promote\x12\x1c.driftline.v1.PromoteRequest\x1a\x1a.driftline.v1.GateDecision\x12\x61\n\x10GetGateDecisions\x12%.driftline.v1.GetGateDecisionsRequest\x1a&.driftline.v1.GetGateDecisionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,35 +37,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELVERSION_METRICSENTRY']._loaded_options = None
   _globals['_MODELVERSION_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_MODELVERSION']._serialized_start=79
-  _globals['_MODELVERSION']._serialized_end=533
-  _globals['_MODELVERSION_PARAMSENTRY']._serialized_start=440
-  _globals['_MODELVERSION_PARAMSENTRY']._serialized_end=485
-  _globals['_MODELVERSION_METRICSENTRY']._serialized_start=487
-  _globals['_MODELVERSION_METRICSENTRY']._serialized_end=533
-  _globals['_GATEDECISION']._serialized_start=536
-  _globals['_GATEDECISION']._serialized_end=812
-  _globals['_REGISTRYEVENT']._serialized_start=815
-  _globals['_REGISTRYEVENT']._serialized_end=1192
-  _globals['_REGISTRYEVENT_KIND']._serialized_start=1105
-  _globals['_REGISTRYEVENT_KIND']._serialized_end=1192
-  _globals['_REGISTERMODELVERSIONREQUEST']._serialized_start=1194
-  _globals['_REGISTERMODELVERSIONREQUEST']._serialized_end=1274
-  _globals['_GETMODELVERSIONREQUEST']._serialized_start=1276
-  _globals['_GETMODELVERSIONREQUEST']._serialized_end=1331
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=1333
-  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=1373
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=1375
-  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=1454
-  _globals['_SETALIASREQUEST']._serialized_start=1456
-  _globals['_SETALIASREQUEST']._serialized_end=1519
-  _globals['_GETALIASREQUEST']._serialized_start=1521
-  _globals['_GETALIASREQUEST']._serialized_end=1567
-  _globals['_PROMOTEREQUEST']._serialized_start=1569
-  _globals['_PROMOTEREQUEST']._serialized_end=1631
-  _globals['_GETGATEDECISIONSREQUEST']._serialized_start=1633
-  _globals['_GETGATEDECISIONSREQUEST']._serialized_end=1672
-  _globals['_GETGATEDECISIONSRESPONSE']._serialized_start=1674
-  _globals['_GETGATEDECISIONSRESPONSE']._serialized_end=1747
-  _globals['_REGISTRY']._serialized_start=1750
-  _globals['_REGISTRY']._serialized_end=2352
+  _globals['_MODELVERSION']._serialized_end=558
+  _globals['_MODELVERSION_PARAMSENTRY']._serialized_start=465
+  _globals['_MODELVERSION_PARAMSENTRY']._serialized_end=510
+  _globals['_MODELVERSION_METRICSENTRY']._serialized_start=512
+  _globals['_MODELVERSION_METRICSENTRY']._serialized_end=558
+  _globals['_GATEDECISION']._serialized_start=561
+  _globals['_GATEDECISION']._serialized_end=862
+  _globals['_REGISTRYEVENT']._serialized_start=865
+  _globals['_REGISTRYEVENT']._serialized_end=1242
+  _globals['_REGISTRYEVENT_KIND']._serialized_start=1155
+  _globals['_REGISTRYEVENT_KIND']._serialized_end=1242
+  _globals['_REGISTERMODELVERSIONREQUEST']._serialized_start=1244
+  _globals['_REGISTERMODELVERSIONREQUEST']._serialized_end=1324
+  _globals['_GETMODELVERSIONREQUEST']._serialized_start=1326
+  _globals['_GETMODELVERSIONREQUEST']._serialized_end=1406
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=1408
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=1448
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=1450
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=1529
+  _globals['_SETALIASREQUEST']._serialized_start=1531
+  _globals['_SETALIASREQUEST']._serialized_end=1594
+  _globals['_GETALIASREQUEST']._serialized_start=1596
+  _globals['_GETALIASREQUEST']._serialized_end=1642
+  _globals['_PROMOTEREQUEST']._serialized_start=1644
+  _globals['_PROMOTEREQUEST']._serialized_end=1731
+  _globals['_GETGATEDECISIONSREQUEST']._serialized_start=1733
+  _globals['_GETGATEDECISIONSREQUEST']._serialized_end=1772
+  _globals['_GETGATEDECISIONSRESPONSE']._serialized_start=1774
+  _globals['_GETGATEDECISIONSRESPONSE']._serialized_end=1847
+  _globals['_REGISTRY']._serialized_start=1850
+  _globals['_REGISTRY']._serialized_end=2452
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ModelVersion(_message.Message):
-    __slots__ = ("name", "version", "artifact_uri", "artifact_sha256", "dataset_id", "code_version", "params", "metrics", "feature_names", "metadata_uri", "created_at", "eval_uri")
+    __slots__ = ("name", "version", "artifact_uri", "artifact_sha256", "dataset_id", "code_version", "params", "metrics", "feature_names", "metadata_uri", "created_at", "eval_uri", "idempotency_key")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class ModelVersion(_message.Message):
     METADATA_URI_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     EVAL_URI_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     artifact_uri: str
@@ -50,10 +51,11 @@ class ModelVersion(_message.Message):
     metadata_uri: str
     created_at: _timestamp_pb2.Timestamp
     eval_uri: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., artifact_uri: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., dataset_id: _Optional[str] = ..., code_version: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., feature_names: _Optional[_Iterable[str]] = ..., metadata_uri: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., eval_uri: _Optional[str] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., artifact_uri: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., dataset_id: _Optional[str] = ..., code_version: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., feature_names: _Optional[_Iterable[str]] = ..., metadata_uri: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., eval_uri: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class GateDecision(_message.Message):
-    __slots__ = ("model_name", "alias", "candidate_version", "baseline_version", "candidate_accuracy", "baseline_accuracy", "eval_rows", "eval_uri", "promoted", "reason", "decided_at")
+    __slots__ = ("model_name", "alias", "candidate_version", "baseline_version", "candidate_accuracy", "baseline_accuracy", "eval_rows", "eval_uri", "promoted", "reason", "decided_at", "idempotency_key")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +67,7 @@ class GateDecision(_message.Message):
     PROMOTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     alias: str
     candidate_version: int
@@ -76,7 +79,8 @@ class GateDecision(_message.Message):
     promoted: bool
     reason: str
     decided_at: _timestamp_pb2.Timestamp
-    def __init__(self, model_name: _Optional[str] = ..., alias: _Optional[str] = ..., candidate_version: _Optional[int] = ..., baseline_version: _Optional[int] = ..., candidate_accuracy: _Optional[float] = ..., baseline_accuracy: _Optional[float] = ..., eval_rows: _Optional[int] = ..., eval_uri: _Optional[str] = ..., promoted: _Optional[bool] = ..., reason: _Optional[str] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, model_name: _Optional[str] = ..., alias: _Optional[str] = ..., candidate_version: _Optional[int] = ..., baseline_version: _Optional[int] = ..., candidate_accuracy: _Optional[float] = ..., baseline_accuracy: _Optional[float] = ..., eval_rows: _Optional[int] = ..., eval_uri: _Optional[str] = ..., promoted: _Optional[bool] = ..., reason: _Optional[str] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class RegistryEvent(_message.Message):
     __slots__ = ("event_id", "kind", "model_name", "model_version", "alias", "previous_version", "decision", "occurred_at")
@@ -115,12 +119,14 @@ class RegisterModelVersionRequest(_message.Message):
     def __init__(self, model_version: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
 
 class GetModelVersionRequest(_message.Message):
-    __slots__ = ("name", "version")
+    __slots__ = ("name", "version", "idempotency_key")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class ListModelVersionsRequest(_message.Message):
     __slots__ = ("name",)
@@ -153,14 +159,16 @@ class GetAliasRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
 
 class PromoteRequest(_message.Message):
-    __slots__ = ("name", "version", "alias")
+    __slots__ = ("name", "version", "alias", "idempotency_key")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ALIAS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     alias: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., alias: _Optional[str] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., alias: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class GetGateDecisionsRequest(_message.Message):
     __slots__ = ("name",)

@@ -59,6 +59,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
 
     async def GetModelVersion(self, request, context):
         _check_name(request.name, "name")
+        if request.idempotency_key:
+            if request.version:
+                raise InvalidArgument("give version or idempotency_key, not both")
+            return await asyncio.to_thread(self.store.version_by_key, request.name, request.idempotency_key)
         _check_version(request.version)
         return await asyncio.to_thread(self.store.get_version, request.name, request.version)
 
@@ -94,21 +98,31 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         _check_name(alias, "alias")
         async with self._promotions:
             try:
-                decision = await asyncio.to_thread(self._promote, request.name, request.version, alias)
+                decision, decided = await asyncio.to_thread(self._promote, request.name, request.version, alias,
+                                                            request.idempotency_key)
             except (S3Error, urllib3.exceptions.HTTPError) as exc:  # the gate could not read an object
                 raise Unavailable(f"object store: {exc}") from exc
-        DECISIONS.labels(str(decision.promoted).lower()).inc()
-        self.on_change()
+        if decided:
+            DECISIONS.labels(str(decision.promoted).lower()).inc()
+            self.on_change()
         return decision
 
-    def _promote(self, name: str, version: int, alias: str) -> registry_pb2.GateDecision:
+    def _promote(self, name: str, version: int, alias: str, key: str) -> tuple[registry_pb2.GateDecision, bool]:
+        """The decision, and whether it was made now (False: a retry of a promotion already decided)."""
         candidate = self.store.get_version(name, version)
+        earlier = self.store.decision_by_key(name, key) if key else None
+        if earlier is not None:
+            if (earlier.candidate_version, earlier.alias) != (version, alias):
+                raise InvalidArgument(f"idempotency_key {key!r} was used to promote v{earlier.candidate_version} "
+                                      f"to {earlier.alias!r}, not v{version} to {alias!r}")
+            return earlier, False
         baseline_version = self.store.resolve_alias(name, alias)
         baseline = self.store.get_version(name, baseline_version) if baseline_version else None
         decision = self.gate.decide(candidate, baseline, alias)
+        decision.idempotency_key = key
         # Raises AliasChanged if a SetAlias moved the alias while the gate was scoring.
         self.store.record_decision(decision)
-        return decision
+        return decision, True
 
     async def GetGateDecisions(self, request, context):
         _check_name(request.name, "name")

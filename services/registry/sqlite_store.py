@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS model_versions (
     metadata_uri    TEXT    NOT NULL,
     eval_uri        TEXT    NOT NULL,
     created_at_ms   INTEGER NOT NULL,
+    idempotency_key TEXT    NOT NULL DEFAULT '',
     PRIMARY KEY (name, version)
 );
 CREATE INDEX IF NOT EXISTS model_versions_by_artifact
@@ -61,7 +62,8 @@ CREATE TABLE IF NOT EXISTS gate_decisions (
     eval_uri           TEXT    NOT NULL,
     promoted           INTEGER NOT NULL,
     reason             TEXT    NOT NULL,
-    decided_at_ms      INTEGER NOT NULL
+    decided_at_ms      INTEGER NOT NULL,
+    idempotency_key    TEXT    NOT NULL DEFAULT ''
 );
 
 -- Events waiting for the relay: sent_at_ms is set only after the broker acknowledged them.
@@ -77,10 +79,21 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (seq) WHERE sent_at_ms IS NULL;
 """
 
+# Columns added since the first schema, for a database created before them: (table, column, type).
+ADDED_COLUMNS = [("model_versions", "idempotency_key", "TEXT NOT NULL DEFAULT ''"),
+                 ("gate_decisions", "idempotency_key", "TEXT NOT NULL DEFAULT ''")]
+# One version and one decision per key: a retry that races the first call cannot add a second.
+KEY_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS model_versions_by_key
+    ON model_versions (name, idempotency_key) WHERE idempotency_key != '';
+CREATE UNIQUE INDEX IF NOT EXISTS gate_decisions_by_key
+    ON gate_decisions (model_name, idempotency_key) WHERE idempotency_key != '';
+"""
+
 _VERSION_COLUMNS = ("name, version, artifact_uri, artifact_sha256, dataset_id, code_version, params, "
-                    "metrics, feature_names, metadata_uri, eval_uri, created_at_ms")
+                    "metrics, feature_names, metadata_uri, eval_uri, created_at_ms, idempotency_key")
 _DECISION_COLUMNS = ("model_name, alias, candidate_version, baseline_version, candidate_accuracy, "
-                     "baseline_accuracy, eval_rows, eval_uri, promoted, reason, decided_at_ms")
+                     "baseline_accuracy, eval_rows, eval_uri, promoted, reason, decided_at_ms, idempotency_key")
 
 
 class SqliteRegistryStore(RegistryStore):
@@ -98,6 +111,12 @@ class SqliteRegistryStore(RegistryStore):
         # Statement by statement: executescript() would commit the transaction half-way.
         with self._transaction() as db:
             for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            for table, column, kind in ADDED_COLUMNS:
+                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            for statement in KEY_INDEXES.split(";"):
                 if statement.strip():
                     db.execute(statement)
 
@@ -130,7 +149,8 @@ class SqliteRegistryStore(RegistryStore):
 
     def register_version(self, version: registry_pb2.ModelVersion) -> tuple[registry_pb2.ModelVersion, bool]:
         with self._transaction() as db:
-            existing = db.execute(
+            existing = version.idempotency_key and self._version_by_key(db, version.name, version.idempotency_key)
+            existing = existing or db.execute(
                 f"SELECT {_VERSION_COLUMNS} FROM model_versions "
                 "WHERE name = ? AND artifact_sha256 = ? AND dataset_id = ?",
                 (version.name, version.artifact_sha256, version.dataset_id)).fetchone()
@@ -143,7 +163,7 @@ class SqliteRegistryStore(RegistryStore):
             stored.version = number
             created_ms = events.now_ms()
             stored.created_at.FromMilliseconds(created_ms)
-            db.execute(f"INSERT INTO model_versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 12)})",
+            db.execute(f"INSERT INTO model_versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * 13)})",
                        _version_to_row(stored))
             self._append_event(db, events.version_registered(stored, created_ms))
             return stored, True
@@ -151,6 +171,19 @@ class SqliteRegistryStore(RegistryStore):
     def get_version(self, name: str, version: int) -> registry_pb2.ModelVersion:
         with self._read() as db:
             return self._get_version(db, name, version)
+
+    def version_by_key(self, name: str, idempotency_key: str) -> registry_pb2.ModelVersion:
+        with self._read() as db:
+            row = self._version_by_key(db, name, idempotency_key)
+            if row is None:
+                self._require_model(db, name)
+                raise NotFound(f"model {name!r} has no version registered with key {idempotency_key!r}")
+        return _version_from_row(row)
+
+    @staticmethod
+    def _version_by_key(db: sqlite3.Connection, name: str, idempotency_key: str) -> tuple | None:
+        return db.execute(f"SELECT {_VERSION_COLUMNS} FROM model_versions WHERE name = ? AND idempotency_key = ?",
+                          (name, idempotency_key)).fetchone()
 
     def _get_version(self, db: sqlite3.Connection, name: str, version: int) -> registry_pb2.ModelVersion:
         row = db.execute(f"SELECT {_VERSION_COLUMNS} FROM model_versions WHERE name = ? AND version = ?",
@@ -212,11 +245,17 @@ class SqliteRegistryStore(RegistryStore):
                     f"alias {alias!r} of {name!r} moved to v{current} while the gate compared "
                     f"against v{decision.baseline_version}; promote again")
             candidate = self._get_version(db, name, decision.candidate_version)
-            db.execute(f"INSERT INTO gate_decisions ({_DECISION_COLUMNS}) VALUES ({', '.join('?' * 11)})",
+            db.execute(f"INSERT INTO gate_decisions ({_DECISION_COLUMNS}) VALUES ({', '.join('?' * 12)})",
                        _decision_to_row(decision))
             self._append_event(db, events.gate_decided(decision, candidate, decision.decided_at.ToMilliseconds()))
             if decision.promoted and current != candidate.version:
                 self._move_alias(db, candidate, alias, current)
+
+    def decision_by_key(self, name: str, idempotency_key: str) -> registry_pb2.GateDecision | None:
+        with self._read() as db:
+            row = db.execute(f"SELECT {_DECISION_COLUMNS} FROM gate_decisions "
+                             "WHERE model_name = ? AND idempotency_key = ?", (name, idempotency_key)).fetchone()
+        return _decision_from_row(row) if row else None
 
     def list_decisions(self, name: str) -> list[registry_pb2.GateDecision]:
         with self._read() as db:
@@ -254,17 +293,18 @@ class SqliteRegistryStore(RegistryStore):
 def _version_to_row(v: registry_pb2.ModelVersion) -> tuple:
     return (v.name, v.version, v.artifact_uri, v.artifact_sha256, v.dataset_id, v.code_version,
             json.dumps(dict(v.params), sort_keys=True), json.dumps(dict(v.metrics), sort_keys=True),
-            json.dumps(list(v.feature_names)), v.metadata_uri, v.eval_uri, v.created_at.ToMilliseconds())
+            json.dumps(list(v.feature_names)), v.metadata_uri, v.eval_uri, v.created_at.ToMilliseconds(),
+            v.idempotency_key)
 
 
 def _version_from_row(row: tuple) -> registry_pb2.ModelVersion:
     (name, version, artifact_uri, artifact_sha256, dataset_id, code_version, params, metrics,
-     feature_names, metadata_uri, eval_uri, created_at_ms) = row
+     feature_names, metadata_uri, eval_uri, created_at_ms, idempotency_key) = row
     v = registry_pb2.ModelVersion(
         name=name, version=version, artifact_uri=artifact_uri, artifact_sha256=artifact_sha256,
         dataset_id=dataset_id, code_version=code_version, params=json.loads(params),
         metrics=json.loads(metrics), feature_names=json.loads(feature_names),
-        metadata_uri=metadata_uri, eval_uri=eval_uri)
+        metadata_uri=metadata_uri, eval_uri=eval_uri, idempotency_key=idempotency_key)
     v.created_at.FromMilliseconds(created_at_ms)
     return v
 
@@ -272,16 +312,16 @@ def _version_from_row(row: tuple) -> registry_pb2.ModelVersion:
 def _decision_to_row(d: registry_pb2.GateDecision) -> tuple:
     return (d.model_name, d.alias, d.candidate_version, d.baseline_version, d.candidate_accuracy,
             d.baseline_accuracy, d.eval_rows, d.eval_uri, int(d.promoted), d.reason,
-            d.decided_at.ToMilliseconds())
+            d.decided_at.ToMilliseconds(), d.idempotency_key)
 
 
 def _decision_from_row(row: tuple) -> registry_pb2.GateDecision:
     (model_name, alias, candidate_version, baseline_version, candidate_accuracy, baseline_accuracy,
-     eval_rows, eval_uri, promoted, reason, decided_at_ms) = row
+     eval_rows, eval_uri, promoted, reason, decided_at_ms, idempotency_key) = row
     d = registry_pb2.GateDecision(
         model_name=model_name, alias=alias, candidate_version=candidate_version,
         baseline_version=baseline_version, candidate_accuracy=candidate_accuracy,
         baseline_accuracy=baseline_accuracy, eval_rows=eval_rows, eval_uri=eval_uri,
-        promoted=bool(promoted), reason=reason)
+        promoted=bool(promoted), reason=reason, idempotency_key=idempotency_key)
     d.decided_at.FromMilliseconds(decided_at_ms)
     return d

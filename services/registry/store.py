@@ -26,14 +26,20 @@ class RegistryStore(ABC):
     def register_version(self, version: registry_pb2.ModelVersion) -> tuple[registry_pb2.ModelVersion, bool]:
         """Stores `version` under the next version number of its model.
 
-        Returns (stored version, created). Registering the same artifact
-        (sha256) with the same dataset again returns the existing version with
-        created=False and no event, so a client may retry a registration.
+        Returns (stored version, created). A version of the model with the same
+        `idempotency_key` (when it has one), or else with the same artifact
+        (sha256) and dataset, is returned as it is, with created=False and no
+        event, so a client may retry a registration (a retrained artifact
+        included: its bytes may differ, its key does not).
         """
 
     @abstractmethod
     def get_version(self, name: str, version: int) -> registry_pb2.ModelVersion:
         """Raises NotFound for an unknown model or version."""
+
+    @abstractmethod
+    def version_by_key(self, name: str, idempotency_key: str) -> registry_pb2.ModelVersion:
+        """The version registered with `idempotency_key`; raises NotFound for an unknown model or key."""
 
     @abstractmethod
     def list_versions(self, name: str) -> list[registry_pb2.ModelVersion]:
@@ -54,6 +60,10 @@ class RegistryStore(ABC):
         Raises AliasChanged when the alias no longer points at
         `decision.baseline_version`: the decision compared against a stale baseline.
         """
+
+    @abstractmethod
+    def decision_by_key(self, name: str, idempotency_key: str) -> registry_pb2.GateDecision | None:
+        """The decision recorded for a promotion with `idempotency_key`, None when there is none."""
 
     @abstractmethod
     def list_decisions(self, name: str) -> list[registry_pb2.GateDecision]:

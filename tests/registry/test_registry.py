@@ -4,6 +4,8 @@ driftline.registry.events, and the promotion gate scoring real ONNX models."""
 
 from __future__ import annotations
 
+import re
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from helpers_models import FEATURES, accuracy_of, agrawal_rows, collect, feature
 from services.common.kafka import Consumer
 from services.common.objectstore import ObjectStore
 from services.common.settings import Topics
+from services.registry import sqlite_store
 from support import ServiceRun, free_port, unique_bucket, unique_prefix
 
 Kind = registry_pb2.RegistryEvent.Kind
@@ -278,3 +281,76 @@ def test_a_restarted_registry_keeps_its_versions_and_does_not_republish(kafka_bo
 
     events = registry.events(name, lambda es: len(es) >= 2, settle_s=1.0)
     assert [e.model_version.version for e in events] == [1, 2]  # each once: sent rows are not sent again
+
+
+# -- idempotency keys: a retried call makes no second version and no second decision ------------
+
+def test_a_registration_retried_under_its_key_returns_the_first_version(registry, models):
+    name = model_name()
+    first = register(registry, name, models.good_uri, models.good_sha, models.eval_uri, idempotency_key="req-1")
+    # The request ran again (a trainer killed after registering): other bytes, other dataset, same key.
+    again = register(registry, name, models.bad_uri, models.bad_sha, dataset_id="d2", idempotency_key="req-1")
+    assert again == first and first.idempotency_key == "req-1"
+    other = register(registry, name, models.bad_uri, models.bad_sha, dataset_id="d2", idempotency_key="req-2")
+    assert other.version == 2
+
+    by_key = lambda key: registry_pb2.GetModelVersionRequest(name=name, idempotency_key=key)  # noqa: E731
+    assert registry.stub.GetModelVersion(by_key("req-1")) == first
+    assert status_of(lambda: registry.stub.GetModelVersion(by_key("req-3")))[0] == grpc.StatusCode.NOT_FOUND
+    code, details = status_of(lambda: registry.stub.GetModelVersion(
+        registry_pb2.GetModelVersionRequest(name=name, version=1, idempotency_key="req-1")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "not both" in details
+    events = registry.events(name, lambda es: len(es) >= 2, settle_s=0.5)
+    assert [(e.kind, e.model_version.version) for e in events] == [(Kind.VERSION_REGISTERED, 1),
+                                                                  (Kind.VERSION_REGISTERED, 2)]
+
+
+def test_a_promotion_retried_under_its_key_after_a_registry_crash_is_decided_once(registry, models, tmp_path):
+    # Its own process and database, killed with SIGKILL: the answer to the first Promote is lost.
+    env = {"DRIFTLINE_TOPIC_PREFIX": registry.topics.prefix, "DRIFTLINE_BUCKET": registry.store.bucket,
+           "DRIFTLINE_REGISTRY_DB": str(tmp_path / "registry.db")}
+    name = model_name()
+    promote = registry_pb2.PromoteRequest(name=name, version=1, idempotency_key="req-1")
+    run, address = start_registry(env, tmp_path / "first.log")
+    with grpc.insecure_channel(address) as channel:
+        stub = registry_pb2_grpc.RegistryStub(channel)
+        stub.RegisterModelVersion(registry_pb2.RegisterModelVersionRequest(model_version=registry_pb2.ModelVersion(
+            name=name, artifact_uri=models.good_uri, artifact_sha256=models.good_sha, eval_uri=models.eval_uri,
+            feature_names=FEATURES, idempotency_key="req-1")))
+        decided = stub.Promote(promote)
+        assert decided.promoted and decided.idempotency_key == "req-1"
+    run.process.kill()
+    assert run.process.wait(10) == -9
+
+    run, address = start_registry(env, tmp_path / "second.log")
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = registry_pb2_grpc.RegistryStub(channel)
+            assert stub.Promote(promote) == decided  # the recorded decision; the gate did not run again
+            recorded = stub.GetGateDecisions(registry_pb2.GetGateDecisionsRequest(name=name)).decisions
+            assert list(recorded) == [decided]
+            code, details = status_of(lambda: stub.Promote(registry_pb2.PromoteRequest(
+                name=name, version=1, alias="staging", idempotency_key="req-1")))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "was used to promote v1" in details
+    finally:
+        assert run.stop() == 0, run.log_tail()
+    events = registry.events(name, lambda es: len(es) >= 3, settle_s=1.0)
+    assert [e.kind for e in events] == [Kind.VERSION_REGISTERED, Kind.GATE_DECIDED, Kind.ALIAS_MOVED]
+
+
+def test_a_database_from_before_idempotency_keys_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "old.db"
+    old_schema = re.sub(r",\s+idempotency_key\s+TEXT\s+NOT NULL DEFAULT ''", "", sqlite_store.SCHEMA)
+    assert "idempotency_key" not in old_schema  # the premise: the schema as it was
+    with sqlite3.connect(path) as db:
+        db.executescript(old_schema)
+        db.execute("INSERT INTO model_versions VALUES ('m', 1, 's3://b/k', ?, 'd', 'c', '{}', '{}', '[]', '', '', 1)",
+                   ("a" * 64,))
+    store = sqlite_store.SqliteRegistryStore(path)
+    try:
+        assert store.get_version("m", 1).idempotency_key == ""
+        stored, created = store.register_version(registry_pb2.ModelVersion(
+            name="m", artifact_uri="s3://b/k2", artifact_sha256="b" * 64, idempotency_key="req-1"))
+        assert created and stored.version == 2 and store.version_by_key("m", "req-1") == stored
+    finally:
+        store.close()
