@@ -1,13 +1,10 @@
-"""`python -m services.feature` — a faust worker; faust owns the event loop and
-the signal handling (SIGTERM → clean stop, see worker.py)."""
+"""`python -m services.feature` — the events processor, the segment writers and the
+FeatureStore server in one process (worker.py); SIGTERM/SIGINT stop it cleanly."""
 
-from services.common.telemetry import configure_logging, start_metrics
+from services.common.runtime import run_service
 
 from .settings import FeatureSettings
 from .worker import build_worker
 
 if __name__ == "__main__":
-    settings = FeatureSettings()
-    configure_logging("feature", settings.log_level, settings.log_json)
-    start_metrics(settings.metrics_port, settings.metrics_host)
-    build_worker(settings).execute_from_commandline()
+    run_service("feature", FeatureSettings(), build_worker)

@@ -1,12 +1,12 @@
 """gRPC `driftline.v1.FeatureStore`: the latest feature vector of each entity,
-read from the faust table in the worker's own event loop.
+read from the processor's table of committed state (state.py).
 
 A feature set is a stream of the catalogue (empty: the default stream); the
 store answers for every stream it serves, including one added to the streams
 folder since it started, and says NotFound for any other name.
 
-A worker holds the table partitions it is assigned; with several workers an
-entity on another worker's partition answers found=false (route by entity, or
+A process holds the table partitions it is assigned; with several processes an
+entity on another process's partition answers found=false (route by entity, or
 run one worker per stream, until the store routes requests itself).
 """
 

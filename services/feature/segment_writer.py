@@ -1,25 +1,29 @@
-"""Writes the labelled FeatureRecords of `driftline.features` to segments.
+"""Writes a topic's records to immutable segments in the object store, per
+(stream, partition): the FeatureRecords of `driftline.features` (feature
+segments) and the Labels of `driftline.labels` (label segments, labels.py).
 
-It reads the feature topic back (its own consumer group) rather than taking
-rows from inside the faust agent, so that a row is never lost and never
-written twice:
+A writer reads its topic (read_committed, its own consumer group) rather than
+taking rows from inside the feature processor, so that a row is never lost and
+never written twice:
 - offsets are committed only up to the first row still in a buffer, of any
   stream, so a crash replays exactly the rows not yet in a segment;
 - a replayed row already in its stream's segment (crash between upload and
   commit) is skipped: the object store's segment names say which offsets of a
-  (stream, partition) are covered.
-The faust agent's own offsets are committed on faust's schedule and do not
-have to wait for a segment upload.
+  (stream, partition) are covered;
+- read_committed: the records of a feature transaction aborted by a crash are
+  never seen, so each event_id reaches a segment once.
+The processor's own transactions do not wait for a segment upload.
 
-A record's stream is its `feature_set`; its segments go to
+A feature record's stream is its `feature_set`; its segments go to
 `datasets/<stream>/segments/` with that stream's feature names (from the
-catalogue, looked up when the row is read). One buffer per (stream,
-partition); a buffer is written when it holds `feature_segment_rows` rows or
-its oldest row is `feature_segment_seconds` old, when its partition is
-revoked, and on stop (after reading up to the end of the topic, so the last
-features the agent produced are in a segment). A stream whose feature names
-change while rows are buffered gets a new buffer; the old one is written
-first, under the names its rows were computed with.
+catalogue, looked up when the row is read). Every record is written, labelled
+or not: a label that arrives later on `driftline.labels` is joined onto the row
+by the trainer. One buffer per (stream, partition); a buffer is written when it
+holds `feature_segment_rows` rows or its oldest row is `feature_segment_seconds`
+old, when its partition is revoked, and on stop (after reading up to the end of
+the topic, so the last records produced are in a segment). A stream whose
+feature names change while rows are buffered gets a new buffer; the old one is
+written first, under the names its rows were computed with.
 
 Streams are independent: a burst in one writes that stream's full segments
 and nothing else, and a failed upload backs off that (stream, partition)
@@ -31,11 +35,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer as _Consumer, Message, TopicPartition
 
 from driftline.v1 import features_pb2
+from services.common.datasets import segments_prefix
 from services.common.kafka import Consumer, DecodeFailure, decode
 from services.common.objectstore import ObjectStore
 from services.common.streams import StreamCatalog
@@ -53,15 +59,15 @@ Key = tuple[str, int]  # (stream, partition)
 
 @dataclass
 class _Buffer:
-    feature_names: list[str]
+    layout: tuple[str, ...]  # the rows' columns (a feature stream's names): a change starts a new buffer
     opened_at: float  # monotonic time of the oldest row
-    rows: list[SegmentRow] = field(default_factory=list)
+    rows: list = field(default_factory=list)
 
 
 @dataclass
 class _Pending:
     """One (stream, partition)'s rows not yet in a segment: its buffers, oldest first (more than
-    one only when the stream's feature names changed), and when a failed upload may be retried."""
+    one only when the layout changed), and when a failed upload may be retried."""
 
     buffers: list[_Buffer] = field(default_factory=list)
     backoff: Backoff = field(default_factory=Backoff)
@@ -73,16 +79,23 @@ class _Pending:
 
 
 class SegmentWriter(StoppableThread):
-    def __init__(self, settings: FeatureSettings, store: ObjectStore, catalog: StreamCatalog) -> None:
-        super().__init__("feature-segments")
+    """The buffering, flushing and committing; a subclass says what a record is (`parse`), where
+    its stream's segments are (`prefix`) and how a segment is written (`write`)."""
+
+    kind = "segments"
+    segments = SEGMENTS
+    rows = SEGMENT_ROWS
+
+    def __init__(self, settings: FeatureSettings, store: ObjectStore, topic: str, group_id: str) -> None:
+        super().__init__(f"feature-{self.kind}")
         self.store = store
-        self.catalog = catalog
-        self.topic = settings.topics.features
+        self.topic = topic
         self.max_rows = settings.feature_segment_rows
         self.max_age_s = settings.feature_segment_seconds
         self.drain_timeout_s = settings.shutdown_grace_s
-        self.consumer = Consumer(settings.kafka_bootstrap, settings.segments_group_id, [self.topic],
-                                 from_beginning=True)
+        self.consumer = Consumer(settings.kafka_bootstrap, group_id, [self.topic], from_beginning=True,
+                                 read_committed=True, instance_id=settings.member_id(self.kind),
+                                 session_timeout_ms=settings.kafka_session_timeout_ms)
         # Re-subscribe with callbacks: a revoked partition's buffers are written while still owned.
         self.consumer.raw.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._pending: dict[Key, _Pending] = {}
@@ -90,6 +103,17 @@ class SegmentWriter(StoppableThread):
         self._covered: dict[Key, int] = {}  # (stream, partition) -> last offset already in a segment
         self._committed: dict[int, int] = {}  # partition -> offset this writer last committed
         self.segments_written = 0
+
+    def parse(self, msg: Message) -> tuple[str, tuple[str, ...], object] | None:
+        """(stream, layout, row with an `offset`) of a record, or None to skip it."""
+        raise NotImplementedError
+
+    def prefix(self, stream: str) -> str:
+        raise NotImplementedError
+
+    def write(self, stream: str, partition: int, rows: Sequence, layout: tuple[str, ...]) -> dict[str, object]:
+        """Stores one segment; returns its sidecar."""
+        raise NotImplementedError
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -104,13 +128,13 @@ class SegmentWriter(StoppableThread):
             except Exception:
                 # Kafka trouble: the buffers and uncommitted offsets stay as they are; the next round retries.
                 SEGMENT_FAILURES.inc()
-                log.exception("segment round failed; retrying")
+                log.exception("segment round failed; retrying", extra={"writer": self.kind})
                 self.wait(backoff.next())
         try:
             self._drain()
             if self._flush(force=True):
                 log.error("some segments could not be written at stop; their rows stay uncommitted "
-                          "and will be replayed")
+                          "and will be replayed", extra={"writer": self.kind})
         except Exception:
             log.exception("final segment flush failed; the rows stay uncommitted and will be replayed")
         finally:
@@ -121,41 +145,21 @@ class SegmentWriter(StoppableThread):
     def _add(self, msg: Message) -> None:
         partition, offset = msg.partition(), msg.offset()
         self._next_offset[partition] = offset + 1
-        try:
-            record = decode(msg.value(), features_pb2.FeatureRecord)
-        except DecodeFailure:
-            SKIPPED_ROWS.labels("undecodable").inc()
-            log.error("skipping a record that is not a FeatureRecord",
-                      extra={"partition": partition, "offset": offset})
+        parsed = self.parse(msg)
+        if parsed is None:
             return
-        if not record.HasField("label"):
-            return  # only labelled rows are training data
-        stream = record.feature_set or self.catalog.default
+        stream, layout, row = parsed
         if offset <= self._covered_offset(stream, partition):
             return  # already in one of the stream's segments
-        schema = current_schema(self.catalog, stream)
-        if schema is None:
-            SKIPPED_ROWS.labels("unknown_stream").inc()
-            log.error("skipping a FeatureRecord of a stream the catalogue no longer has",
-                      extra={"stream": stream, "partition": partition, "offset": offset})
-            return
-        names = schema.feature_names
-        if len(record.values) != len(names):
-            SKIPPED_ROWS.labels("wrong_length").inc()
-            log.error("skipping a FeatureRecord with the wrong number of values", extra={
-                "stream": stream, "offset": offset, "values": len(record.values), "expected": len(names)})
-            return
         pending = self._pending.setdefault((stream, partition), _Pending())
-        if not pending.buffers or pending.buffers[-1].feature_names != names:
-            pending.buffers.append(_Buffer(names, time.monotonic()))
-        pending.buffers[-1].rows.append(SegmentRow(offset, record.event_id, record.entity_id,
-                                                   record.event_time.ToMilliseconds(), record.label,
-                                                   list(record.values)))
+        if not pending.buffers or pending.buffers[-1].layout != layout:
+            pending.buffers.append(_Buffer(layout, time.monotonic()))
+        pending.buffers[-1].rows.append(row)
 
     def _covered_offset(self, stream: str, partition: int) -> int:
         key = (stream, partition)
         if key not in self._covered:
-            self._covered[key] = covered_offset(self.store, stream, partition)
+            self._covered[key] = covered_offset(self.store, self.prefix(stream), partition)
         return self._covered[key]
 
     # -- segments out -----------------------------------------------------------------------------
@@ -202,13 +206,13 @@ class SegmentWriter(StoppableThread):
                 return
             pending.buffers.pop(0)
 
-    def _write(self, key: Key, buffer: _Buffer, rows: list[SegmentRow]) -> None:
+    def _write(self, key: Key, buffer: _Buffer, rows: list) -> None:
         stream, partition = key
-        sidecar = write_segment(self.store, stream, partition, rows, buffer.feature_names)
+        sidecar = self.write(stream, partition, rows, buffer.layout)
         self._covered[key] = rows[-1].offset
         self.segments_written += 1
-        SEGMENTS.labels(stream).inc()
-        SEGMENT_ROWS.labels(stream).inc(len(rows))
+        self.segments.labels(stream).inc()
+        self.rows.labels(stream).inc(len(rows))
         log.info("segment written", extra={"key": sidecar["key"], "rows": len(rows), "stream": stream})
 
     def _commit(self, partitions: list[int] | None = None) -> None:
@@ -240,7 +244,10 @@ class SegmentWriter(StoppableThread):
                  for tp in raw.committed(assignment, timeout=5)}
         deadline = time.monotonic() + self.drain_timeout_s
         while time.monotonic() < deadline:
-            if all(self._next_offset.get(p, start[p]) >= end for p, (_, end) in watermarks.items()):
+            # The position, not the last record + 1: a transaction's commit marker takes the offset
+            # after its last record, and only the position moves past it.
+            reached = {tp.partition: max(tp.offset, start[tp.partition]) for tp in raw.position(assignment)}
+            if all(reached[p] >= end for p, (_, end) in watermarks.items()):
                 return
             for msg in self.consumer.poll_messages(500, 0.2):
                 self._add(msg)
@@ -266,3 +273,45 @@ class SegmentWriter(StoppableThread):
         for partition in revoked:
             self._next_offset.pop(partition, None)
             self._committed.pop(partition, None)
+
+
+class FeatureSegmentWriter(SegmentWriter):
+    """Every FeatureRecord of `driftline.features`, under its stream's feature names."""
+
+    def __init__(self, settings: FeatureSettings, store: ObjectStore, catalog: StreamCatalog) -> None:
+        super().__init__(settings, store, settings.topics.features, settings.segments_group_id)
+        self.catalog = catalog
+
+    def parse(self, msg: Message) -> tuple[str, tuple[str, ...], SegmentRow] | None:
+        partition, offset = msg.partition(), msg.offset()
+        try:
+            record = decode(msg.value(), features_pb2.FeatureRecord)
+        except DecodeFailure:
+            # The processor's own output: not a producer's mistake to dead-letter, a bug to see.
+            SKIPPED_ROWS.labels("undecodable").inc()
+            log.error("skipping a record that is not a FeatureRecord",
+                      extra={"partition": partition, "offset": offset})
+            return None
+        stream = record.feature_set or self.catalog.default
+        schema = current_schema(self.catalog, stream)
+        if schema is None:
+            SKIPPED_ROWS.labels("unknown_stream").inc()
+            log.error("skipping a FeatureRecord of a stream the catalogue no longer has",
+                      extra={"stream": stream, "partition": partition, "offset": offset})
+            return None
+        names = tuple(schema.feature_names)
+        if len(record.values) != len(names):
+            SKIPPED_ROWS.labels("wrong_length").inc()
+            log.error("skipping a FeatureRecord with the wrong number of values", extra={
+                "stream": stream, "offset": offset, "values": len(record.values), "expected": len(names)})
+            return None
+        label = record.label if record.HasField("label") else None
+        return stream, names, SegmentRow(offset, record.event_id, record.entity_id,
+                                         record.event_time.ToMilliseconds(), label, list(record.values))
+
+    def prefix(self, stream: str) -> str:
+        return segments_prefix(stream)
+
+    def write(self, stream: str, partition: int, rows: Sequence[SegmentRow], layout: tuple[str, ...]
+              ) -> dict[str, object]:
+        return write_segment(self.store, stream, partition, rows, layout)

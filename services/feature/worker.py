@@ -1,133 +1,84 @@
-"""Assembles the feature process: the faust worker (agent + table), the gRPC
-FeatureStore server in the same event loop, and the segment writer thread.
+"""Assembles the feature process: the transactional events processor, the
+feature and label segment writers (threads), and the gRPC FeatureStore server.
 
-Start: the segment writer, then faust; the gRPC server starts once faust has
-recovered its table from the changelog (an app task runs only then), so a
-SERVING health status means online reads see the recovered state.
+Start: the threads, then the gRPC server once the processor's first partition
+assignment has its state loaded from the changelog, so a SERVING health status
+means online reads see the recovered state.
 
-Stop (SIGTERM/SIGINT, handled by faust's worker): the gRPC server first
-(NOT_SERVING, in-flight reads finish while the table is still there), then
-faust (the agent finishes its event, offsets are committed, the producer is
-flushed), then the segment writer (reads what faust produced last and writes
-it in a segment).
+Stop (SIGTERM/SIGINT): the gRPC server first (NOT_SERVING, in-flight reads
+finish while the table is still there), then the processor (its batch in hand
+is committed in its transaction), then the segment writers (each reads to the
+end of its topic and writes what it holds), then the dead-letter producer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-import tempfile
-
-import faust
-from aiokafka import codec as aiokafka_codec
-from mode import Service as ModeService
 
 from driftline.v1 import features_pb2, features_pb2_grpc
-from services.common.grpc_server import GrpcServer, Service, service_name
-from services.common.kafka import ensure_topics
+from services.common.deadletter import DeadLetterQueue
+from services.common.grpc_server import Service, service_name
+from services.common.kafka import Producer, ensure_topics
 from services.common.objectstore import MinioObjectStore
+from services.common.runtime import ServiceProcess
 from services.common.streams import StreamCatalog
 
-from .app import FeatureApp, create_app
+from .labels import LabelSegmentWriter
 from .online import FeatureStoreServicer
-from .segment_writer import SegmentWriter
+from .processor import SERVICE, FeatureProcessor
+from .segment_writer import FeatureSegmentWriter
 from .settings import FeatureSettings
 
 log = logging.getLogger(__name__)
 
-
-class SegmentWriterService(ModeService):
-    """Runs the segment writer thread for as long as the faust worker runs."""
-
-    def __init__(self, writer: SegmentWriter, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.writer = writer
-
-    async def on_start(self) -> None:
-        self.writer.start()
-
-    async def on_stop(self) -> None:
-        await asyncio.to_thread(self.writer.stop)
-        log.info("segment writer stopped", extra={"segments_written": self.writer.segments_written})
+# The changelog keeps each row's latest value only; small segments let the broker compact it
+# soon, so that a restart reads about one record per entity.
+CHANGELOG_CONFIG = {"cleanup.policy": "compact", "segment.bytes": str(16 * 1024 * 1024),
+                    "min.cleanable.dirty.ratio": "0.1"}
 
 
-class OnlineServer:
-    """The gRPC server, created inside the running loop (grpc.aio binds to the loop it is made in)."""
-
-    def __init__(self, settings: FeatureSettings, feature_app: FeatureApp) -> None:
-        self.settings = settings
-        self.servicer = FeatureStoreServicer(feature_app.catalog, feature_app.table,
-                                             settings.feature_max_online_entities)
-        self.server: GrpcServer | None = None
+class FeatureProcess(ServiceProcess):
+    def __init__(self, settings: FeatureSettings, processor: FeatureProcessor, **kwargs) -> None:
+        super().__init__("feature", settings, **kwargs)
+        self.processor = processor
 
     async def start(self) -> None:
-        self.server = GrpcServer("feature", [Service(
-            self.servicer, features_pb2_grpc.add_FeatureStoreServicer_to_server,
-            service_name(features_pb2.DESCRIPTOR, "FeatureStore"))], port=self.settings.grpc_port,
-            host=self.settings.grpc_host, advertised_host=self.settings.advertised_host)
-        await self.server.start()
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop(self.settings.shutdown_grace_s)
+        for worker in self.workers:
+            worker.start()
+        while not await asyncio.to_thread(self.processor.ready.wait, 10):
+            log.info("waiting for the events partitions (and their state) before serving online reads")
+        if self.grpc:
+            await self.grpc.start()
 
 
-class FeatureWorker(faust.Worker):
-    def __init__(self, feature_app: FeatureApp, online: OnlineServer, segments: SegmentWriterService,
-                 datadir_to_remove: str | None = None) -> None:
-        # Logging is configured by services.common.telemetry; faust must not replace it.
-        super().__init__(feature_app.app, segments, quiet=True, override_logging=False,
-                         redirect_stdouts=False, loglevel=None)
-        self.spinner = None  # a terminal progress spinner; it writes escape codes into the logs
-        self.online = online
-        self.datadir_to_remove = datadir_to_remove
-
-    async def on_stop(self) -> None:
-        await self.online.stop()
-        await super().on_stop()
-
-    def on_worker_shutdown(self) -> None:
-        super().on_worker_shutdown()
-        if self.datadir_to_remove:
-            shutil.rmtree(self.datadir_to_remove, ignore_errors=True)
-
-
-def require_lz4() -> None:
-    """Fails at start, not at the first compressed batch: our producers compress with lz4, and
-    faust's client (aiokafka) decompresses it only with `cramjam` installed (aiokafka[lz4])."""
-    if not aiokafka_codec.has_lz4():
-        raise RuntimeError("aiokafka cannot read lz4-compressed records: install cramjam>=2.8 (aiokafka[lz4])")
-
-
-def build_worker(settings: FeatureSettings) -> FeatureWorker:
-    require_lz4()
+def build_worker(settings: FeatureSettings) -> FeatureProcess:
     catalog = StreamCatalog.from_settings(settings)
     if not catalog.names():
-        log.warning("no stream schemas yet: events are skipped until one is added", extra={
+        log.warning("no stream schemas yet: events are dead-lettered until one is added", extra={
             "streams_dir": str(catalog.folder), "errors": catalog.errors})
     topics = settings.topics
-    ensure_topics(settings.kafka_bootstrap, [topics.events, topics.features],
+    ensure_topics(settings.kafka_bootstrap, [topics.events, topics.features, topics.labels,
+                                             topics.dead_letters(SERVICE)],
                   partitions=settings.topic_partitions, replication=settings.topic_replication)
+    ensure_topics(settings.kafka_bootstrap, [settings.changelog_topic], partitions=settings.topic_partitions,
+                  replication=settings.topic_replication, config=CHANGELOG_CONFIG)
     store = MinioObjectStore.from_settings(settings)
-    temporary = None if settings.feature_datadir else tempfile.mkdtemp(prefix="driftline-feature-")
-    feature_app = create_app(settings, catalog, settings.feature_datadir or temporary)
-    online = OnlineServer(settings, feature_app)
-
-    @feature_app.app.task
-    async def serve_online_features() -> None:
-        # App tasks start after table recovery.
-        try:
-            await online.start()
-        except Exception as exc:  # e.g. the port is taken: a feature worker without its API is broken
-            log.exception("gRPC server failed to start")
-            await feature_app.app.crash(exc)
-
-    # The writer's thread gets a catalogue of its own: StreamCatalog is not shared across threads.
-    segments = SegmentWriterService(SegmentWriter(settings, store, StreamCatalog.from_settings(settings)))
+    processor = FeatureProcessor(settings, catalog)
+    dead_letter_producer = Producer(settings.kafka_bootstrap)
+    # Each thread gets a catalogue of its own: StreamCatalog is not shared across threads.
+    segments = FeatureSegmentWriter(settings, store, StreamCatalog.from_settings(settings))
+    labels = LabelSegmentWriter(settings, store, StreamCatalog.from_settings(settings),
+                                DeadLetterQueue(dead_letter_producer, topics.dead_letters(SERVICE), SERVICE))
+    servicer = FeatureStoreServicer(StreamCatalog.from_settings(settings), processor.table,
+                                    settings.feature_max_online_entities)
     log.info("feature configured", extra={
         "streams": {s.stream: s.feature_names for s in catalog}, "default_stream": catalog.default,
-        "streams_dir": str(catalog.folder), "app_id": settings.app_id,
-        "consumes": topics.events, "produces": topics.features, "bucket": settings.bucket,
-        "datadir": settings.feature_datadir or temporary})
-    return FeatureWorker(feature_app, online, segments, datadir_to_remove=temporary)
+        "streams_dir": str(catalog.folder), "group": settings.app_id, "instance_id": settings.instance_id,
+        "transactional_id": processor.transactional_id, "consumes": [topics.events, topics.labels],
+        "produces": topics.features, "bucket": settings.bucket})
+    return FeatureProcess(
+        settings, processor,
+        services=[Service(servicer, features_pb2_grpc.add_FeatureStoreServicer_to_server,
+                          service_name(features_pb2.DESCRIPTOR, "FeatureStore"))],
+        workers=[processor, segments, labels], on_stop=[dead_letter_producer.close])

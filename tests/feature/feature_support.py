@@ -1,12 +1,16 @@
-"""Helpers of the feature tests: reading the feature topic, the segments and the online store."""
+"""Helpers of the feature tests: reading the feature and dead-letter topics, the segments and the
+online store."""
 
 from __future__ import annotations
 
 import time
+import uuid
 
 import grpc
+from confluent_kafka import Message
 
 from driftline.v1 import features_pb2, features_pb2_grpc
+from services.common.deadletter import PREFIX
 from services.common.kafka import Consumer
 from services.common.objectstore import ObjectStore
 from services.feature.segments import segments_prefix
@@ -43,3 +47,24 @@ def get_online(address: str, feature_set: str, entity_ids: list[str]) -> feature
 def found_values(response: features_pb2.GetOnlineFeaturesResponse) -> dict[str, list[float] | None]:
     """entity id -> its values, or None when the store has no row for it."""
     return {row.entity_id: list(row.values) if row.found else None for row in response.rows}
+
+
+def read_dead_letters(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[Message]:
+    """The first `count` records of a dead-letter topic (read_committed), failing at the timeout."""
+    consumer = Consumer(bootstrap, f"test-{uuid.uuid4().hex}", [topic], read_committed=True)
+    try:
+        found: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(found)} of {count} dead letters on {topic} after {timeout}s")
+            found += consumer.poll_messages(100, 0.5)
+        return found
+    finally:
+        consumer.close()
+
+
+def dead_letter_errors(message: Message) -> dict[str, str]:
+    """A dead letter's driftline.errors.* headers, without the prefix and the timestamp."""
+    return {name[len(PREFIX):]: value.decode() for name, value in message.headers() or ()
+            if name.startswith(PREFIX) and name != f"{PREFIX}timestamp"}

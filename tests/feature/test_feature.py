@@ -148,7 +148,8 @@ def test_feature_worker_computes_serves_writes_segments_and_recovers_after_resta
 
     with ServiceRun("feature", env, tmp_path / "first.log") as first:
         first.wait_serving(address, FEATURE_STORE)
-        reader = Consumer(kafka_bootstrap, f"test-{uuid.uuid4().hex}", [topics.features])  # the topic exists now
+        reader = Consumer(kafka_bootstrap, f"test-{uuid.uuid4().hex}", [topics.features],  # the topic exists now
+                          read_committed=True)
         for event in first_events:
             producer.produce(topics.events, event, key=event.entity_id)
         producer.flush()
@@ -170,16 +171,17 @@ def test_feature_worker_computes_serves_writes_segments_and_recovers_after_resta
 
         assert first.stop(timeout=60) == 0
 
-    [sidecar] = sidecars(store, len(labelled_first), timeout=0)
-    assert sidecar["rows"] == len(labelled_first) and sidecar["feature_names"] == FEATURES
-    assert (sidecar["partition"], sidecar["first_offset"], sidecar["last_offset"]) == (0, 0, 10)
-    assert sidecar["key"] == "datasets/default/segments/p000-000000000000-000000000010.parquet"
+    # Every record, labelled or not: a delayed label joins an unlabelled row later.
+    [sidecar] = sidecars(store, len(first_events), timeout=0)
+    assert sidecar["rows"] == len(first_events) and sidecar["feature_names"] == FEATURES
+    assert sidecar["partition"] == 0 and sidecar["first_offset"] == 0
+    assert sidecar["key"] == f"datasets/default/segments/p000-000000000000-{sidecar['last_offset']:012d}.parquet"
     assert sidecar["min_event_time_ms"] == 1_700_000_000_000 and sidecar["stream"] == "default"
     table = pq.read_table(io.BytesIO(store.get_bytes(sidecar["key"], expected_sha256=sidecar["sha256"])))
-    assert table.column("event_id").to_pylist() == [e.event_id for e in labelled_first]
-    assert table.column("label").to_pylist() == [e.label for e in labelled_first]
-    assert table.column("salary_entity_mean").to_pylist() == [
-        v[-1] for e, v in zip(first_events, expected_vectors(first_events)) if e.HasField("label")]
+    assert table.column("event_id").to_pylist() == [e.event_id for e in first_events]
+    assert table.column("label").to_pylist() == [e.label if e.HasField("label") else None for e in first_events]
+    assert table.column("salary_entity_mean").to_pylist() == [v[-1] for v in expected_vectors(first_events)]
+    assert len(labelled_first) < len(first_events)
 
     # A new process with a fresh in-memory store and datadir: the table comes back from its changelog.
     env.update({"DRIFTLINE_FEATURE_SEGMENT_ROWS": "3", "DRIFTLINE_FEATURE_SEGMENT_SECONDS": "1"})
@@ -196,9 +198,10 @@ def test_feature_worker_computes_serves_writes_segments_and_recovers_after_resta
         assert [list(r.values) for r in records] == expected_vectors(first_events + more)[-4:]
 
         # By rows (3) and by time (the 4th, after 1 s); none of the first run's rows again.
-        found = sidecars(store, len(labelled_first) + 4)
-        assert sorted((s["first_offset"], s["last_offset"], s["rows"]) for s in found) == [
-            (0, 10, len(labelled_first)), (12, 14, 3), (15, 15, 1)]
-        for meta in found:
-            store.get_bytes(meta["key"], expected_sha256=meta["sha256"])
+        found = sorted(sidecars(store, len(first_events) + 4), key=lambda s: s["first_offset"])
+        assert [s["rows"] for s in found] == [len(first_events), 3, 1]
+        assert found[0]["last_offset"] < found[1]["first_offset"]
+        written = [pq.read_table(io.BytesIO(store.get_bytes(s["key"], expected_sha256=s["sha256"])))
+                   for s in found[1:]]
+        assert [i for t in written for i in t.column("event_id").to_pylist()] == [e.event_id for e in more]
     reader.close()

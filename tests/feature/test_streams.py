@@ -23,11 +23,12 @@ from services.common.settings import Topics
 from services.common.streams import StreamCatalog, parse_schema_text
 from services.feature.app import apply_event
 from services.feature.catalog import table_key
-from services.feature.segment_writer import SegmentWriter
+from services.feature.segment_writer import FeatureSegmentWriter
 from services.feature.settings import FeatureSettings
 from services.feature.transform import compute_features_offline
 from services.ingest.validation import validate_values
-from feature_support import FEATURE_STORE, found_values, get_online, read_features, sidecars
+from feature_support import (FEATURE_STORE, dead_letter_errors, found_values, get_online, read_dead_letters,
+                             read_features, sidecars)
 from support import ServiceRun, free_port, wait_for
 
 LABEL = {"type": "integer", "required": False, "min": 0, "max": 1}
@@ -120,11 +121,11 @@ def test_one_feature_process_serves_every_stream_of_the_folder_and_one_added_whi
     ghost = events_pb2.Event(event_id="ghost-1", stream="ghost", entity_id="shared")
     ghost.fields["x1"].number = 1.0
     sent = [e for pair in zip(events["sea"], events["hyper"]) for e in pair]
-    sent.insert(5, ghost)  # a stream nobody knows: skipped, and the agent goes on
+    sent.insert(5, ghost)  # a stream nobody knows: dead-lettered, and the processor goes on
 
     with ServiceRun("feature", env, tmp_path / "feature.log") as run:
         run.wait_serving(address, FEATURE_STORE)
-        reader = Consumer(kafka_bootstrap, f"test-{uuid.uuid4().hex}", [topics.features])
+        reader = Consumer(kafka_bootstrap, f"test-{uuid.uuid4().hex}", [topics.features], read_committed=True)
         for event in sent:
             producer.produce(topics.events, event, key=event.entity_id)
         producer.flush()
@@ -140,7 +141,11 @@ def test_one_feature_process_serves_every_stream_of_the_folder_and_one_added_whi
             last[stream] = {r.entity_id: list(r.values) for r in mine}
         # Separate state: each stream's "shared" mean is its own field's, not a mix of both.
         assert last["sea"]["shared"] != last["hyper"]["shared"]
-        assert "skipping an event of an unknown stream" in run.log_text()
+        [dead] = read_dead_letters(kafka_bootstrap, topics.dead_letters("feature"), 1)
+        assert dead.value() == ghost.SerializeToString() and dead.key() == b"shared"
+        assert dead_letter_errors(dead) == {
+            "reason": f"unknown stream 'ghost'; this process serves {['hyper', 'sea']}", "field": "stream",
+            "stage": "route", "service": "feature", "topic": topics.events, "partition": "0", "offset": "5"}
 
         sea = get_online(address, "sea", ["shared", "s-1", "h-1"])
         assert sea.feature_set.name == "sea" and list(sea.feature_set.feature_names) == ["x1", "x2", "x3", "m"]
@@ -158,18 +163,19 @@ def test_one_feature_process_serves_every_stream_of_the_folder_and_one_added_whi
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
         for stream, stream_events in events.items():
-            labelled = [(e, v) for e, v in zip(stream_events, expected_vectors(stream, stream_events))
-                        if e.HasField("label")]
-            found = sidecars(store, len(labelled), stream=stream)
-            assert sum(s["rows"] for s in found) == len(labelled)
+            rows = list(zip(stream_events, expected_vectors(stream, stream_events)))
+            found = sidecars(store, len(rows), stream=stream)
+            assert sum(s["rows"] for s in found) == len(rows)
             names = SCHEMAS[stream].feature_names
             for sidecar in found:
                 assert sidecar["stream"] == stream and sidecar["feature_names"] == names
                 assert sidecar["key"].startswith(f"datasets/{stream}/segments/p000-")
             tables = segment_table(store, found)
             assert all(t.column_names == ["event_id", "entity_id", "event_time_ms", "label", *names] for t in tables)
-            assert [i for t in tables for i in t.column("event_id").to_pylist()] == [e.event_id for e, _ in labelled]
-            assert [m for t in tables for m in t.column("m").to_pylist()] == [v[-1] for _, v in labelled]
+            assert [i for t in tables for i in t.column("event_id").to_pylist()] == [e.event_id for e, _ in rows]
+            assert [m for t in tables for m in t.column("m").to_pylist()] == [v[-1] for _, v in rows]
+            assert [x for t in tables for x in t.column("label").to_pylist()] == [
+                e.label if e.HasField("label") else None for e, _ in rows]
 
         # A third stream, added while the process runs; its events follow at once.
         write_stream(streams_dir, TRI)
@@ -253,7 +259,7 @@ def test_a_stream_whose_uploads_fail_holds_back_only_its_own_rows_and_none_is_lo
     def keys(stream: str) -> list[str]:
         return sorted(k for k in store.list_keys(f"datasets/{stream}/segments/") if k.endswith(".json"))
 
-    writer = SegmentWriter(settings, store, StreamCatalog(streams_dir, default="sea"))
+    writer = FeatureSegmentWriter(settings, store, StreamCatalog(streams_dir, default="sea"))
     writer.start()
     try:
         # sea's rows are written (3 by count, 2 by age) while every hyper upload fails, and the
@@ -276,7 +282,7 @@ def test_a_stream_whose_uploads_fail_holds_back_only_its_own_rows_and_none_is_lo
     for record in more:
         producer.produce(topic, record, key=record.entity_id)
     producer.flush()
-    writer = SegmentWriter(settings, store, StreamCatalog(streams_dir, default="sea"))
+    writer = FeatureSegmentWriter(settings, store, StreamCatalog(streams_dir, default="sea"))
     writer.start()
     try:
         wait_for(lambda: sum(store.get_json(k)["rows"] for k in keys("hyper")) >= 12, 30, "hyper's 12 rows")
@@ -322,7 +328,7 @@ def test_a_table_row_from_before_streams_keeps_its_state_in_the_default_stream(
         run.wait_serving(address, FEATURE_STORE)
         assert found_values(get_online(address, "sea", ["old-1"])) == {"old-1": old_row["values"]}
         assert found_values(get_online(address, "hyper", ["old-1"])) == {"old-1": None}
-        reader = Consumer(kafka_bootstrap, f"test-{uuid.uuid4().hex}", [topics.features])
+        reader = Consumer(kafka_bootstrap, f"test-{uuid.uuid4().hex}", [topics.features], read_committed=True)
         event = make_event("sea", 4, "old-1", 1)  # x1 = 4.0
         producer.produce(topics.events, event, key=event.entity_id)
         producer.flush()
@@ -332,7 +338,7 @@ def test_a_table_row_from_before_streams_keeps_its_state_in_the_default_stream(
         assert run.stop(timeout=60) == 0
     reader.close()
     # The old key is deleted (a tombstone), the row lives on under its new key.
-    log = Consumer(kafka_bootstrap, f"test-{uuid.uuid4().hex}", [changelog])
+    log = Consumer(kafka_bootstrap, f"test-{uuid.uuid4().hex}", [changelog], read_committed=True)
     changes = read_changes(log, 3)
     log.raw.close()
     assert [(key, value is None) for key, value in changes] == [("old-1", False), ("sea\x1fold-1", False),
