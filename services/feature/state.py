@@ -126,6 +126,7 @@ def read_changelog(bootstrap: str, topic: str, partitions: Iterable[int], timeou
     rows: dict[int, dict[str, Row]] = {p: {} for p in wanted}
     if not wanted:
         return rows
+    started = time.monotonic()
     consumer = _Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-restore",
                           "enable.auto.commit": False, "enable.partition.eof": True,
                           "isolation.level": "read_committed"})
@@ -151,5 +152,6 @@ def read_changelog(bootstrap: str, topic: str, partitions: Iterable[int], timeou
                     rows[msg.partition()][key] = json.loads(value)
     finally:
         consumer.close()
-    log.info("state restored", extra={"topic": topic, "rows": {p: len(r) for p, r in rows.items()}})
+    log.info("state restored", extra={"topic": topic, "rows": {p: len(r) for p, r in rows.items()},
+                                      "seconds": round(time.monotonic() - started, 3)})
     return rows
