@@ -18,8 +18,17 @@ PREDICTED_ROWS = Counter(
     "driftline_serving_predicted_rows_total", "Rows answered by Predict.", ["model"])
 PREDICTION_LOGS = Counter(
     "driftline_serving_prediction_logs_total",
-    "Prediction logs by outcome: queued, produced, or dropped because the queue was full.",
+    "Prediction logs by outcome: queued, produced (acknowledged by the broker), spooled (to local disk "
+    "while the broker could not take them), replayed (acknowledged from the spool), dropped.",
     ["outcome"])
+DROPPED_LOGS = Counter(
+    "driftline_serving_prediction_logs_dropped_total",
+    "Prediction logs dropped, by reason: queue_full (the hand-over queue), spool_full (past the spool's "
+    "byte quota), spool_error (the spool could not be written), corrupt (an unreadable spool tail).",
+    ["reason"])
+SPOOL_BYTES = Gauge(
+    "driftline_serving_prediction_spool_bytes",
+    "Bytes of prediction logs waiting in the local spool for the broker.")
 
 # -- requests, by API (predict = driftline.v1.Predictor, infer = OIP v2 ModelInfer) ---------------
 REQUESTS = Counter(

@@ -1,9 +1,12 @@
 """Every Predict answer, as one `PredictionLog` on `driftline.predictions`.
 
 The request path only puts a tuple on a bounded queue (never waits): building
-the protobuf and producing happen on this module's thread. When the queue is
-full — the broker is slow or gone — the log is dropped and counted, because
-answering predictions matters more than recording them.
+the protobuf and producing happen on this module's thread. What the broker
+cannot take (it is slow or gone) waits in a bounded spool on local disk
+(services/serving/spool.py) and is replayed, in order, when the broker answers
+again; a log is dropped, and counted by reason, only when the queue or the
+spool's quota is full, because answering predictions matters more than
+recording them.
 
 Logs are columnar (see serving.proto): the request's features, scores and labels
 as three flat little-endian buffers, not a message per row — this thread shares
@@ -17,18 +20,21 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from confluent_kafka import KafkaError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from driftline.v1 import serving_pb2
-from services.common.kafka import DeliveryError, Producer
-from services.common.threads import StoppableThread
+from services.common.kafka import Producer
+from services.common.threads import Backoff, StoppableThread
 
-from .metrics import PREDICTION_LOGS
+from .metrics import DROPPED_LOGS, PREDICTION_LOGS, SPOOL_BYTES
+from .spool import Segment, Spool
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,8 @@ VARIANT = "production"
 _QUEUED = PREDICTION_LOGS.labels("queued")
 _DROPPED = PREDICTION_LOGS.labels("dropped")
 _PRODUCED = PREDICTION_LOGS.labels("produced")
+_SPOOLED = PREDICTION_LOGS.labels("spooled")
+_REPLAYED = PREDICTION_LOGS.labels("replayed")
 
 
 class RequestIds:
@@ -150,30 +158,103 @@ def _header(served: ServedRequest) -> tuple[serving_pb2.PredictionLog, tuple[byt
                  served.labels.astype("<i4", copy=False).tobytes())
 
 
+class _Deliveries:
+    """The producer's delivery callback and what it learnt, kept apart from the logger so the
+    producer's client (which holds the callback) does not hold the logger in a cycle.
+
+    Every report arrives on the logger's thread (inside its `poll`/`produce`), so no lock."""
+
+    __slots__ = ("in_flight", "in_flight_bytes", "failed", "replaying", "last_report")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.in_flight_bytes = 0
+        self.failed: list[tuple[bytes, bytes]] = []  # (key, value) of records the broker did not take
+        self.replaying = False  # the records in flight come from the spool
+        self.last_report = time.monotonic()
+
+    def __call__(self, err: KafkaError | None, msg: Message) -> None:
+        self.in_flight -= 1
+        self.in_flight_bytes -= len(msg)  # the value's length, without copying it out
+        self.last_report = time.monotonic()
+        if err is None:
+            (_REPLAYED if self.replaying else _PRODUCED).inc()
+        else:
+            self.failed.append((msg.key() or b"", msg.value() or b""))
+
+
+DIRECT = "direct"  # produced as they come
+SPOOLING = "spooling"  # appended to the spool, which is replayed in order before producing directly again
+
+
 class PredictionLogger(StoppableThread):
-    """Produces the logs the request path hands over, on a thread of its own.
+    """Produces the logs the request path hands over, on a thread of its own, spooling to disk
+    what the broker cannot take.
 
     The hand-over is a plain deque (an append is atomic under the GIL): no lock, no condition
     variable and no wake-up per request. The thread drains whatever has queued, then sleeps
     `drain_interval_s` when there is nothing; at thousands of requests a second that is one
     wake-up per few milliseconds instead of one per request, each of which made the event loop
-    hand the GIL over."""
+    hand the GIL over.
 
-    def __init__(self, producer: Producer, topic: str, max_queued: int = 10_000,
-                 drain_interval_s: float = 0.005) -> None:
+    While the broker keeps up, logs are produced directly. A delivery that fails (the producer
+    gives up on a record after `delivery_timeout_ms`), no delivery report for `stall_s` while
+    records wait, or more than `max_in_flight` records (or `max_in_flight_bytes`) unacknowledged,
+    switch the logger to spooling: the failed records and every new log go to the spool. Once the
+    records in flight have settled, the spool is replayed oldest segment first; a segment is deleted
+    when each of its records is acknowledged, and a segment with any failure is replayed whole again
+    after a back-off (at least once: the request id de-duplicates downstream). When the spool is
+    empty the logger produces directly again. A spool left by an earlier process is replayed first.
+
+    Lost without a count only: the logs in the deque and in the producer's memory when the process
+    is killed (at most `stall_s` of traffic, bounded by `max_in_flight`, while the broker is away;
+    milliseconds' worth while it answers). Dropped and counted by reason: a full deque
+    (`queue_full`), a log past the spool's quota (`spool_full`), a failed write to it
+    (`spool_error`), the unreadable tail of a spool segment (`corrupt`).
+    """
+
+    def __init__(self, bootstrap: str, topic: str, spool: Spool, *, max_queued: int = 10_000,
+                 drain_interval_s: float = 0.005, delivery_timeout_ms: int = 5000, stall_s: float = 1.0,
+                 max_in_flight: int = 10_000, max_in_flight_bytes: int = 64 << 20) -> None:
         super().__init__("prediction-log")
-        self.producer = producer
+        self._deliveries = _Deliveries()
+        self.producer = Producer(bootstrap, config={
+            # Replaces the wrapper's own callback: each failed record is spooled here, not raised.
+            "on_delivery": self._deliveries,
+            # A record the broker has not taken by then comes back as failed and goes to the spool,
+            # instead of waiting in memory (which a killed process loses) for librdkafka's 5 minutes.
+            "message.timeout.ms": delivery_timeout_ms,
+            "request.timeout.ms": min(30_000, delivery_timeout_ms),
+            # A broker back from an outage is found within a second, not librdkafka's 10.
+            "reconnect.backoff.max.ms": 1000,
+            # Room for what may be in flight, so producing never blocks on a full local queue.
+            "queue.buffering.max.kbytes": 2 * max_in_flight_bytes // 1024,
+            "queue.buffering.max.messages": 2 * max_in_flight})
         self.topic = topic
+        self.spool = spool
         self.max_queued = max_queued
         self.drain_interval_s = drain_interval_s
+        self.stall_s = stall_s
+        self._delivery_timeout_s = delivery_timeout_ms / 1000
+        self.max_in_flight = max_in_flight
+        self.max_in_flight_bytes = max_in_flight_bytes
         self._queue: deque[ServedRequest] = deque()
         self.dropped = 0
+        self.mode = SPOOLING if len(spool) else DIRECT
+        self._replaying: Segment | None = None
+        self._replay_failures = 0
+        self._next_replay = 0.0
+        self._backoff = Backoff(first_s=0.2, most_s=5.0)
+        self._spool_failing = False
+        SPOOL_BYTES.set(spool.bytes)
+        if len(spool):
+            log.info("replaying the prediction logs an earlier process spooled",
+                     extra={"spool": str(spool.directory), "segments": len(spool), "bytes": spool.bytes})
 
     def submit(self, served: ServedRequest) -> None:
         """Called on the request path: never blocks."""
         if len(self._queue) >= self.max_queued:
-            self.dropped += 1
-            _DROPPED.inc()
+            self._drop("queue_full")
             return
         self._queue.append(served)
         _QUEUED.inc()
@@ -181,25 +262,132 @@ class PredictionLogger(StoppableThread):
     def run(self) -> None:
         waiting = self._queue
         while True:
-            if not waiting:
-                if self.stopping:
-                    return
-                self.producer.poll(0)  # serve delivery callbacks while idle
-                self.wait(self.drain_interval_s)
-                continue
-            served = waiting.popleft()
+            worked = bool(waiting)
             try:
-                self.producer.produce_raw(self.topic, encode_log(served), key=served.model_name)
-                _PRODUCED.inc()
+                while waiting:
+                    self._send(waiting.popleft())
+                self.producer.poll(0)  # delivery reports
+                self._settle()
+                self._replay()
+                self.spool.sync_if_due()
             except Exception:
-                log.exception("could not produce a prediction log; dropping it",
-                              extra={"request_id": served.request_id})
-                _DROPPED.inc()
+                # A dead logger thread would lose every later log without a word; this one keeps going.
+                log.exception("the prediction logger failed; continuing")
+                self.wait(1.0)
+            if not worked:
+                if self.stopping:
+                    break
+                self.wait(self.drain_interval_s)
+        self._finish()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Drains what is queued, then waits for the broker to acknowledge it."""
-        super().stop(timeout)
+    def _send(self, served: ServedRequest) -> None:
+        value = encode_log(served)
+        key = served.model_name.encode()
+        deliveries = self._deliveries
+        if self.mode is DIRECT:
+            if not deliveries.in_flight:
+                deliveries.last_report = time.monotonic()  # the stall clock starts with the first wait
+            elif (deliveries.in_flight >= self.max_in_flight
+                  or deliveries.in_flight_bytes + len(value) > self.max_in_flight_bytes
+                  or time.monotonic() - deliveries.last_report > self.stall_s):
+                self._start_spooling("the broker is not acknowledging prediction logs")
+        if self.mode is DIRECT:
+            self._produce(key, value)
+        else:
+            self._spool(key, value)
+
+    def _produce(self, key: bytes, value: bytes) -> None:
+        self._deliveries.in_flight += 1
+        self._deliveries.in_flight_bytes += len(value)
+        self.producer.produce_raw(self.topic, value, key=key)
+
+    def _spool(self, key: bytes, value: bytes) -> None:
         try:
-            self.producer.flush(timeout)
-        except DeliveryError:
-            log.exception("some prediction logs were not delivered")
+            stored = self.spool.append(key, value)
+        except OSError:
+            if not self._spool_failing:
+                log.exception("cannot write to the prediction-log spool; dropping logs until it works",
+                              extra={"spool": str(self.spool.directory)})
+            self._spool_failing = True
+            self._drop("spool_error")
+            return
+        self._spool_failing = False
+        if not stored:
+            self._drop("spool_full")
+            return
+        _SPOOLED.inc()
+        SPOOL_BYTES.set(self.spool.bytes)
+
+    def _start_spooling(self, why: str) -> None:
+        if self.mode is DIRECT:
+            self.mode = SPOOLING
+            log.warning("%s; spooling them to disk until it does", why,
+                        extra={"spool": str(self.spool.directory), "in_flight": self._deliveries.in_flight})
+
+    def _settle(self) -> None:
+        """What the delivery reports said: failed direct records go to the spool; failed replayed
+        ones are still in theirs and count against its segment."""
+        failed = self._deliveries.failed
+        if not failed:
+            return
+        if self._replaying is not None:
+            self._replay_failures += len(failed)
+        else:
+            self._start_spooling("prediction logs could not be delivered")
+            for key, value in failed:
+                self._spool(key, value)
+        failed.clear()
+
+    def _replay(self, start: bool = True) -> None:
+        """One step: closes the segment being replayed once all of it settled, then (with `start`)
+        sends the next one."""
+        deliveries = self._deliveries
+        if self.mode is DIRECT or deliveries.in_flight:
+            return
+        if self._replaying is not None:
+            segment, self._replaying = self._replaying, None
+            deliveries.replaying = False
+            if self._replay_failures:
+                log.warning("could not replay a spool segment yet; retrying after a back-off",
+                            extra={"segment": segment.path.name, "failed": self._replay_failures})
+                self._replay_failures = 0
+                self._next_replay = time.monotonic() + self._backoff.next()
+            else:
+                self.spool.delete(segment)
+                SPOOL_BYTES.set(self.spool.bytes)
+                self._backoff.reset()
+        if not start or time.monotonic() < self._next_replay:
+            return
+        segment = self.spool.oldest()
+        if segment is None:
+            self.mode = DIRECT
+            log.info("prediction-log spool replayed; producing directly again")
+            return
+        if segment.corrupt:
+            self._drop("corrupt")
+        if not segment.records:
+            self.spool.delete(segment)
+            SPOOL_BYTES.set(self.spool.bytes)
+            return
+        self._replaying = segment
+        deliveries.replaying = True
+        for key, value in segment.records:
+            self._produce(key, value)
+
+    def _finish(self) -> None:
+        """After the last log: waits (bounded by the delivery timeout) for the broker's word on
+        what is in flight, spools what it refused, and closes the spool."""
+        deadline = time.monotonic() + self._delivery_timeout_s + 5
+        while self._deliveries.in_flight and time.monotonic() < deadline:
+            self.producer.poll(0.1)
+            self._settle()
+        self._replay(start=False)
+        if self._deliveries.in_flight:
+            log.error("prediction logs still unacknowledged at shutdown are lost",
+                      extra={"records": self._deliveries.in_flight})
+        self.spool.close()
+
+    def _drop(self, reason: str) -> None:
+        self.dropped += 1
+        _DROPPED.inc()
+        DROPPED_LOGS.labels(reason).inc()

@@ -36,6 +36,7 @@ from .oip import InferenceService, check_finite, check_size
 from .onnx_model import TENSORRT, LoadedModel, SessionConfig, execution_providers
 from .prediction_log import PredictionLogger, ServedRequest, new_request_id
 from .settings import ServingSettings
+from .spool import Spool
 from .traffic import CANARY, PRODUCTION, SHADOW, Route, Router
 
 log = logging.getLogger(__name__)
@@ -308,8 +309,11 @@ async def build(settings: ServingSettings) -> ServingProcess:
     follower = ConsumerWorker("registry-events", events, AliasEventHandler(managers), max_records=100)
     poller = AliasPoller(managers, settings.alias_retry_s, settings.alias_resync_s)
 
-    prediction_log = PredictionLogger(Producer(settings.kafka_bootstrap), topics.predictions,
-                                      settings.prediction_log_queue)
+    spool = Spool(settings.spool_directory(), settings.prediction_spool_max_bytes,
+                  fsync_interval_s=settings.prediction_spool_fsync_s)
+    prediction_log = PredictionLogger(settings.kafka_bootstrap, topics.predictions, spool,
+                                      max_queued=settings.prediction_log_queue,
+                                      delivery_timeout_ms=settings.prediction_log_delivery_timeout_ms)
     batcher = Batcher(max_batch_rows=settings.max_batch_rows,
                       max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
                       max_queued=settings.max_queued_requests, workers=settings.batch_workers,

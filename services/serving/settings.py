@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import tempfile
+from pathlib import Path
+
 from services.common.settings import CommaList, CommonSettings
 
 
@@ -50,6 +54,15 @@ class ServingSettings(CommonSettings):
     # Prediction logs wait here for the producer thread; beyond it they are dropped (counted),
     # because a slow broker must never slow down Predict.
     prediction_log_queue: int = 10_000
+    # What the broker cannot take goes to a spool on local disk and is replayed when it answers again
+    # (services/serving/spool.py). Its directory (empty: <temp dir>/driftline-prediction-spool), under
+    # which each process takes <predictions topic>/<instance id or model>; its byte quota, beyond which
+    # logs are dropped (counted); how long a written log may wait for its fsync.
+    prediction_spool_dir: str = ""
+    prediction_spool_max_bytes: int = 256 << 20
+    prediction_spool_fsync_s: float = 1.0
+    # A log the broker has not acknowledged by then is spooled instead of waiting in memory.
+    prediction_log_delivery_timeout_ms: int = 5000
     # Dynamic batching (services/serving/batcher.py), for Predict and ModelInfer alike:
     # requests that arrive together run as one session call of up to `max_batch_rows` rows;
     # the oldest waits at most `max_queue_delay_ms` for others to join (0: no waiting, batches
@@ -73,6 +86,16 @@ class ServingSettings(CommonSettings):
     # that are read and refused with a reason; beyond it gRPC itself answers RESOURCE_EXHAUSTED.
     max_message_bytes: int = 64 * 1024 * 1024
     grpc_max_receive_bytes: int = 0
+
+    def spool_directory(self) -> Path:
+        """This process's prediction-log spool.
+
+        >>> ServingSettings(prediction_spool_dir="/s", topic_prefix="t.", model_name="m").spool_directory()
+        PosixPath('/s/t.driftline.predictions/m')
+        """
+        root = Path(self.prediction_spool_dir or Path(tempfile.gettempdir()) / "driftline-prediction-spool")
+        owner = re.sub(r"[^A-Za-z0-9._-]", "_", self.instance_id or self.model_name)
+        return root / self.topics.predictions / owner
 
     @property
     def receive_limit(self) -> int:

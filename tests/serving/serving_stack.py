@@ -92,6 +92,7 @@ class Stack:
     grpc_port: int = 0
     metrics_port: int = 0
     channels: list = field(default_factory=list)
+    killed: bool = False
 
     @property
     def aliases(self) -> dict[str, int]:
@@ -128,17 +129,26 @@ class Stack:
             "DRIFTLINE_MODEL_NAME": MODEL, "DRIFTLINE_REGISTRY_ADDRESS": self.registry.address,
             "DRIFTLINE_GRPC_PORT": str(self.grpc_port), "DRIFTLINE_METRICS_PORT": str(self.metrics_port),
             "DRIFTLINE_ALIAS_RETRY_S": "0.2", "DRIFTLINE_LOG_JSON": "false",
+            "DRIFTLINE_PREDICTION_SPOOL_DIR": str(self.tmp / "spool"),
             **{f"DRIFTLINE_{k.upper()}": str(v) for k, v in settings.items()}}
         self.run = ServiceRun("serving", environment, self.tmp / f"serving-{self.grpc_port}.log")
+        self.killed = False
         try:
             with self.run:
                 self.run.wait_serving(self.address, timeout=30)
                 yield self
-                assert self.run.stop(timeout=20) == 0, f"serving did not exit cleanly:\n{self.run.log_tail()}"
+                code = self.run.stop(timeout=20)
+                assert code == 0 or self.killed, f"serving did not exit cleanly:\n{self.run.log_tail()}"
         finally:
             for channel in self.channels:
                 channel.close()
             self.channels.clear()
+
+    def kill(self) -> None:
+        """SIGKILL of the serving process, as a crash."""
+        self.killed = True
+        self.run.process.kill()
+        self.run.process.wait()
 
     @property
     def address(self) -> str:

@@ -24,6 +24,7 @@ from services.common.settings import Topics
 from services.serving import onnx_model, prediction_log
 from services.serving.prediction_log import PredictionLogger, ServedRequest
 from services.serving.server import PREDICTOR
+from services.serving.spool import Spool
 from serving_stack import Registry, publish_alias_moved, scraped_metric, store_and_topics
 from tiny_models import FEATURES, WEIGHTS, expected_scores, tiny_model
 from support import GrpcThread, ServiceRun, free_port, wait_for
@@ -68,7 +69,8 @@ class Loop:
             "DRIFTLINE_TOPIC_PREFIX": self.topics.prefix, "DRIFTLINE_BUCKET": self.store.bucket,
             "DRIFTLINE_MODEL_NAME": MODEL, "DRIFTLINE_REGISTRY_ADDRESS": self.registry.address,
             "DRIFTLINE_GRPC_PORT": str(self.grpc_port), "DRIFTLINE_METRICS_PORT": str(self.metrics_port),
-            "DRIFTLINE_ALIAS_RETRY_S": "0.2", "DRIFTLINE_LOG_JSON": "false", **env}
+            "DRIFTLINE_ALIAS_RETRY_S": "0.2", "DRIFTLINE_LOG_JSON": "false",
+            "DRIFTLINE_PREDICTION_SPOOL_DIR": str(self.log_path.parent / "spool"), **env}
         self.run = ServiceRun("serving", environment, self.log_path)
         channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
         try:
@@ -292,17 +294,21 @@ def test_a_prediction_log_is_columnar_whatever_its_size():
                                      ).event_ids) == 0
 
 
-def test_a_full_prediction_log_queue_drops_and_counts_instead_of_blocking(kafka_bootstrap):
-    logger = PredictionLogger(Producer(kafka_bootstrap), "unused", max_queued=1)  # not started: nothing drains
+def test_a_full_prediction_log_queue_drops_and_counts_instead_of_blocking(kafka_bootstrap, tmp_path):
+    # Not started: nothing drains.
+    logger = PredictionLogger(kafka_bootstrap, "unused", Spool(tmp_path, 1 << 20), max_queued=1)
     served = ServedRequest("r", MODEL, 1, [], np.zeros((0, 2)), np.zeros(0), 0)
-    before = _dropped_logs()
+    before = _dropped_logs(), _dropped_logs("queue_full")
     for _ in range(3):
         logger.submit(served)  # would hang here if a full queue made the request path wait
     assert logger.dropped == 2
-    assert _dropped_logs() - before == 2
+    assert (_dropped_logs() - before[0], _dropped_logs("queue_full") - before[1]) == (2, 2)
+    logger.spool.close()
 
 
-def _dropped_logs() -> float:
+def _dropped_logs(reason: str = "") -> float:
+    if reason:
+        return REGISTRY.get_sample_value("driftline_serving_prediction_logs_dropped_total", {"reason": reason}) or 0.0
     return REGISTRY.get_sample_value("driftline_serving_prediction_logs_total", {"outcome": "dropped"}) or 0.0
 
 
