@@ -1,5 +1,12 @@
 """One training request, start to finish: dataset version → model → ONNX →
-upload → register → promote. Raises on any failure; the worker reports it."""
+upload → register → promote. Raises on any failure; the worker reports it.
+
+Every registry call names the request (its `request_id` is the idempotency key
+of the registration and of the promotion), so a request run again, after a
+trainer was killed in the middle of it or a registry call's answer was lost, makes
+no second version and no second decision: a request whose version is
+registered already is not trained again but taken up where it stopped.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +22,11 @@ import torch
 
 from driftline.v1 import registry_pb2, registry_pb2_grpc, training_pb2
 from services.common.datasets import dataset_id, eval_key, manifest_key
-from services.common.objectstore import ObjectStore, sha256_of
+from services.common.objectstore import ObjectStore, sha256_of, split_uri
 from services.common.reference import DecileBins, TrainingReference
+from services.common.threads import Backoff
 
-from .dataset import Dataset, SegmentReader, Window, features_and_labels, to_parquet, wait_for_rows
+from .dataset import Cancelled, Dataset, SegmentReader, Window, features_and_labels, to_parquet, wait_for_rows
 from .export import INPUT_NAME, OUTPUT_NAME, check_matches_torch, export_onnx, predict_proba, session
 from .reference import feature_references
 from .settings import TrainerSettings
@@ -71,29 +79,51 @@ class TrainingPipeline:
         name = request.model_name or s.model_name
         stream = request.stream or s.stream
         params = self.defaults.with_overrides(request.params)  # bad params fail before any waiting
+        version = self._registered(name, request.request_id)
+        if version is None:
+            version = self._train_and_register(request, name, stream, params)
+        else:
+            log.info("version already registered for this request: not training again",
+                     extra={"request_id": request.request_id, "version": version.version})
+        self._install(version)
+        log.info("registered; promoting", extra={"request_id": request.request_id, "version": version.version})
+        decision = self._call("Promote", registry_pb2.PromoteRequest(
+            name=name, version=version.version, alias=s.promote_alias, idempotency_key=request.request_id))
+        log.info("trained and gated", extra={"request_id": request.request_id, "version": version.version,
+                                             "dataset_id": version.dataset_id,
+                                             "accuracy": version.metrics.get("accuracy"),
+                                             "promoted": decision.promoted, "reason": decision.reason})
+        result = training_pb2.TrainingResult(
+            request_id=request.request_id, model_name=name, status=training_pb2.TrainingResult.SUCCEEDED,
+            version=version.version, dataset_id=version.dataset_id, promoted=decision.promoted,
+            metrics={**version.metrics, "gate_candidate_accuracy": decision.candidate_accuracy,
+                     "gate_baseline_accuracy": decision.baseline_accuracy,
+                     "gate_baseline_version": float(decision.baseline_version)})
+        result.finished_at.GetCurrentTime()
+        return result
+
+    def _registered(self, name: str, request_id: str) -> registry_pb2.ModelVersion | None:
+        """The version registered for this request by an earlier run of it, if any."""
+        try:
+            return self._call("GetModelVersion", registry_pb2.GetModelVersionRequest(
+                name=name, idempotency_key=request_id))
+        except RegistryCallFailed as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
+    def _train_and_register(self, request: training_pb2.TrainingRequest, name: str, stream: str,
+                            params: TrainParams) -> registry_pb2.ModelVersion:
+        s = self.settings
         window = Window(request.window_start.ToMilliseconds() if request.HasField("window_start") else 0,
                         request.window_end.ToMilliseconds() if request.HasField("window_end") else None)
         min_rows = max(request.min_rows or s.default_min_rows, MIN_TRAINABLE_ROWS)
-
         dataset = wait_for_rows(SegmentReader(self.store, stream), window, min_rows,
                                 timeout_s=s.wait_timeout_s, poll_s=s.poll_interval_s, cancelled=self.cancelled)
         train_rows, eval_rows = dataset.time_split(s.holdout_fraction)
         data_id, eval_uri = self._store_dataset(dataset, eval_rows, stream)
         candidate = self._train(train_rows, eval_rows, dataset.feature_names, params)
-        version = self._register(request, name, stream, dataset, data_id, params, candidate, eval_uri)
-        decision = self._call("Promote", registry_pb2.PromoteRequest(
-            name=name, version=version.version, alias=s.promote_alias))
-        log.info("trained and gated", extra={"request_id": request.request_id, "version": version.version,
-                                             "dataset_id": data_id, "accuracy": candidate.metrics["accuracy"],
-                                             "promoted": decision.promoted, "reason": decision.reason})
-        result = training_pb2.TrainingResult(
-            request_id=request.request_id, model_name=name, status=training_pb2.TrainingResult.SUCCEEDED,
-            version=version.version, dataset_id=data_id, promoted=decision.promoted,
-            metrics={**candidate.metrics, "gate_candidate_accuracy": decision.candidate_accuracy,
-                     "gate_baseline_accuracy": decision.baseline_accuracy,
-                     "gate_baseline_version": float(decision.baseline_version)})
-        result.finished_at.GetCurrentTime()
-        return result
+        return self._register(request, name, stream, dataset, data_id, params, candidate, eval_uri)
 
     def _store_dataset(self, dataset: Dataset, eval_rows: pa.Table, stream: str) -> tuple[str, str]:
         """Writes the manifest and the eval slice; returns (dataset id, eval slice URI)."""
@@ -135,8 +165,9 @@ class TrainingPipeline:
 
         The registry assigns the version number, so the registered artifact
         lives at a content-addressed key (models/<name>/candidates/<sha256>/):
-        two trainers never overwrite each other, and a retried registration of
-        the same bytes is recognised by the registry as the same version.
+        two trainers never overwrite each other, and a registration retried
+        under the same request id returns the version registered first (whose
+        artifact may be other bytes, from an earlier run of the request).
         """
         sha = sha256_of(candidate.onnx)
         staged = f"models/{name}/candidates/{sha}"
@@ -155,25 +186,57 @@ class TrainingPipeline:
             model_version=registry_pb2.ModelVersion(
                 name=name, artifact_uri=artifact.uri, artifact_sha256=sha, dataset_id=data_id,
                 code_version=self.code_version, params=lineage, metrics=candidate.metrics,
-                feature_names=candidate.feature_names, metadata_uri=metadata.uri, eval_uri=eval_uri)))
-        # The conventional layout, written before Promote so that serving and the monitor
-        # find it as soon as the alias moves.
-        versioned = f"models/{name}/{registered.version}"
-        self.store.put_bytes(f"{versioned}/model.onnx", candidate.onnx)
-        self.store.put_json(f"{versioned}/metadata.json", candidate.metadata(name, data_id, registered.version))
+                feature_names=candidate.feature_names, metadata_uri=metadata.uri, eval_uri=eval_uri,
+                idempotency_key=request.request_id)))
         return registered
 
+    def _install(self, version: registry_pb2.ModelVersion) -> None:
+        """Copies the registered artifact and its metadata (numbered now) to the conventional layout,
+        models/<name>/<version>/, before Promote, so that serving and the monitor find them as soon
+        as the alias moves. From the registered objects, not from this run's candidate: a retried
+        registration may have returned an earlier run's version."""
+        versioned = f"models/{version.name}/{version.version}"
+        onnx = self.store.get_bytes(self._key(version.artifact_uri), expected_sha256=version.artifact_sha256)
+        metadata = {**self.store.get_json(self._key(version.metadata_uri)), "version": version.version}
+        self.store.put_bytes(f"{versioned}/model.onnx", onnx)
+        self.store.put_json(f"{versioned}/metadata.json", metadata)
+
+    def _key(self, uri: str) -> str:
+        bucket, key = split_uri(uri)
+        if bucket != self.store.bucket:
+            raise ValueError(f"{uri} is not in the trainer's bucket {self.store.bucket!r}")
+        return key
+
     def _call(self, method: str, request):
-        try:
-            # wait_for_ready: a registry that is (re)starting is waited for, up to the timeout.
-            return getattr(self.registry, method)(request, timeout=self.settings.registry_timeout_s,
-                                                  wait_for_ready=True)
-        except grpc.RpcError as exc:
-            raise RegistryCallFailed(f"registry {method}: {exc.code().name}: {exc.details()}") from exc
+        """Calls the registry, again after UNAVAILABLE (a registry restarting) until `registry_timeout_s`
+        has passed: every call the trainer makes is safe to repeat (reads, or keyed by the request id)."""
+        deadline = time.monotonic() + self.settings.registry_timeout_s
+        backoff = Backoff(most_s=5.0)
+        while True:
+            try:
+                # wait_for_ready: a registry that is (re)starting is waited for, up to the deadline.
+                return getattr(self.registry, method)(request, timeout=max(deadline - time.monotonic(), 0.1),
+                                                      wait_for_ready=True)
+            except grpc.RpcError as exc:
+                pause = backoff.next()
+                if exc.code() not in RETRIED or time.monotonic() + pause >= deadline or self.cancelled.is_set():
+                    raise RegistryCallFailed(method, exc.code(), exc.details()) from exc
+                log.warning("registry call failed; retrying", extra={
+                    "method": method, "code": exc.code().name, "details": exc.details(), "retry_in_s": pause})
+                if self.cancelled.wait(pause):
+                    raise Cancelled(f"trainer stopping while retrying registry {method}") from exc
+
+
+# UNAVAILABLE: the registry is down or restarting; ABORTED: a promotion raced an alias change.
+RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED})
 
 
 class RegistryCallFailed(RuntimeError):
     """The registry refused or did not answer a call; the message has its status."""
+
+    def __init__(self, method: str, code: grpc.StatusCode, details: str | None) -> None:
+        super().__init__(f"registry {method}: {code.name}: {details}")
+        self.code = code
 
 
 def _accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:

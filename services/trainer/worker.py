@@ -2,9 +2,16 @@
 
 A request's result is stored at `training/results/<request_id>.json` before
 it is published, so a redelivered or repeated request id is answered from
-the store (re-published) instead of trained again. Failures become FAILED
-results; only a stop in the middle of a request leaves it uncommitted, for
-the next trainer to pick up.
+the store (re-published) instead of trained again. Failures the request
+explains (its window never filled, its params are bad, the registry refused)
+become FAILED results. An object store or broker that cannot be reached is
+not the request's fault: the handler raises, and the worker tries the request
+again with back-off; one that fails `max_attempts` times on its own goes to
+the trainer's dead-letter topic and is answered with a FAILED result, so its
+requester is not left waiting, and the requests behind it are trained. A
+record that is no TrainingRequest goes to the dead-letter topic at once (it
+has no request id to answer). A stop in the middle of a request leaves it
+uncommitted, for the next trainer to pick up.
 """
 
 from __future__ import annotations
@@ -13,12 +20,14 @@ import logging
 import threading
 from collections.abc import Sequence
 
+import urllib3
 from confluent_kafka import Message
 from google.protobuf import json_format
 from prometheus_client import Counter
 
 from driftline.v1 import training_pb2
-from services.common.kafka import Consumer, DecodeFailure, Producer, decode
+from services.common.deadletter import DECODE, HANDLE, ConsumedRecord, DeadLetterQueue
+from services.common.kafka import Consumer, DecodeFailure, DeliveryError, Producer, decode
 from services.common.objectstore import ObjectStore
 from services.common.runtime import ConsumerWorker
 
@@ -31,6 +40,8 @@ log = logging.getLogger(__name__)
 Status = training_pb2.TrainingResult.Status
 # Failures the request or its surroundings explain; anything else is logged with its traceback.
 EXPLAINED_FAILURES = (WindowNotFilled, InvalidParams, RegistryCallFailed)
+# The object store or the broker out of reach: raised to the worker, which tries the request again.
+TRANSIENT_FAILURES = (urllib3.exceptions.HTTPError, DeliveryError)
 REQUESTS = Counter("driftline_trainer_requests_total", "Training requests handled, by outcome.", ["outcome"])
 
 
@@ -38,14 +49,44 @@ def result_key(request_id: str) -> str:
     return f"training/results/{request_id}.json"
 
 
+def failed_result(request: training_pb2.TrainingRequest, error: str,
+                  default_model_name: str) -> training_pb2.TrainingResult:
+    result = training_pb2.TrainingResult(request_id=request.request_id,
+                                         model_name=request.model_name or default_model_name,
+                                         status=Status.FAILED, error=error)
+    result.finished_at.GetCurrentTime()
+    return result
+
+
+class RequestDeadLetters(DeadLetterQueue):
+    """The trainer's dead-letter topic. A request dead-lettered because handling it kept failing
+    is also answered with a FAILED result (before it is dead-lettered: a crash in between brings
+    the request back rather than leave its requester waiting)."""
+
+    def __init__(self, producer: Producer, topic: str, results_topic: str, default_model_name: str) -> None:
+        super().__init__(producer, topic, "trainer")
+        self.results_topic = results_topic
+        self.default_model_name = default_model_name
+
+    def send(self, message: ConsumedRecord, reason: str, *, stage: str, field: str = "") -> None:
+        if stage == HANDLE:
+            request = decode(message.value(), training_pb2.TrainingRequest)  # it decoded before
+            REQUESTS.labels("dead_lettered").inc()
+            result = failed_result(request, f"dead-lettered after repeated failures: {reason}",
+                                   self.default_model_name)
+            self.producer.produce(self.results_topic, result, key=result.model_name)
+        super().send(message, reason, stage=stage, field=field)  # flushes the result with it
+
+
 class TrainingRequestHandler:
     def __init__(self, store: ObjectStore, pipeline: TrainingPipeline, producer: Producer, results_topic: str,
-                 default_model_name: str) -> None:
+                 default_model_name: str, dead_letters: DeadLetterQueue) -> None:
         self.store = store
         self.pipeline = pipeline
         self.producer = producer
         self.results_topic = results_topic
         self.default_model_name = default_model_name
+        self.dead_letters = dead_letters
 
     def handle_batch(self, messages: Sequence[Message]) -> None:
         for message in messages:
@@ -55,10 +96,8 @@ class TrainingRequestHandler:
         try:
             request = decode(message.value(), training_pb2.TrainingRequest)
         except DecodeFailure as exc:
-            # No request id to answer to; skipping is the only option, loudly.
             REQUESTS.labels("undecodable").inc()
-            log.error("undecodable training request skipped", extra={
-                "partition": message.partition(), "offset": message.offset(), "error": str(exc)})
+            self.dead_letters.send(message, str(exc), stage=DECODE)  # no request id to answer to
             return
         result = self._answer(request)
         self.producer.produce(self.results_topic, result, key=result.model_name)
@@ -79,6 +118,8 @@ class TrainingRequestHandler:
             result = self.pipeline.run(request)
         except Cancelled:
             raise  # not answered: the batch stays uncommitted and is redelivered
+        except TRANSIENT_FAILURES:
+            raise  # not the request's fault: the worker tries it again
         except Exception as exc:
             if isinstance(exc, EXPLAINED_FAILURES):
                 log.warning("training failed", extra={"request_id": request.request_id, "error": str(exc)})
@@ -91,19 +132,17 @@ class TrainingRequestHandler:
         return result
 
     def _failed(self, request: training_pb2.TrainingRequest, error: str) -> training_pb2.TrainingResult:
-        result = training_pb2.TrainingResult(request_id=request.request_id,
-                                             model_name=request.model_name or self.default_model_name,
-                                             status=Status.FAILED, error=error)
-        result.finished_at.GetCurrentTime()
-        return result
+        return failed_result(request, error, self.default_model_name)
 
 
 class TrainerWorker(ConsumerWorker):
     """A ConsumerWorker whose stop also interrupts a request waiting for rows."""
 
-    def __init__(self, consumer: Consumer, handler: TrainingRequestHandler, cancelled: threading.Event) -> None:
+    def __init__(self, consumer: Consumer, handler: TrainingRequestHandler, cancelled: threading.Event, *,
+                 max_attempts: int) -> None:
         # One request per poll: each takes seconds, and its offset is committed as soon as it is answered.
-        super().__init__("trainer", consumer, handler.handle_batch, max_records=1)
+        super().__init__("trainer", consumer, handler.handle_batch, max_records=1,
+                         dead_letters=handler.dead_letters, max_attempts=max_attempts)
         self.cancelled = cancelled
 
     def wake(self) -> None:

@@ -5,12 +5,14 @@ segments exactly as the storage contract specifies, from river's Agrawal generat
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import grpc
+import pyarrow.parquet as pq
 import pytest
 
 from driftline.v1 import registry_pb2, registry_pb2_grpc, training_pb2
@@ -19,6 +21,7 @@ from services.common.kafka import Consumer, Producer, Record, ensure_topics
 from services.common.objectstore import ObjectStore, split_uri
 from services.common.settings import Topics
 from support import ServiceRun, free_port, unique_bucket, unique_prefix, wait_for
+from trainer_support import write_label_segment
 
 SUCCEEDED, FAILED = training_pb2.TrainingResult.SUCCEEDED, training_pb2.TrainingResult.FAILED
 # An MLP on Agrawal function 0 scores about 0.97 on unseen rows; 0.85 leaves room for seeds and platforms.
@@ -162,6 +165,26 @@ def test_a_duplicate_request_id_trains_once(loop):
     assert second == first
     listed = loop.registry.ListModelVersions(registry_pb2.ListModelVersionsRequest(name=model)).model_versions
     assert [v.version for v in listed] == [1]
+
+
+def test_labels_sent_30_s_after_their_events_are_in_the_next_dataset(loop):
+    model, stream = names()
+    rows = agrawal_rows(1000, function=0, seed=12)
+    # The last 300 events came without a label; it was sent 30 s after each of them.
+    write_segments(loop.store, stream, rows[:700] + [{**r, "label": None} for r in rows[700:]])
+    labels = write_label_segment(loop.store, stream, [
+        (r["event_id"], r["label"], r["event_time_ms"] + 30_000, r["event_time_ms"]) for r in rows[700:]])
+    request = training_request(model, stream, start_ms=T0_MS, min_rows=1000)  # 700 rows are not enough
+    loop.request(request)
+
+    (result,) = loop.results_for(request.request_id)
+    assert result.status == SUCCEEDED, result.error
+    manifest = loop.store.get_json(f"datasets/{stream}/versions/{result.dataset_id}.json")
+    assert manifest["rows"] == 1000
+    assert manifest["label_segments"] == [{"key": labels["key"], "sha256": labels["sha256"], "labels": 300}]
+    # The held-out slice is the most recent 200 rows: all of them labelled late, each with its own label.
+    eval_rows = pq.read_table(io.BytesIO(loop.store.get_bytes(f"datasets/{stream}/eval/{result.dataset_id}.parquet")))
+    assert eval_rows.column("label").to_pylist() == [r["label"] for r in rows[800:]]
 
 
 def test_a_window_that_never_fills_fails_after_the_bounded_wait(loop):
