@@ -9,13 +9,40 @@ import uuid
 import grpc
 from confluent_kafka import Message
 
-from driftline.v1 import features_pb2, features_pb2_grpc
+from driftline.v1 import events_pb2, features_pb2, features_pb2_grpc
 from services.common.deadletter import PREFIX
 from services.common.kafka import Consumer
 from services.common.objectstore import ObjectStore
+from services.common.schema import StreamSchema
+from services.feature.transform import compute_features_offline
 from services.feature.segments import segments_prefix
 
 FEATURE_STORE = "driftline.v1.FeatureStore"
+
+
+def service_env(topic_prefix: str, bucket: str, port: int, **more: str) -> dict[str, str]:
+    """The environment of a `python -m services.feature` of one test, as the supervisor starts it
+    (with its instance id)."""
+    return {"DRIFTLINE_TOPIC_PREFIX": topic_prefix, "DRIFTLINE_BUCKET": bucket, "DRIFTLINE_GRPC_PORT": str(port),
+            "DRIFTLINE_INSTANCE_ID": "feature", **more}
+
+
+def schema_event(schema: StreamSchema, i: int, entity_id: str) -> events_pb2.Event:
+    """Event `ev-<i>` of `schema`'s stream, every field set from `i`."""
+    event = events_pb2.Event(event_id=f"ev-{i}", stream=schema.stream, entity_id=entity_id)
+    event.event_time.FromMilliseconds(1_700_000_000_000 + i)
+    for spec in schema.fields:
+        if spec.type == "integer":
+            event.fields[spec.name].integer = i % 7
+        else:
+            event.fields[spec.name].number = float(i % 101)
+    return event
+
+
+def offline_vectors(schema: StreamSchema, events: list[events_pb2.Event]) -> list[list[float]]:
+    """The vectors of `events` computed offline, in order: what the process must have produced."""
+    pairs = [(e.entity_id, {k: getattr(v, v.WhichOneof("kind")) for k, v in e.fields.items()}) for e in events]
+    return list(compute_features_offline(schema, pairs))
 
 
 def read_features(consumer: Consumer, count: int, timeout: float = 60.0) -> list[features_pb2.FeatureRecord]:

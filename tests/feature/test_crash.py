@@ -25,8 +25,7 @@ from services.common.kafka import Consumer, Producer, ensure_topics
 from services.common.schema import load_schema
 from services.common.settings import Topics
 from services.feature.settings import FeatureSettings
-from services.feature.transform import compute_features_offline
-from feature_support import FEATURE_STORE, read_features, sidecars
+from feature_support import FEATURE_STORE, offline_vectors, read_features, schema_event, service_env, sidecars
 from support import ServiceRun, free_port, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,21 +37,10 @@ STEADY_LAG = 500  # one batch (DRIFTLINE_FEATURE_BATCH_RECORDS): what the lag is
 
 
 def make_event(i: int) -> events_pb2.Event:
-    event = events_pb2.Event(event_id=f"ev-{i}", stream="default", entity_id=f"c-{i % 50}")
-    event.event_time.FromMilliseconds(1_700_000_000_000 + i)
-    for spec in SCHEMA.fields:
-        if spec.type == "integer":
-            event.fields[spec.name].integer = i % 7
-        else:
-            event.fields[spec.name].number = float(i % 101)
+    event = schema_event(SCHEMA, i, f"c-{i % 50}")
     if i % 2:
         event.label = i % 3 % 2
     return event
-
-
-def expected_vectors(events: list[events_pb2.Event]) -> list[list[float]]:
-    pairs = [(e.entity_id, {k: getattr(v, v.WhichOneof("kind")) for k, v in e.fields.items()}) for e in events]
-    return list(compute_features_offline(SCHEMA, pairs))
 
 
 class Stream(threading.Thread):
@@ -91,8 +79,7 @@ def test_sigkilled_feature_process_loses_and_doubles_nothing_and_drains(
     topics = Topics(topic_prefix)
     port = free_port()
     address = f"127.0.0.1:{port}"
-    env = {"DRIFTLINE_TOPIC_PREFIX": topic_prefix, "DRIFTLINE_BUCKET": bucket_name, "DRIFTLINE_GRPC_PORT": str(port),
-           "DRIFTLINE_INSTANCE_ID": "feature", "DRIFTLINE_FEATURE_SEGMENT_SECONDS": "1"}
+    env = service_env(topic_prefix, bucket_name, port, DRIFTLINE_FEATURE_SEGMENT_SECONDS="1")
     settings = FeatureSettings(topic_prefix=topic_prefix)
     ensure_topics(kafka_bootstrap, [topics.events, topics.features])
     events = [make_event(i) for i in range(EVENTS)]
@@ -133,7 +120,7 @@ def test_sigkilled_feature_process_loses_and_doubles_nothing_and_drains(
     # One partition, in order: every vector is the one of an uninterrupted run, so no crash applied an
     # event to an entity's state twice or lost one from it.
     assert [r.event_id for r in records] == [e.event_id for e in events]
-    assert [list(r.values) for r in records] == expected_vectors(events)
+    assert [list(r.values) for r in records] == offline_vectors(SCHEMA, events)
 
     store = s3.store(bucket_name)
     ids = [i for s in sidecars(store, EVENTS, timeout=0) for i in pq.read_table(io.BytesIO(

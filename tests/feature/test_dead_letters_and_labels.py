@@ -17,28 +17,13 @@ from services.common.kafka import Consumer, Producer, ensure_topics
 from services.common.schema import load_schema
 from services.common.settings import Topics
 from services.feature.settings import FeatureSettings
-from feature_support import FEATURE_STORE, dead_letter_errors, read_dead_letters, read_features
+from feature_support import (FEATURE_STORE, dead_letter_errors, read_dead_letters, read_features, schema_event,
+                             service_env)
 from support import ServiceRun, free_port, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = load_schema(REPO_ROOT / "config/streams/default.json")
 NOT_PROTOBUF = b"\xff\xff\xff\xff"  # an invalid tag: no message type parses it
-
-
-def make_event(i: int, entity_id: str) -> events_pb2.Event:
-    event = events_pb2.Event(event_id=f"ev-{i}", stream="default", entity_id=entity_id)
-    event.event_time.FromMilliseconds(1_700_000_000_000 + i)
-    for spec in SCHEMA.fields:
-        if spec.type == "integer":
-            event.fields[spec.name].integer = i
-        else:
-            event.fields[spec.name].number = float(i)
-    return event
-
-
-def service_env(topic_prefix: str, bucket: str, port: int, **more: str) -> dict[str, str]:
-    return {"DRIFTLINE_TOPIC_PREFIX": topic_prefix, "DRIFTLINE_BUCKET": bucket, "DRIFTLINE_GRPC_PORT": str(port),
-            "DRIFTLINE_INSTANCE_ID": "feature", **more}
 
 
 def test_poison_events_are_dead_lettered_with_reason_and_origin_and_the_partition_moves_on(
@@ -54,8 +39,8 @@ def test_poison_events_are_dead_lettered_with_reason_and_origin_and_the_partitio
     producer.flush()
     port = free_port()
     env = service_env(topic_prefix, bucket_name, port, DRIFTLINE_MAX_ATTEMPTS="2")
-    good = [make_event(i, f"c-{i % 3}") for i in range(10)]
-    poisoned = make_event(99, "broken")
+    good = [schema_event(SCHEMA, i, f"c-{i % 3}") for i in range(10)]
+    poisoned = schema_event(SCHEMA, 99, "broken")
 
     with ServiceRun("feature", env, tmp_path / "feature.log") as run:
         run.wait_serving(f"127.0.0.1:{port}", FEATURE_STORE)

@@ -23,7 +23,7 @@ from services.feature import transform
 from services.feature.app import apply_event
 from services.feature.segments import SegmentRow, encode_parquet, segment_stem
 from services.feature.transform import EntityState, compute_features, compute_features_offline
-from feature_support import FEATURE_STORE, found_values, get_online, read_features, sidecars
+from feature_support import FEATURE_STORE, found_values, get_online, offline_vectors, read_features, sidecars
 from support import ServiceRun, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -127,8 +127,7 @@ def online_features(address: str, entity_ids: list[str]) -> dict[str, list[float
 
 
 def expected_vectors(events: list[events_pb2.Event]) -> list[list[float]]:
-    pairs = [(e.entity_id, {k: getattr(v, v.WhichOneof("kind")) for k, v in e.fields.items()}) for e in events]
-    return list(compute_features_offline(SCHEMA, pairs))
+    return offline_vectors(SCHEMA, events)
 
 
 def test_feature_worker_computes_serves_writes_segments_and_recovers_after_restart(

@@ -25,10 +25,9 @@ from services.feature.app import apply_event
 from services.feature.catalog import table_key
 from services.feature.segment_writer import FeatureSegmentWriter
 from services.feature.settings import FeatureSettings
-from services.feature.transform import compute_features_offline
 from services.ingest.validation import validate_values
-from feature_support import (FEATURE_STORE, dead_letter_errors, found_values, get_online, read_dead_letters,
-                             read_features, sidecars)
+from feature_support import (FEATURE_STORE, dead_letter_errors, found_values, get_online, offline_vectors,
+                             read_dead_letters, read_features, sidecars)
 from support import ServiceRun, free_port, wait_for
 
 LABEL = {"type": "integer", "required": False, "min": 0, "max": 1}
@@ -72,8 +71,7 @@ def make_event(stream: str, i: int, entity_id: str, label: int | None) -> events
 
 
 def expected_vectors(stream: str, events: list[events_pb2.Event]) -> list[list[float]]:
-    pairs = [(e.entity_id, {k: getattr(v, v.WhichOneof("kind")) for k, v in e.fields.items()}) for e in events]
-    return list(compute_features_offline(SCHEMAS[stream], pairs))
+    return offline_vectors(SCHEMAS[stream], events)
 
 
 def segment_table(store: ObjectStore, found: list[dict]):
