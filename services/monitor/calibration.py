@@ -17,6 +17,7 @@ takes tens of milliseconds.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -130,10 +131,9 @@ def refined_cusum(reference_errors: Sequence[int] | np.ndarray, ert: float,
     if errors.size < 20:
         raise ValueError("at least 20 reference samples are needed")
     shifts = tuple(float(s) for s in shifts)
-
-    def bootstrap(p0: float, samples: int) -> float:
-        return cusum_bootstrap_level(p0, samples, ert, shifts, streams=streams, length=length, seed=seed)
-
+    # A partial of a module function, not a closure: the detector is pickled with the monitor's state.
+    bootstrap = functools.partial(cusum_bootstrap_level, ert=ert, shifts=shifts, streams=streams, length=length,
+                                  seed=seed)
     return ErrorCusum.refined(errors, bootstrap, shifts, guard=guard, relearn=relearn, floor=floor)
 
 

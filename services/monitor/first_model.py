@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +42,7 @@ from services.common.streams import StreamCatalog
 from services.common.threads import Backoff, StoppableThread
 
 from .metrics import FIRST_MODEL_REQUESTS, FIRST_MODEL_ROWS, TRAINING_REQUESTS
+from .retraining import RequestIds
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,9 @@ class FirstModels:
         self._absent: set[str] = set()             # models the registry said have none
         self._outstanding: dict[str, tuple[str, str]] = {}  # request id → (model, stream)
         self._waiting_logged: set[str] = set()
+        # Request ids are derived, not drawn: the same decision replayed from a snapshot (after a
+        # restart) gives the same id, so the trainer can tell a repeat from a new request.
+        self._ids = RequestIds()
         self.counting = False  # whether any stream still needs its first model (else nothing is counted)
         self.refresh(force=True)
 
@@ -192,7 +195,7 @@ class FirstModels:
         state.attempts += 1
         again = f"; attempt {state.attempts}, the last one: {state.last_error}" if state.attempts > 1 else ""
         request = training_pb2.TrainingRequest(
-            request_id=f"{REQUEST_PREFIX}{uuid.uuid4().hex}", model_name=state.model, stream=stream,
+            request_id=f"{REQUEST_PREFIX}{self._ids.next(state.model, stream).hex}", model_name=state.model, stream=stream,
             min_rows=self.min_rows,
             reason=(f"first model: stream {stream!r} has {state.total:,} labelled rows "
                     f"(first_model_min_rows {self.min_rows:,}) and {state.model!r} has no production version"

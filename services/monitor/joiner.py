@@ -108,10 +108,15 @@ class LabelJoin:
         self._predictions = _Waiting(remember_gone=max_pending)
         self._read_time = read_time  # (value, raw) pairs from add_labels: raw → event time ms
         self._recently_joined: dict[str, None] = {}  # bounded like the rest
+        # Prediction logs seen within the time-to-live, by id (a log delivered twice: a producer's
+        # retry, a spool replayed after a broker outage), bounded like the rest.
+        self._logs = _Waiting()
         self.joined = 0
         self.late_labels = 0       # labels that found their prediction waiting
         self.too_late_labels = 0   # labels whose prediction had already expired or been evicted
         self.duplicate_labels = 0  # labels for an event already joined (a redelivery)
+        self.duplicate_predictions = 0  # predictions for an event already joined (a repeated call)
+        self.duplicate_logs = 0  # prediction logs already seen
 
     def add_label(self, event_id: str, label: Label) -> Joined | None:
         if event_id in self._recently_joined:
@@ -150,7 +155,27 @@ class LabelJoin:
             self._labels.bound(self.max_pending)
         return []
 
+    def first_log(self, log_id: object) -> bool:
+        """Whether a prediction log (`log_id`: its request id, model, version and variant) is new;
+        a repeat within the time-to-live is counted and False.
+
+        >>> join = LabelJoin(ttl_s=10, clock=lambda: 0.0)
+        >>> join.first_log(("r1", "m", 1)), join.first_log(("r1", "m", 1)), join.duplicate_logs
+        (True, False, 1)
+        """
+        entries = self._logs.entries
+        if log_id in entries:
+            self.duplicate_logs += 1
+            return False
+        entries[log_id] = (self._clock(), None)
+        if len(entries) > self.max_pending:
+            self._logs.bound(self.max_pending)
+        return True
+
     def add_prediction(self, event_id: str, prediction: Predicted) -> Joined | None:
+        if event_id in self._recently_joined:  # its label went to the prediction that came first
+            self.duplicate_predictions += 1
+            return None
         label = self._take_or_wait(self._labels, self._predictions, event_id, prediction)
         if label is None:
             return None
@@ -202,6 +227,7 @@ class LabelJoin:
         deadline = self._clock() - self.ttl_s
         self._labels.expire(deadline)
         self._predictions.expire(deadline)
+        self._logs.expire(deadline)
 
     @property
     def unmatched(self) -> int:
@@ -215,4 +241,5 @@ class LabelJoin:
                 "expired_labels": self._labels.expired, "expired_predictions": self._predictions.expired,
                 "evicted_labels": self._labels.evicted, "evicted_predictions": self._predictions.evicted,
                 "late_labels": self.late_labels, "too_late_labels": self.too_late_labels,
-                "duplicate_labels": self.duplicate_labels}
+                "duplicate_labels": self.duplicate_labels, "duplicate_predictions": self.duplicate_predictions,
+                "duplicate_logs": self.duplicate_logs}

@@ -1,7 +1,7 @@
 """Monitor's Prometheus metrics (`driftline_monitor_*`): one series per signal, so
 Grafana (deploy/grafana/) and alert rules see what the DriftReports say."""
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 SAMPLES = Counter(
     "driftline_monitor_labelled_samples_total", "Predictions joined with their true label.", ["model"])
@@ -66,3 +66,18 @@ UNDECODABLE = Counter(
     ["topic"])
 PROMOTIONS = Counter(
     "driftline_monitor_promotions_total", "Alias moves seen on the registry's events.", ["model", "alias"])
+DEAD_LETTERS = Counter(
+    "driftline_monitor_dead_letters_total", "Records sent to the monitor's dead-letter topic, by input topic "
+    "and stage (decode: not the topic's message; handle: its handling raised every time).", ["topic", "stage"])
+DUPLICATES = Counter(
+    "driftline_monitor_duplicates_total", "Records dropped as repeats of one already counted, by kind "
+    "(prediction_log: a log's request id; prediction: an event already joined; replayed: a record at or "
+    "before the state's position).", ["kind"])
+SNAPSHOTS = Counter(
+    "driftline_monitor_snapshots_total", "State snapshots, by outcome: written, failed (the object store did "
+    "not take it; the next one tries again), superseded (a newer one came first), restored, ignored "
+    "(other code or settings, or damaged), unreadable.", ["outcome"])
+SNAPSHOT_SECONDS = Histogram(
+    "driftline_monitor_snapshot_seconds", "Time to take a state snapshot (under the lock) and to write it.",
+    ["step"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+SNAPSHOT_BYTES = Gauge("driftline_monitor_snapshot_bytes", "Size of the latest state snapshot.")

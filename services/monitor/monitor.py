@@ -4,7 +4,11 @@ One consumer reads features (labels carried by feature records), labels (delayed
 labels on `driftline.labels`), predictions, training results and the registry's
 events; `DriftMonitor.handle` is its ConsumerWorker handler and everything it
 publishes is flushed before the batch is committed. State lives in memory and is
-bounded: a restarted monitor starts its statistics afresh from its committed offsets.
+bounded; it is saved with the input positions it reflects (per partition, the next offset
+to apply) and restored after a restart (checkpoint.py). A record at or before its
+partition's position is not applied again, so a batch handed over twice (a retry, a replay
+after a restore) counts once. A record that does not decode goes to the monitor's
+dead-letter topic.
 Reports and markers (alerts, requests, promotions) also go to live watchers through
 a `Hub`, and into a bounded history the dashboard draws.
 
@@ -31,7 +35,8 @@ import numpy as np
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
 from driftline.v1 import events_pb2, features_pb2, monitor_pb2, registry_pb2, serving_pb2, training_pb2
-from services.common.kafka import DecodeFailure, Producer, decode
+from services.common.deadletter import DECODE, DeadLetterQueue
+from services.common.kafka import DecodeFailure, DeliveryError, Producer, decode
 from services.common.settings import Topics
 from services.common.streams import StreamCatalog
 
@@ -39,7 +44,7 @@ from .codec import FeatureScan, event_time_ms, prediction_columns
 from .first_model import FirstModels
 from .hub import Hub
 from .joiner import Joined, Label, LabelJoin
-from .metrics import CHANGES, PREDICTED_ROWS, PROMOTIONS, RECORDS, SAMPLES, UNDECODABLE
+from .metrics import CHANGES, DEAD_LETTERS, DUPLICATES, PREDICTED_ROWS, PROMOTIONS, RECORDS, SAMPLES, UNDECODABLE
 from .policy import DriftPolicy
 from .references import RegistryReferences
 from .reporting import Reports, compact
@@ -51,6 +56,12 @@ log = logging.getLogger(__name__)
 Key = tuple[str, int]  # (model name, version)
 
 FEEDS_CHECK_S = 1.0  # how often the streams' feeds are looked at again (the catalogue, a missing reference)
+FLUSH_TIMEOUT_S = 10.0  # a broker that does not take the output by then is tried again after the next batch
+
+# What a snapshot holds: the DriftMonitor's attributes that are state (checkpoint.py pickles them;
+# the objects they reach that are the process's own, `environment()`, are named, not copied).
+STATE = ("_trackers", "_production", "_feeds", "_refused", "_recent", "_positions", "join", "retraining",
+         "first_models", "reporting")
 
 
 @dataclass
@@ -105,9 +116,10 @@ class DriftMonitor:
                  training_min_rows: int, max_versions_per_model: int = 5,
                  clock: Callable[[], float] = time.monotonic, hub: Hub | None = None,
                  history: int = 2000, streams: StreamCatalog | None = None,
-                 first_model_min_rows: int = 0) -> None:
+                 first_model_min_rows: int = 0, dead_letters: DeadLetterQueue | None = None) -> None:
         self.topics = topics
         self.producer = producer
+        self.dead_letters = dead_letters  # None: an undecodable record is counted and skipped
         self.references = references
         self.join = join
         self.tracker_config = tracker_config
@@ -126,7 +138,12 @@ class DriftMonitor:
         self._production: dict[str, int] = {}  # model → version the `production` alias points at
         self._touched: set[Key] = set()
         self._samples: dict[str, object] = {}  # SAMPLES per model, looked up once
-        self._produced = False  # anything published since the last flush
+        self._produced = False  # anything published since the last flush that succeeded
+        self.undelivered = False  # the last flush failed: what it held may not be on the broker yet
+        self._requests_published = 0
+        self.requests_delivered = 0  # training requests the broker has taken (a snapshot follows each)
+        # Per input partition, the next offset to apply: what is before it is in the state.
+        self._positions: dict[tuple[str, int], int] = {}
         self._clock = clock
         # Per stream, the production version its events feed (`_stream_feeds`), looked at again
         # when a production version changes and every FEEDS_CHECK_S.
@@ -157,36 +174,58 @@ class DriftMonitor:
     def handle(self, messages: Sequence[Message]) -> None:
         handlers = self._handlers
         counts: dict[str, int] = {}
+        positions = self._positions
         with self._lock:
+            # Records the state already holds (a batch handed over again after a failure, a replay
+            # from a snapshot's positions) are not applied twice.
+            fresh = [m for m in messages if m.offset() >= positions.get((m.topic(), m.partition()), -1)]
+            if len(fresh) < len(messages):
+                DUPLICATES.labels("replayed").inc(len(messages) - len(fresh))
             # Runs of records from one topic, in order: the feature records (one per event, the
             # bulk of the input) are decoded and their labels joined a run at a time.
-            for topic, run in itertools.groupby(messages, key=_topic):
+            for topic, run in itertools.groupby(fresh, key=_topic):
                 run = list(run)
                 counts[topic] = counts.get(topic, 0) + len(run)
                 if topic == self.topics.features:
                     self._on_feature_run(run)
+                    for msg in run:
+                        positions[(topic, msg.partition())] = msg.offset() + 1
                     continue
                 message_type, on_record = handlers[topic]
                 for msg in run:
                     try:
-                        record = decode(msg.value(), message_type)
+                        on_record(decode(msg.value(), message_type), Position(topic, msg.partition(), msg.offset()))
                     except DecodeFailure as exc:
                         self._undecodable(msg, exc)
-                        continue
-                    on_record(record, Position(topic, msg.partition(), msg.offset()))
+                    positions[(topic, msg.partition())] = msg.offset() + 1
             for topic, n in counts.items():
                 RECORDS.labels(self._kinds[topic]).inc(n)
             self._stream_feeds()  # a production version learnt in this batch is fed (and prefilled) now
             self._after_batch()
             self._housekeeping()
-        if self._produced:  # a batch that published nothing has nothing to wait for
-            self._produced = False
-            self.producer.flush()
+        self._flush()
 
     def _produce(self, topic: str, message, key: str) -> None:
         """Everything the monitor publishes goes through here, so `handle` knows whether to flush."""
         self.producer.produce(topic, message, key=key)
         self._produced = True
+
+    def _flush(self) -> None:
+        """Waits for what was published. A broker that does not take it does not fail the batch (its
+        records are applied; failing it would only hand them over again): the producer keeps
+        retrying, the next batch or idle poll flushes again, and no snapshot is taken meanwhile."""
+        if not self._produced:  # a batch that published nothing has nothing to wait for
+            return
+        try:
+            self.producer.flush(FLUSH_TIMEOUT_S)
+        except DeliveryError as exc:
+            if not self.undelivered:
+                log.warning("the broker has not taken the monitor's output yet; flushing again after the next "
+                            "batch", extra={"error": str(exc)})
+            self.undelivered = True
+            return
+        self._produced = self.undelivered = False
+        self.requests_delivered = self._requests_published
 
     def _on_feature_run(self, run: list[Message]) -> None:
         values = [m.value() or b"" for m in run]
@@ -238,7 +277,7 @@ class DriftMonitor:
             try:
                 record = parse(value)
             except DecodeError as exc:
-                self._undecodable(run[i], exc)
+                self._undecodable(run[i], DecodeFailure(f"not a {features_pb2.FeatureRecord.DESCRIPTOR.full_name}: {exc}"))
                 continue
             if fed and (into := fed.get(record.feature_set or default)) is not None:
                 into.append((i, record.values))
@@ -370,10 +409,14 @@ class DriftMonitor:
                 self._on_outcome(joined, Position(m.topic(), m.partition(), m.offset()))
 
     def _undecodable(self, msg: Message, exc: Exception) -> None:
-        # A poison record must not stall the monitor; it is counted and skipped.
+        # A poison record must not stall the monitor: counted, dead-lettered, and the partition moves on.
         UNDECODABLE.labels(msg.topic()).inc()
-        log.warning("skipping an undecodable record", extra={
-            "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "error": str(exc)})
+        if self.dead_letters is None:
+            log.warning("skipping an undecodable record", extra={
+                "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "error": str(exc)})
+            return
+        self.dead_letters.send(msg, str(exc), stage=DECODE)
+        DEAD_LETTERS.labels(msg.topic(), DECODE).inc()
 
     def tick(self) -> None:
         """Called when no records came: time-based reports and join expiry still happen."""
@@ -381,7 +424,7 @@ class DriftMonitor:
             self._stream_feeds()  # production learnt from a lookup, or a reference that came late
             self._after_batch()
             self._housekeeping()
-        self.producer.flush()
+        self._flush()
 
     def _on_label(self, record: events_pb2.Label, at: Position) -> None:
         """A delayed label: joins a waiting prediction, waits for one, or is counted as too late."""
@@ -396,14 +439,14 @@ class DriftMonitor:
         # Either form of the log (columnar buffers, or a message per row), read as arrays.
         try:
             columns = prediction_columns(prediction_log)
-        except ValueError as exc:
-            where = at or Position()
-            UNDECODABLE.labels(where.topic).inc()
-            log.warning("skipping a prediction log whose columns disagree", extra={
-                "topic": where.topic, "partition": where.partition, "offset": where.offset, "error": str(exc)})
-            return
+        except ValueError as exc:  # not a PredictionLog in all but name: a poison record
+            raise DecodeFailure(f"a PredictionLog whose columns disagree: {exc}") from exc
         n = len(columns.labels)
         if not n:
+            return
+        if prediction_log.request_id and not self.join.first_log(
+                (prediction_log.request_id, name, version, prediction_log.variant)):
+            DUPLICATES.labels("prediction_log").inc()
             return
         PREDICTED_ROWS.labels(name).inc(n)
         served_ms = prediction_log.served_at.ToMilliseconds() if prediction_log.HasField("served_at") else 0
@@ -492,6 +535,7 @@ class DriftMonitor:
     def _request_training(self, request: training_pb2.TrainingRequest, version: int, **extra) -> None:
         """A training request out, and on the timeline (`version`: the one that asked; 0 for a first model)."""
         self._produce(self.topics.training_requests, request, key=request.model_name)
+        self._requests_published += 1
         self.reporting.mark("training_request", request.model_name, version, request.reason, int(time.time() * 1000),
                             request_id=request.request_id, **extra)
 
@@ -554,6 +598,39 @@ class DriftMonitor:
         with self._lock:
             return [self.reporting.report(tracker, now_ns) for (name, v), tracker in sorted(self._trackers.items())
                     if (not model_name or name == model_name) and (not version or v == version)]
+
+    # -- snapshots (checkpoint.py) ---------------------------------------------------------
+
+    def environment(self) -> dict[str, object]:
+        """The objects the state reaches that are this process's own: a snapshot names them, and
+        loading it gives the new process's (the same settings made them)."""
+        return {"monitor": self, "producer": self.producer, "references": self.references, "hub": self.hub,
+                "lock": self._lock, "streams": self.streams, "clock": self._clock, "dead_letters": self.dead_letters,
+                "tracker_config": self.tracker_config}
+
+    def saved_state(self, dump: Callable[[dict, dict, dict], bytes]) -> bytes:
+        """`dump(state, environment, positions)` under the lock: the state and the positions it reflects."""
+        with self._lock:
+            return dump({name: getattr(self, name) for name in STATE}, self.environment(), dict(self._positions))
+
+    def restore_state(self, state: dict, positions: dict[tuple[str, int], int], *, clock: float, wall_s: float) -> None:
+        """A snapshot's state in place of this one's (before any record is handled); the clock goes on from
+        the snapshot's reading plus the wall time since."""
+        with self._lock:
+            for name in STATE:
+                setattr(self, name, state[name])
+            self._positions = dict(positions)
+            resume = getattr(self._clock, "resume", None)
+            if resume is not None:
+                resume(clock, wall_s)
+            self._feeds_checked = float("-inf")
+
+    def clock_reading(self) -> float:
+        return self._clock()
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """The live positions (the consumer's assignment reads and records them on the worker's thread)."""
+        return self._positions
 
     def snapshot(self) -> dict:
         """What the dashboard loads first: the history so far and the current reports."""

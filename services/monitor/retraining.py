@@ -31,6 +31,7 @@ class RetrainingTrigger:
         self.min_rows = min_rows  # the fewest labelled rows a request asks the trainer for
         self._requested_by: dict[str, Key] = {}  # training request id → the version that asked
         self._blocked_by: dict[Key, str] = {}  # the policy rule that last said "not yet"
+        self._ids = RequestIds()  # a decision replayed after a restart asks under the same id
 
     def consider(self, tracker: VersionTracker) -> tuple[Alert, training_pb2.TrainingRequest] | None:
         """The alert that asks for training now and its request, if the policy allows one: the
@@ -60,7 +61,7 @@ class RetrainingTrigger:
             start_ms, where = alert.change_time_ms, f"the change began at row {alert.change_sample}"
         features = f" in {', '.join(alert.features)}" if alert.features else ""
         request = training_pb2.TrainingRequest(
-            request_id=str(uuid.uuid4()), model_name=tracker.model_name,
+            request_id=str(self._ids.next(*key)), model_name=tracker.model_name,
             stream=self.stream_of(tracker.model_name) or self.stream,
             min_rows=self.min_rows,
             reason=(f"{alert.signal.replace('_', ' ')}{features} [alert {alert.alert_id}] in {tracker.model_name} v{tracker.version}: "
@@ -95,6 +96,28 @@ class RetrainingTrigger:
     def forget(self, key: Key) -> None:
         """A version no longer tracked."""
         self._blocked_by.pop(key, None)
+
+
+class RequestIds:
+    """Training request ids that a replay gives again: the n-th request of a key (a model version,
+    a model and stream) in this monitor's lineage — a random id drawn when its state began, kept in
+    every snapshot of it — so the same decision, made once more from a snapshot after a restart,
+    carries the id the first one did, and a new decision never does.
+
+    >>> ids = RequestIds(); first = ids.next("m", 1)
+    >>> first != ids.next("m", 1) and first != ids.next("m", 2)
+    True
+    >>> import pickle; again = pickle.loads(pickle.dumps(ids)); again.next("m", 3) == ids.next("m", 3)
+    True
+    """
+
+    def __init__(self) -> None:
+        self.lineage = uuid.uuid4()
+        self._issued: dict[tuple, int] = {}
+
+    def next(self, *key) -> uuid.UUID:
+        n = self._issued[key] = self._issued.get(key, 0) + 1
+        return uuid.uuid5(self.lineage, "/".join(map(str, (*key, n))))
 
 
 def _iso(epoch_ms: int) -> str:

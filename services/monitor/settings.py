@@ -127,6 +127,13 @@ class MonitorSettings(CommonSettings, TrackerConfig):
     first_model_min_rows: int = Field(2000, ge=0)
     first_model_check_s: float = Field(10.0, gt=0)
 
+    # The state is saved to the object store (checkpoint.py) this often, right after each training
+    # request, and on a clean stop; a restart replays at most about this much of the input. A
+    # monitor that cannot read the store at start waits for it up to snapshot_load_wait_s before it
+    # starts afresh (its next snapshot replaces the one it could not read).
+    snapshot_every_s: float = Field(10.0, gt=0)
+    snapshot_load_wait_s: float = Field(60.0, ge=0)
+
     _signals_listed = field_validator("policy_signals", mode="before")(comma_list)
 
     @field_validator("policy_signals")
@@ -145,3 +152,11 @@ class MonitorSettings(CommonSettings, TrackerConfig):
     def tracker_config(self) -> TrackerConfig:
         """The statistics' part of these settings, as every version tracker gets it."""
         return TrackerConfig(**{name: getattr(self, name) for name in TrackerConfig.model_fields})
+
+
+# The settings a monitor's state is built under (checkpoint.py: a snapshot taken under others is
+# not restored): the statistics', the policy's, the join's, the reports' and the first models'.
+STATE_SETTINGS = (*TrackerConfig.model_fields, "stream", "policy_signals", "policy_min_samples",
+                  "policy_cooldown_s", "policy_retry_s", "join_ttl_s", "join_max_pending",
+                  "max_versions_per_model", "report_every_samples", "report_every_s", "history",
+                  "monitor_retrain_min_rows", "first_model_min_rows")

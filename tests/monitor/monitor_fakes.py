@@ -3,12 +3,20 @@ that keeps what it was given), and the clean stop every live monitor fixture che
 
 from __future__ import annotations
 
+import itertools
+
+
+_OFFSETS = itertools.count()
+
 
 class Message:
-    """A consumed record as `DriftMonitor.handle` reads it (confluent_kafka.Message's getters)."""
+    """A consumed record as `DriftMonitor.handle` reads it (confluent_kafka.Message's getters).
+    Without an offset it gets the next of one growing sequence: the monitor applies a record only
+    past its partition's position, as a consumer's records come."""
 
-    def __init__(self, topic: str, value: bytes | None, offset: int = 0) -> None:
-        self._topic, self._value, self._offset = topic, value, offset
+    def __init__(self, topic: str, value: bytes | None, offset: int | None = None) -> None:
+        self._topic, self._value = topic, value
+        self._offset = next(_OFFSETS) if offset is None else offset
 
     def topic(self) -> str:
         return self._topic
@@ -33,7 +41,7 @@ class RecordingProducer:
     def produce(self, topic, message, key=None) -> None:
         self.produced.append((topic, message, key))
 
-    def flush(self) -> None:
+    def flush(self, timeout: float = 30.0) -> None:
         self.flushes += 1
 
     def on(self, topic: str) -> list:
