@@ -1,13 +1,17 @@
 """One batch of raw records in, one transaction out: each record is parsed,
 routed to the stream it names (its `driftline.stream` header, else a protobuf
 Event's `stream`, else the default stream) and validated against that stream's
-schema from the catalogue, checked against recently published ids of that
-stream, and becomes an event on `driftline.events` (keyed by entity_id, its
-`stream` set), a dead letter on `driftline.events.dlq` (the record's own key,
+schema from the catalogue, checked against the ids already published in that
+stream (dedup.py, idlog.py), and becomes an event on `driftline.events` (keyed
+by entity_id, its `stream` set, its id on `driftline.events.ids` in the same
+transaction), a dead letter on `driftline.events.dlq` (the record's own key,
 value, headers and timestamp, plus `driftline.errors.*` headers: deadletter.py),
 or nothing (a duplicate). Records of several streams share a batch: a dead
 letter is an outcome, not an error, so one stream's bad record never holds up
-another's.
+another's. A record whose processing raises (not a rule it breaks: a bug, a
+resource it could not read) fails its batch; after `max_attempts` such failures
+it is dead-lettered at stage `handle`, the error as its reason, and the records
+behind it are published.
 
 Both entry points use this: the Kafka worker (origin = the raw record's
 topic/partition/offset, offsets committed in the same transaction) and gRPC
@@ -16,20 +20,23 @@ IngestBatch (origin = the method and the record's index in the request).
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from driftline.v1 import events_pb2, ingest_pb2
+from services.common.deadletter import HANDLE
 from services.common.kafka import Consumer, header
+from services.common.schema import StreamSchema
 from services.common.settings import Topics
 from services.common.streams import STREAM_HEADER, StreamCatalog
 
 from .deadletter import Headers, Origin, Rejection, dead_letter_headers
-from .dedup import RecentIds
+from .dedup import RecentIds, dedup_key
 from .metrics import RECORDS, TRANSACTIONS
 from .publisher import Outgoing, TransactionalPublisher
-from .validation import ValidationError, parse_record, route, validate_parsed
+from .validation import Parsed, ValidationError, parse_record, route, validate_parsed
+
+Validate = Callable[[Parsed, StreamSchema], events_pb2.Event]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,25 +76,36 @@ class Outcome:
 
 
 class IngestPipeline:
+    """`max_attempts`: how many times a record's processing may raise before it is dead-lettered
+    (1 on the gRPC path, whose caller is the one that retries); `validate`: the rules, a seam for
+    tests of a processing error."""
+
     def __init__(self, catalog: StreamCatalog, topics: Topics, publisher: TransactionalPublisher,
-                 recent: RecentIds, source: str) -> None:
+                 recent: RecentIds, source: str, *, ids_topic: str = "", max_attempts: int = 1,
+                 validate: Validate = validate_parsed) -> None:
         self.catalog = catalog  # this pipeline's own: a catalogue is not shared between threads
         self.topics = topics
         self.publisher = publisher
         self.recent = recent
         self.source = source  # "kafka" or "grpc", for metrics
+        self.ids_topic = ids_topic  # "": ids are remembered in memory only
+        self.max_attempts = max_attempts
+        self.validate = validate
+        self._failures: dict[Origin, int] = {}  # records whose processing raised, and how often
 
     def process(self, inputs: Sequence[RawInput], consumer: Consumer | None = None) -> list[Outcome]:
         """Validates, de-duplicates and publishes a batch; raises (having published nothing) on failure."""
-        outcomes = [self.classify(raw) for raw in inputs]
-        claimed = [dedup_key(o.event) for o in outcomes if o.event is not None]
+        outcomes: list[Outcome] = []
         try:
+            for raw in inputs:
+                outcomes.append(self.classify(raw))
             self.publisher.publish(self._outgoing(inputs, outcomes), consumer)
         except BaseException:
-            self.recent.release(claimed)
+            self.recent.release(claimed(outcomes))
             TRANSACTIONS.labels(self.source, "aborted").inc()
             raise
-        self.recent.confirm(claimed)
+        self.recent.confirm(claimed(outcomes))
+        self._failures.clear()  # what failed before is published or dead-lettered now
         TRANSACTIONS.labels(self.source, "committed").inc()
         for outcome in outcomes:
             RECORDS.labels(self.source, outcome.name).inc()
@@ -96,10 +114,15 @@ class IngestPipeline:
     def classify(self, raw: RawInput) -> Outcome:
         try:
             parsed = parse_record(raw.payload, raw.content_type)
-            event = validate_parsed(parsed, route(parsed, raw.stream, self.catalog))
+            event = self.validate(parsed, route(parsed, raw.stream, self.catalog))
         except ValidationError as exc:
             return Outcome(rejected=Rejection.of(exc))
-        if not self.recent.claim(dedup_key(event)):
+        except Exception as exc:
+            failures = self._failures[raw.origin] = self._failures.get(raw.origin, 0) + 1
+            if failures < self.max_attempts:
+                raise
+            return Outcome(rejected=Rejection(f"{type(exc).__name__}: {exc}", "", HANDLE))
+        if not self.recent.claim(event_key(event)):
             return Outcome(duplicate_id=event.event_id)
         return Outcome(event=event)
 
@@ -109,6 +132,8 @@ class IngestPipeline:
             if outcome.event is not None:
                 records.append(Outgoing(self.topics.events, outcome.event.entity_id,
                                         outcome.event.SerializeToString()))
+                if self.ids_topic:
+                    records.append(Outgoing(self.ids_topic, event_key(outcome.event), b""))
             elif outcome.rejected is not None:
                 # The record as it came, so any Kafka tool shows its producer what it sent.
                 records.append(Outgoing(self.topics.events_dlq, raw.key, raw.payload,
@@ -117,6 +142,10 @@ class IngestPipeline:
         return records
 
 
-def dedup_key(event: events_pb2.Event) -> tuple[str, str]:
+def event_key(event: events_pb2.Event) -> bytes:
     """Event ids are unique within a stream: two streams may both send an "e-1"."""
-    return sys.intern(event.stream), event.event_id  # one copy of each stream name in RecentIds
+    return dedup_key(event.stream, event.event_id)
+
+
+def claimed(outcomes: Sequence[Outcome]) -> list[bytes]:
+    return [event_key(o.event) for o in outcomes if o.event is not None]

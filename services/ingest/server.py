@@ -17,6 +17,7 @@ from services.common.streams import STREAM_HEADER, StreamCatalog
 
 from .deadletter import grpc_origin
 from .dedup import RecentIds
+from .idlog import IdLog, topic_config
 from .pipeline import IngestPipeline, RawInput
 from .publisher import TransactionalPublisher
 from .settings import IngestSettings
@@ -71,24 +72,32 @@ def build(settings: IngestSettings) -> ServiceProcess:
     topics = settings.topics
     ensure_topics(settings.kafka_bootstrap, [topics.events_raw, topics.events, topics.events_dlq],
                   partitions=settings.topic_partitions, replication=settings.topic_replication)
+    ensure_topics(settings.kafka_bootstrap, [settings.ids_topic], partitions=settings.topic_partitions,
+                  replication=settings.topic_replication, config=topic_config(settings.ingest_dedup_retention_ms))
     recent = RecentIds(settings.ingest_dedup_capacity)  # shared: a duplicate is one across both paths
 
-    def pipeline(source: str, transactional_id: str) -> IngestPipeline:
+    def pipeline(source: str, transactional_id: str, max_attempts: int) -> IngestPipeline:
         publisher = TransactionalPublisher(settings.kafka_bootstrap, transactional_id,
                                            settings.ingest_transaction_timeout_ms)
         # A catalogue each: the Kafka worker's thread and the gRPC calls' thread look at the folder apart.
-        return IngestPipeline(StreamCatalog.from_settings(settings), topics, publisher, recent, source)
+        return IngestPipeline(StreamCatalog.from_settings(settings), topics, publisher, recent, source,
+                              ids_topic=settings.ids_topic, max_attempts=max_attempts)
 
-    kafka_pipeline = pipeline("kafka", settings.transactional_id)
-    grpc_pipeline = pipeline("grpc", f"{settings.transactional_id}-grpc")
+    # The producers first: initialising one aborts what its predecessor left open, so the ids read
+    # next are all there will be of the transactions before this process.
+    kafka_pipeline = pipeline("kafka", settings.transactional_id, settings.max_attempts)
+    grpc_pipeline = pipeline("grpc", f"{settings.transactional_id}-grpc", 1)
+    ids = IdLog(settings.kafka_bootstrap, settings.ids_topic, recent, settings.group_id)
+    ids.load()
     servicer = IngestServicer(grpc_pipeline, settings.ingest_max_batch_records)
     log.info("ingest configured", extra={
         "streams": catalog.names(), "default_stream": settings.stream, "streams_dir": str(catalog.folder),
         "group_id": settings.group_id, "transactional_id": settings.transactional_id,
-        "consumes": topics.events_raw, "produces": [topics.events, topics.events_dlq]})
+        "instance_id": settings.instance_id, "consumes": topics.events_raw,
+        "produces": [topics.events, topics.events_dlq, settings.ids_topic]})
     return ServiceProcess(
         "ingest", settings,
         services=[Service(servicer, ingest_pb2_grpc.add_IngestServicer_to_server,
                           service_name(ingest_pb2.DESCRIPTOR, "Ingest"))],
-        workers=[build_raw_worker(settings, kafka_pipeline)],
+        workers=[build_raw_worker(settings, kafka_pipeline), ids],
         on_stop=[kafka_pipeline.publisher.close, grpc_pipeline.publisher.close])

@@ -3,49 +3,37 @@ process (`python -m services.ingest`) spoken to through Kafka and gRPC only."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
-import confluent_kafka
 import grpc
 import pytest
-from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError
+from confluent_kafka import TIMESTAMP_CREATE_TIME
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driftline.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc
-from services.common.kafka import PROTOBUF, Consumer, Producer, decode
+from services.common.kafka import PROTOBUF, Producer, decode
 from services.common.schema import load_schema
 from services.common.settings import Topics
 from services.common.streams import STREAM_HEADER, StreamCatalog
 from services.ingest import deadletter
 from services.ingest.deadletter import KafkaOrigin, Rejection, dead_letter_headers, grpc_origin
-from services.ingest.dedup import RecentIds
+from services.ingest.dedup import RecentIds, dedup_key
 from services.ingest.pipeline import IngestPipeline, RawInput
 from services.ingest.validation import (
     PARSE, ROUTE, VALIDATE, ValidationError, parse_record, route, validate_parsed, validate_record,
+)
+from ingest_support import (
+    agrawal, as_json, error_headers, own_headers, produce_located, read_to_end, read_topic, running_ingest,
 )
 from support import ServiceRun, free_port, unique_prefix, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = load_schema(REPO_ROOT / "config/streams/default.json")
-
-
-def agrawal(event_id: str | None = "e-1", **overrides) -> dict:
-    record = {"event_id": event_id, "entity_id": "c-1", "event_time": 1_700_000_000_000,
-              "salary": 50000.0, "commission": 0.0, "age": 30, "elevel": 1, "car": 3, "zipcode": 2,
-              "hvalue": 300000.0, "hyears": 5, "loan": 1000.0, "label": 1}
-    record.update(overrides)
-    return {k: v for k, v in record.items() if v is not None}
-
-
-def as_json(record: dict) -> bytes:
-    return json.dumps(record).encode()
 
 
 def as_protobuf(record: dict) -> bytes:
@@ -161,15 +149,28 @@ def test_a_record_without_an_event_id_gets_one_derived_from_its_content():
 
 
 def test_recent_ids_claim_once_release_on_abort_and_forget_the_oldest():
+    a, b, c = (dedup_key("sea", name) for name in "abc")
     recent = RecentIds(capacity=2)
-    assert recent.claim("a") and not recent.claim("a")
-    recent.release(["a"])  # an aborted batch: its retry is not a duplicate
-    assert recent.claim("a")
-    recent.confirm(["a"])
-    recent.release(["a"])  # confirmed ids stay
-    assert "a" in recent
-    assert recent.claim("b") and recent.claim("c")
-    assert "a" not in recent and len(recent) == 2
+    assert recent.claim(a) and not recent.claim(a)
+    recent.release([a])  # an aborted batch: its retry is not a duplicate
+    assert recent.claim(a)
+    recent.confirm([a])
+    recent.release([a])  # confirmed ids stay
+    assert a in recent
+    assert recent.claim(b) and recent.claim(c)
+    assert a not in recent and len(recent) == 2
+
+
+def test_ids_read_back_from_the_topic_are_published_ones_that_an_abort_does_not_release():
+    a, b = dedup_key("sea", "a"), dedup_key("sea", "b")
+    recent = RecentIds(capacity=2)
+    assert recent.claim(a)  # this process's open transaction holds a
+    recent.seen([a])  # while another replica's committed a
+    recent.release([a])  # ours aborts: a stays known
+    assert not recent.claim(a)
+    recent.seen([b, a])  # seen again: the most recent, so b goes first
+    recent.seen([dedup_key("sea", "c")])
+    assert a in recent and b not in recent
 
 
 # -- several streams: routing by the stream a record names -------------------------------------------
@@ -299,90 +300,6 @@ def test_ids_are_de_duplicated_per_stream_and_generated_ids_differ_by_stream(cat
 
 
 # -- the service, as a process -----------------------------------------------------------------------
-
-
-def read_topic(bootstrap: str, topic: str, until, timeout: float = 30.0) -> list:
-    """Reads committed records (confluent-kafka messages, undecoded) from the start of `topic`
-    until `until(messages)` holds."""
-    consumer = Consumer(bootstrap, f"test-{uuid.uuid4().hex}", [topic], read_committed=True)
-    messages: list = []
-    try:
-        deadline = time.monotonic() + timeout
-        while not until(messages):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: condition not met with {len(messages)} records")
-            messages += consumer.poll_messages(timeout=0.5)
-        return messages
-    finally:
-        consumer.close()
-
-
-def produce_located(bootstrap: str, topic: str, records: list[tuple]) -> list[tuple[int, int]]:
-    """Produces (key, value, headers[, timestamp ms]) records in order with plain confluent-kafka, as
-    an outside producer would; returns the (partition, offset) each was written at."""
-    located: list = [None] * len(records)
-    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-
-    def delivered(index: int):
-        def report(err, msg) -> None:
-            assert err is None, err
-            located[index] = (msg.partition(), msg.offset())
-        return report
-
-    for index, (key, value, headers, *timestamp) in enumerate(records):
-        producer.produce(topic, value, key, headers=headers, timestamp=timestamp[0] if timestamp else 0,
-                         on_delivery=delivered(index))
-    assert producer.flush(30) == 0
-    assert None not in located
-    return located
-
-
-def error_headers(msg) -> dict[str, str]:
-    """A dead letter's driftline.errors.* headers, as text."""
-    return {name: value.decode() for name, value in msg.headers() or ()
-            if name.startswith(deadletter.PREFIX)}
-
-
-def own_headers(msg) -> list[tuple[str, bytes | None]]:
-    return [(name, value) for name, value in msg.headers() or () if not name.startswith(deadletter.PREFIX)]
-
-
-def read_to_end(bootstrap: str, topic: str, message_type=None) -> list:
-    """Every committed record of a one-partition topic, up to its current end (decoded as
-    `message_type`; without one, the confluent-kafka messages)."""
-    consumer = Consumer(bootstrap, f"test-{uuid.uuid4().hex}", [topic], read_committed=True,
-                        config={"enable.partition.eof": True})
-    records: list = []
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            messages = consumer.raw.consume(100, 0.5)
-            records += [m if message_type is None else decode(m.value(), message_type)
-                        for m in messages if m.error() is None]
-            if any(m.error() is not None and m.error().code() == KafkaError._PARTITION_EOF for m in messages):
-                return records
-        raise TimeoutError(f"{topic}: end not reached")
-    finally:
-        consumer.close()
-
-
-@dataclass(frozen=True)
-class RunningIngest:
-    run: ServiceRun
-    topics: Topics
-    address: str
-    bootstrap: str
-
-
-@contextlib.contextmanager
-def running_ingest(bootstrap: str, log_path: Path, **env: str):
-    """An ingest process on topics of its own (a fresh prefix), serving once this yields."""
-    prefix = unique_prefix()
-    port = free_port()
-    env = {"DRIFTLINE_TOPIC_PREFIX": prefix, "DRIFTLINE_GRPC_PORT": str(port), "DRIFTLINE_LOG_JSON": "true", **env}
-    with ServiceRun("ingest", env, log_path) as run:
-        run.wait_serving(f"127.0.0.1:{port}", timeout=45)
-        yield RunningIngest(run, Topics(prefix), f"127.0.0.1:{port}", bootstrap)
 
 
 @pytest.fixture(scope="module")
