@@ -122,14 +122,16 @@ class Producer:
 
     def produce_raw(self, topic: str, value: bytes | None, key: str | bytes | None = None,
                     headers: Sequence[tuple[str, bytes | None]] | None = None,
-                    timestamp: int | None = None) -> None:
+                    timestamp: int | None = None, partition: int | None = None) -> None:
         """Queues bytes; waits for room when the local queue is full instead of failing.
 
         `timestamp`: the record's timestamp in epoch milliseconds (e.g. the one of the record
-        it copies); None: now."""
+        it copies); None: now. `partition`: None lets the key choose (a changelog row goes to
+        the partition of the event that changed it, whatever its key)."""
+        where = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers, timestamp=timestamp or 0)
+                self._producer.produce(topic, value, key, headers=headers, timestamp=timestamp or 0, **where)
                 break
             except BufferError:
                 self._producer.poll(0.05)
@@ -154,10 +156,14 @@ class Producer:
     def begin_transaction(self) -> None:
         self._producer.begin_transaction()
 
-    def send_offsets_to_transaction(self, consumer: "Consumer") -> None:
+    def send_offsets_to_transaction(self, consumer: "Consumer",
+                                    offsets: Sequence[TopicPartition] | None = None) -> None:
+        """Commits `offsets` (default: the consumer's position) with the transaction, under the
+        consumer's group generation, so a fenced zombie's commit fails (KIP-447)."""
         raw = consumer.raw
         self._producer.send_offsets_to_transaction(
-            raw.position(raw.assignment()), raw.consumer_group_metadata(), 30)
+            list(offsets) if offsets is not None else raw.position(raw.assignment()),
+            raw.consumer_group_metadata(), 30)
 
     def commit_transaction(self) -> None:
         self._producer.commit_transaction(30)

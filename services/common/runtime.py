@@ -14,11 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+import grpc
+import urllib3
 from confluent_kafka import KafkaException, Message
 
 from .deadletter import HANDLE, DeadLetterQueue
+from .errors import DeadlineExceeded, Unavailable
 from .grpc_server import GrpcServer, Service, install_signal_handlers
-from .kafka import Consumer
+from .kafka import Consumer, DeliveryError
 from .settings import CommonSettings
 from .threads import Backoff, StoppableThread
 from .telemetry import configure_logging, start_metrics
@@ -37,6 +40,9 @@ class ConsumerWorker(StoppableThread):
     error as its reason) and the partition moves on. Without `dead_letters` a
     failing batch is retried until it succeeds. Since part of a batch may thus be
     handed over twice, handlers de-duplicate by id.
+    An outage is not the record's fault: a failure `infrastructure_failure` names
+    (Kafka, the network, an unavailable service) is retried without counting as
+    an attempt, and a dead letter that cannot be written is retried until it is.
     A handler that commits its offsets itself (inside a Kafka transaction)
     passes `commits_offsets=True`, and the worker then does not commit again.
     """
@@ -97,9 +103,22 @@ class ConsumerWorker(StoppableThread):
             error = self._attempt([message], self.max_attempts)
             if self.stopping:
                 return False
-            if error is not None:
-                self.dead_letters.send(message, f"{type(error).__name__}: {error}", stage=HANDLE)
+            if error is not None and not self._dead_lettered(message, error):
+                return False
         return True
+
+    def _dead_lettered(self, message: Message, error: Exception) -> bool:
+        """Writes the dead letter, retrying while the broker does not take it; False if stopped."""
+        assert self.dead_letters is not None
+        backoff = Backoff()
+        while not self.stopping:
+            try:
+                self.dead_letters.send(message, f"{type(error).__name__}: {error}", stage=HANDLE)
+                return True
+            except Exception:
+                log.exception("dead letter not written; retrying", extra={"worker": self.name})
+                self.wait(backoff.next())
+        return False
 
     def _attempt(self, messages: Sequence[Message], attempts: int | None) -> Exception | None:
         """None once `handle(messages)` succeeds; its last error after `attempts` failures (None:
@@ -113,12 +132,16 @@ class ConsumerWorker(StoppableThread):
             except Exception as exc:
                 if self.stopping:
                     return exc
-                failed += 1
                 self.failures += 1
-                log.exception("handler failed", extra={
-                    "worker": self.name, "records": len(messages), "attempt": failed})
-                if attempts is not None and failed >= attempts:
-                    return exc
+                if infrastructure_failure(exc):
+                    log.warning("handler failed on an outage; retrying", exc_info=True, extra={
+                        "worker": self.name, "records": len(messages)})
+                else:
+                    failed += 1
+                    log.exception("handler failed", extra={
+                        "worker": self.name, "records": len(messages), "attempt": failed})
+                    if attempts is not None and failed >= attempts:
+                        return exc
                 self.wait(backoff.next())
 
     def _guarded(self, action: Callable[[], None], message: str) -> None:
@@ -126,6 +149,28 @@ class ConsumerWorker(StoppableThread):
             action()
         except Exception:
             log.exception(message, extra={"worker": self.name})
+
+
+def infrastructure_failure(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is an outage of something the handler talks to rather
+    than a fault of the record: Kafka, the network, a gRPC peer or service that is unavailable.
+
+    >>> infrastructure_failure(DeliveryError("1 records failed")), infrastructure_failure(ValueError("x"))
+    (True, False)
+    >>> infrastructure_failure(RuntimeError("wrapped")) or infrastructure_failure(Unavailable("registry"))
+    True
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (KafkaException, DeliveryError, ConnectionError, TimeoutError, Unavailable,
+                            DeadlineExceeded, urllib3.exceptions.HTTPError)):
+            return True
+        if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)) and exc.code() in (
+                grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class ServiceProcess:

@@ -159,13 +159,13 @@ class FeatureProcessor:
         producer = self.producer
         producer.begin_transaction()
         for record in records:
-            _produce(producer, record)
+            producer.produce_raw(record.topic, record.value, record.key, record.headers, partition=record.partition)
         changelog = self.settings.changelog_topic
         for partition, key, value in changes.changelog():
-            _produce(producer, Outgoing(changelog, key, value, partition=partition))
+            producer.produce_raw(changelog, value, key, partition=partition)
         # The offsets of these records, not the consumer's position: a batch handed over record by
         # record must not commit past a record not yet handled.
-        producer._producer.send_offsets_to_transaction(offsets, self.consumer.raw.consumer_group_metadata(), 30)
+        producer.send_offsets_to_transaction(self.consumer, offsets)
         producer.commit_transaction()
 
     def _abort(self, cause: Exception) -> None:
@@ -283,13 +283,3 @@ def _group_moved_on(exc: Exception) -> bool:
     return isinstance(error, KafkaError) and error.code() in _GROUP_ERRORS
 
 
-def _produce(producer: Producer, record: Outgoing) -> None:
-    """common's Producer.produce_raw with an explicit partition (a changelog row goes to its event's
-    partition); waits for room when the local queue is full."""
-    while True:
-        try:
-            producer._producer.produce(record.topic, record.value, record.key, partition=record.partition,
-                                       headers=record.headers)
-            return
-        except BufferError:
-            producer.poll(0.05)

@@ -145,3 +145,34 @@ def test_a_static_member_restarted_under_its_name_takes_its_partition_back(kafka
     poller.join()
     second.close()
     assert [m.value() for m in got] == [b"a", b"b"]
+
+
+def test_an_outage_is_retried_without_dead_lettering_the_records_it_hit(kafka_bootstrap):
+    """A handler failing because something it talks to is down (here: deliveries the broker did not
+    take) is not handed poison records: nothing goes to the dead-letter topic, and the records are
+    handled once the outage ends, however many attempts it lasted."""
+    from services.common.kafka import DeliveryError
+
+    topic, dlq = _topic("in"), _topic("dlq")
+    ensure_topics(kafka_bootstrap, [topic, dlq])
+    _produce(kafka_bootstrap, topic, [b"a", b"b"])
+    outage = threading.Event()
+    outage.set()
+    handled: list[bytes] = []
+
+    def handle(messages) -> None:
+        if outage.is_set():
+            raise DeliveryError("2 records failed, first: broker transport failure")
+        handled.extend(m.value() for m in messages)
+
+    consumer = Consumer(kafka_bootstrap, f"g-{uuid.uuid4().hex}", [topic])
+    worker = ConsumerWorker("test", consumer, handle, max_attempts=1,
+                            dead_letters=DeadLetterQueue(Producer(kafka_bootstrap), dlq, "test"))
+    worker.start()
+    try:
+        wait_for(lambda: worker.failures >= 3, timeout=60, what="attempts during the outage")
+        outage.clear()
+        wait_for(lambda: handled == [b"a", b"b"], timeout=60, what="the records after the outage")
+    finally:
+        worker.stop()
+    assert worker.dead_letters.sent == 0
