@@ -11,7 +11,9 @@ Where the alias points is the registry's to say. Serving learns it two ways:
 Both hand a `ModelVersion` to `ModelManager`, which downloads the artifact,
 verifies its sha256 against the registry's, loads and warms it, and only then
 swaps the reference that Predict reads. Anything wrong with the artifact is
-refused and the old model keeps serving.
+refused and the old model keeps serving; a version that cannot be fetched for
+now (the object store or the registry away) stays pending and is retried with
+a back-off while the old model keeps serving.
 """
 
 from __future__ import annotations
@@ -19,21 +21,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import grpc
 from confluent_kafka import Message
 
 from driftline.v1 import registry_pb2
+from services.common.deadletter import DECODE, DeadLetterQueue
 from services.common.kafka import DecodeFailure, decode
 from services.common.objectstore import IntegrityError, ObjectNotFound, ObjectStores
 from services.common.registry_client import ModelVersion, RegistryClient
-from services.common.threads import StoppableThread
+from services.common.threads import Backoff, StoppableThread
 
 from .metrics import ALIAS_LOADS, MODEL_LOADS, MODEL_VERSION
 from .onnx_model import CPU, InvalidModel, LoadedModel, SessionConfig, load_model
 
 log = logging.getLogger(__name__)
+
+# Registry answers that say it is away for now, not that the request is wrong: retried until it is back.
+_UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
 
 
 def fetch_artifact(stores: ObjectStores, uri: str, sha256: str) -> bytes:
@@ -84,8 +92,10 @@ class ModelManager:
     A new version is downloaded, verified against the registry's sha256, loaded and
     warmed up before `current` changes; anything wrong with it (hash mismatch, missing
     object, a model onnxruntime cannot load or run) is refused, counted and logged,
-    and the old version keeps serving. An `optional` alias (canary, shadow) may point
-    nowhere: then `current` is None.
+    and the old version keeps serving. A transient failure (object store or registry
+    unreachable) leaves the version pending, retried by `retry_pending` with a back-off
+    (0.5 s doubling to 10 s) until it installs or newer word on the alias replaces it.
+    An `optional` alias (canary, shadow) may point nowhere: then `current` is None.
     """
 
     def __init__(self, name: str, alias: str, source: RegistryClient,
@@ -108,6 +118,11 @@ class ModelManager:
         # Artifacts onnxruntime refused: the same bytes fail the same way, so not loaded again.
         self._refused: set[tuple[int, str]] = set()
         self._listeners: list[Callable[[ModelManager, LoadedModel | None], None]] = []
+        # The version the alias should serve that a transient failure kept out, and its next try.
+        self._pending: ModelVersion | None = None
+        self._retry_at = 0.0
+        self._backoff = Backoff()
+        self._pending_listeners: list[Callable[[], None]] = []
         if not optional:
             MODEL_VERSION.labels(name).set(0)
 
@@ -115,23 +130,65 @@ class ModelManager:
         self._listeners.append(listener)
 
     def follow_event(self, version: ModelVersion) -> bool:
-        """Installs the version an ALIAS_MOVED event named; True when it now serves."""
+        """Installs the version an ALIAS_MOVED event named; True when it now serves.
+
+        A transient failure (the registry or the object store unreachable) does not raise: the
+        version is kept as pending and retried with a back-off (`retry_pending`) until it installs
+        or a newer word on the alias replaces it. What raises is a failure the record itself may
+        cause every time (the registry refusing the lookup for a reason other than unavailability)."""
         with self._lock:
             self._generation += 1
+            self._pending = None
             if not version.version:  # the alias points nowhere now
                 return self._clear("the registry event says the alias points nowhere")
-            if not version.artifact_uri:  # an event without the full record: ask for it
-                try:
-                    version = self.source.version(self.name, version.version)
-                except grpc.RpcError as exc:
-                    if exc.code() != grpc.StatusCode.NOT_FOUND:
-                        raise  # transient: the worker retries
-                    self._count("refused_missing")
-                    log.error("the registry does not know the version an event named; the current model "
-                              "keeps serving", extra={"model": self.name, "alias": self.alias,
-                                                      "version": version.version})
-                    return False
-            return self._install(version)
+            return self._follow(version)
+
+    def retry_pending(self) -> bool:
+        """Installs the pending version once its back-off has passed; True when it now serves."""
+        with self._lock:
+            version = self._pending
+            if version is None or time.monotonic() < self._retry_at:
+                return False
+            self._pending = None
+            return self._follow(version)
+
+    def retry_in(self) -> float | None:
+        """Seconds until the pending version is due for another try; None: nothing pending."""
+        if self._pending is None:
+            return None
+        return max(0.0, self._retry_at - time.monotonic())
+
+    def on_pending(self, listener: Callable[[], None]) -> None:
+        """`listener()` is called whenever a version is left pending (the poller wakes for it)."""
+        self._pending_listeners.append(listener)
+
+    def _follow(self, version: ModelVersion) -> bool:
+        if not version.artifact_uri:  # an event without the full record: ask for it
+            try:
+                version = self.source.version(self.name, version.version)
+            except grpc.RpcError as exc:
+                if exc.code() in _UNREACHABLE:
+                    return self._postpone(version, exc)
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                self._count("refused_missing")
+                log.error("the registry does not know the version an event named; the current model "
+                          "keeps serving", extra={"model": self.name, "alias": self.alias,
+                                                  "version": version.version})
+                return False
+        return self._install(version)
+
+    def _postpone(self, version: ModelVersion, error: Exception) -> bool:
+        self._pending = version
+        wait = self._backoff.next()
+        self._retry_at = time.monotonic() + wait
+        self._count("failed")
+        log.warning("cannot install the version yet; the current model keeps serving, retrying",
+                    extra={"model": self.name, "alias": self.alias, "version": version.version,
+                           "retry_in_s": wait, "error": str(error)})
+        for listener in self._pending_listeners:
+            listener()
+        return False
 
     def reconcile(self) -> bool:
         """Installs whatever the registry says the alias points at now."""
@@ -140,6 +197,7 @@ class ModelManager:
         with self._lock:
             if generation != self._generation:
                 return False  # an event arrived while we asked; it is the newer word
+            self._pending = None
             if version is None:
                 return self._clear("the registry says the alias points nowhere")
             return self._install(version)
@@ -192,10 +250,10 @@ class ModelManager:
                 log.error("artifact refused; the current model keeps serving",
                           extra={**where, "reason": str(exc), "outcome": outcome})
                 return False
-            except Exception:
-                self._count("failed")
-                raise  # transient (object store unreachable, ...): the caller retries
+            except Exception as exc:  # transient (object store unreachable, ...)
+                return self._postpone(version, exc)
             where["load_s"] = round(time.perf_counter() - started, 3)
+        self._backoff.reset()
         self.current = model
         self._cache.serving(self.alias, model)
         self._count(outcome)
@@ -218,35 +276,66 @@ class AliasEventHandler:
     """A ConsumerWorker handler for `driftline.registry.events`.
 
     For each alias followed (production, canary, shadow), only the last ALIAS_MOVED of a
-    batch for our model matters: it is where the alias points now. A transient failure
-    raises, so the worker rewinds and retries the batch (installs are idempotent); a
-    refused artifact does not raise, so the consumer keeps going.
+    batch for our model matters: it is where the alias points now. An event seen before (the
+    registry publishes at least once; the worker may hand a batch over again) is skipped by its
+    `event_id`, so a repeat of an older move cannot move the alias back. Bytes that are no
+    RegistryEvent go to `dead_letters` (stage `decode`); a failure that raises (see
+    `ModelManager.follow_event`) is the worker's to retry and, after `max_attempts`, to dead-letter.
     """
 
-    def __init__(self, managers: ModelManager | Sequence[ModelManager]) -> None:
+    def __init__(self, managers: ModelManager | Sequence[ModelManager],
+                 dead_letters: DeadLetterQueue | None = None, remember: int = 10_000) -> None:
         managers = [managers] if isinstance(managers, ModelManager) else list(managers)
         self.managers = {m.alias: m for m in managers}
         self.name = managers[0].name
+        self.dead_letters = dead_letters
+        self.remember = remember
+        self._seen: OrderedDict[str, None] = OrderedDict()  # event ids applied, oldest first
+        self._dead: OrderedDict[tuple[str, int, int], None] = OrderedDict()  # records dead-lettered
 
     def __call__(self, messages: Sequence[Message]) -> None:
         latest: dict[str, registry_pb2.RegistryEvent] = {}
+        applied: list[str] = []
         for msg in messages:
             try:
                 event = decode(msg.value(), registry_pb2.RegistryEvent)
-            except DecodeFailure:
-                log.warning("skipping an undecodable registry event",
-                            extra={"partition": msg.partition(), "offset": msg.offset()})
+            except DecodeFailure as exc:
+                self._undecodable(msg, str(exc))
                 continue
+            if event.event_id:
+                if event.event_id in self._seen or event.event_id in applied:
+                    continue
+                applied.append(event.event_id)
             if (event.kind == registry_pb2.RegistryEvent.ALIAS_MOVED
                     and event.model_name == self.name and event.alias in self.managers):
                 latest.pop(event.alias, None)
                 latest[event.alias] = event  # in arrival order of each alias's last move
         for alias, event in latest.items():
             self.managers[alias].follow_event(event.model_version)
+        for event_id in applied:  # only once the batch succeeded: a retried batch applies them again
+            _remember(self._seen, event_id, self.remember)
+
+    def _undecodable(self, msg: Message, reason: str) -> None:
+        where = (msg.topic(), msg.partition(), msg.offset())
+        if where in self._dead:
+            return  # a batch handed over again: dead-lettered already
+        if self.dead_letters is None:
+            log.warning("skipping an undecodable registry event",
+                        extra={"partition": msg.partition(), "offset": msg.offset(), "reason": reason})
+        else:
+            self.dead_letters.send(msg, reason, stage=DECODE)
+        _remember(self._dead, where, self.remember)
+
+
+def _remember(seen: OrderedDict, key, most: int) -> None:
+    seen[key] = None
+    if len(seen) > most:
+        seen.popitem(last=False)
 
 
 class AliasPoller(StoppableThread):
-    """Asks the registry where the aliases point: often until the serving model loads, rarely after."""
+    """Asks the registry where the aliases point: often until the serving model loads, rarely after;
+    and retries, with a back-off, a version a transient failure left pending."""
 
     def __init__(self, managers: ModelManager | Sequence[ModelManager], retry_s: float, resync_s: float) -> None:
         super().__init__("alias-poller")
@@ -254,20 +343,33 @@ class AliasPoller(StoppableThread):
         self.manager = self.managers[0]  # the serving alias; the others are optional
         self.retry_s = retry_s
         self.resync_s = resync_s
+        self._kicked = threading.Event()
+        for manager in self.managers:
+            manager.on_pending(self._kicked.set)
+
+    def wake(self) -> None:
+        self._kicked.set()
 
     def run(self) -> None:
+        next_reconcile = 0.0
         while not self.stopping:
-            for manager in self.managers:
-                try:
-                    manager.reconcile()
-                except Exception as exc:  # registry or object store not reachable yet
-                    log.warning("cannot reach the registry's alias yet; retrying",
-                                extra={"model": manager.name, "alias": manager.alias, "error": str(exc)})
-            loaded = self.manager.current is not None
-            if loaded and not self.resync_s:
-                self.wait()  # events alone keep it current from here
-            else:
-                self.wait(self.resync_s if loaded else self.retry_s)
+            if time.monotonic() >= next_reconcile:
+                self._each("reconcile", "cannot reach the registry's alias yet; retrying")
+                interval = self.resync_s if self.manager.current is not None else self.retry_s
+                next_reconcile = time.monotonic() + interval if interval else float("inf")
+            self._each("retry_pending", "the retried install failed")
+            waits = [next_reconcile - time.monotonic(),
+                     *(due for m in self.managers if (due := m.retry_in()) is not None)]
+            wait = min(waits)
+            self._kicked.wait(None if wait == float("inf") else max(0.0, wait))
+            self._kicked.clear()
+
+    def _each(self, action: str, failure: str) -> None:
+        for manager in self.managers:
+            try:
+                getattr(manager, action)()
+            except Exception as exc:  # registry not reachable yet, or a lookup it refused
+                log.warning(failure, extra={"model": manager.name, "alias": manager.alias, "error": str(exc)})
 
     def stop(self, timeout: float = 10.0) -> None:
         super().stop(timeout)

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2
 
 from driftline.v1 import serving_pb2, serving_pb2_grpc
 from inference import grpc_service_pb2, grpc_service_pb2_grpc
+from services.common.deadletter import DeadLetterQueue
 from services.common.errors import (
     DeadlineExceeded, Internal, InvalidArgument, NotFound, ResourceExhausted, ServiceError, Unavailable,
 )
@@ -283,7 +284,8 @@ def warmup_rows(settings: ServingSettings) -> tuple[int, ...]:
 
 async def build(settings: ServingSettings) -> ServingProcess:
     topics = settings.topics
-    ensure_topics(settings.kafka_bootstrap, [topics.registry_events, topics.predictions],
+    ensure_topics(settings.kafka_bootstrap, [topics.registry_events, topics.predictions,
+                                             topics.dead_letters("serving")],
                   partitions=settings.topic_partitions, replication=settings.topic_replication)
     source = RegistryClient(settings.registry_address, settings.registry_timeout_s)
     config = session_config(settings)
@@ -304,9 +306,12 @@ async def build(settings: ServingSettings) -> ServingProcess:
 
     # Position on the events topic before the first GetAlias (the poller's), so no move is missed.
     events = Consumer(settings.kafka_bootstrap, f"serving-{uuid.uuid4().hex}", [topics.registry_events],
-                      from_beginning=False)
+                      from_beginning=False, instance_id=settings.instance_id,
+                      session_timeout_ms=settings.kafka_session_timeout_ms)
     position_at_end(events, topics.registry_events)
-    follower = ConsumerWorker("registry-events", events, AliasEventHandler(managers), max_records=100)
+    dead_letters = DeadLetterQueue(Producer(settings.kafka_bootstrap), topics.dead_letters("serving"), "serving")
+    follower = ConsumerWorker("registry-events", events, AliasEventHandler(managers, dead_letters),
+                              max_records=100, dead_letters=dead_letters, max_attempts=settings.max_attempts)
     poller = AliasPoller(managers, settings.alias_retry_s, settings.alias_resync_s)
 
     spool = Spool(settings.spool_directory(), settings.prediction_spool_max_bytes,

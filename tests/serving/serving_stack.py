@@ -67,6 +67,8 @@ class Registry(registry_pb2_grpc.RegistryServicer):
         self.model = model
         self.versions: dict[int, registry_pb2.ModelVersion] = {}
         self.aliases: dict[str, int] = {}
+        # Versions whose lookup the registry refuses with INTERNAL, every time.
+        self.broken: set[int] = set()
 
     async def GetAlias(self, request, context):
         version = self.aliases.get(request.alias) if request.name == self.model else None
@@ -75,6 +77,8 @@ class Registry(registry_pb2_grpc.RegistryServicer):
         return self.versions[version]
 
     async def GetModelVersion(self, request, context):
+        if request.version in self.broken:
+            await context.abort(grpc.StatusCode.INTERNAL, "this version's record is broken")
         if request.name != self.model or request.version not in self.versions:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such version")
         return self.versions[request.version]
