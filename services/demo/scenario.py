@@ -188,7 +188,8 @@ class LoopObserver:
 
     def predict(self) -> None:
         """Scores every labelled feature vector through Predict, in small batches."""
-        consumer = Consumer(self.bootstrap, f"demo-client-{uuid.uuid4().hex[:8]}", [self.topics.features])
+        consumer = Consumer(self.bootstrap, f"demo-client-{uuid.uuid4().hex[:8]}", [self.topics.features],
+                            read_committed=True)
         channel = grpc.insecure_channel(self.serving_address)
         stub = serving_pb2_grpc.PredictorStub(channel)
         try:
@@ -254,7 +255,7 @@ class LoopObserver:
                  self.topics.training_requests: training_pb2.TrainingRequest,
                  self.topics.training_results: training_pb2.TrainingResult,
                  self.topics.monitor_stats: monitor_pb2.DriftReport}
-        consumer = Consumer(self.bootstrap, f"demo-watch-{uuid.uuid4().hex[:8]}", list(types))
+        consumer = Consumer(self.bootstrap, f"demo-watch-{uuid.uuid4().hex[:8]}", list(types), read_committed=True)
         try:
             while not self.done.is_set():
                 for msg in consumer.poll_messages(100, 0.2):

@@ -76,8 +76,10 @@ def build(settings: MonitorSettings) -> ServiceProcess:
                               every_s=settings.snapshot_every_s, settings=state_settings(settings),
                               clock=monitor.clock_reading)
     restored = checkpoints.restore(settings.snapshot_load_wait_s) is not None
+    # read_committed: feature records are written in transactions, and an aborted one (a feature
+    # process killed mid-batch) is re-written by its successor; read_uncommitted would count both.
     consumer = Consumer(settings.kafka_bootstrap, group, inputs, instance_id=settings.instance_id,
-                        session_timeout_ms=settings.kafka_session_timeout_ms)
+                        session_timeout_ms=settings.kafka_session_timeout_ms, read_committed=True)
     resume_at(consumer, inputs, monitor.positions, restored)
     # Offsets are committed asynchronously after each batch (a synchronous commit costs a broker
     # round trip per batch, more than the batch's work) and synchronously when idle; they are where
