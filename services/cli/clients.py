@@ -87,6 +87,31 @@ def require_trainer(platform: Platform) -> None:
 # -- Kafka ------------------------------------------------------------------------------------
 
 
+def group_lag(admin, prefix: str, timeout: float = KAFKA_TIMEOUT_S) -> list[dict]:
+    """Per consumer group whose id starts with `prefix`: committed offsets against the partitions'
+    ends, one row per partition (a group that committed nothing: one row with lag None)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    listed = admin.list_consumer_groups(request_timeout=timeout).result(timeout=timeout)
+    groups = sorted(g.group_id for g in listed.valid if g.group_id.startswith(prefix))
+    rows = []
+    for group in groups:
+        futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=timeout)
+        committed = [tp for tp in futures[group].result(timeout=timeout).topic_partitions if tp.error is None]
+        if not committed:
+            rows.append({"group": group, "topic": "", "partition": None, "committed": None, "end": None, "lag": None})
+            continue
+        ends = admin.list_offsets({TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in committed},
+                                  request_timeout=timeout)
+        end_of = {(tp.topic, tp.partition): f.result(timeout=timeout).offset for tp, f in ends.items()}
+        for tp in committed:
+            end = end_of[(tp.topic, tp.partition)]
+            rows.append({"group": group, "topic": tp.topic, "partition": tp.partition,
+                         "committed": tp.offset, "end": end, "lag": max(0, end - max(tp.offset, 0))})
+    return rows
+
+
 def kafka_admin(platform: Platform):
     """An AdminClient that answered a metadata request, else `kafka at … is unreachable`."""
     from confluent_kafka.admin import AdminClient

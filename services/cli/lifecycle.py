@@ -20,7 +20,7 @@ from services.common.schema import StreamSchema
 from services.devstack.supervisor import alive, command_line, free_port, port_or_free
 
 from . import output, streams
-from .clients import ALIASES, DEADLINE_S, KAFKA_TIMEOUT_S, REPORT_DEADLINE_S, Rpc, kafka_admin
+from .clients import ALIASES, DEADLINE_S, KAFKA_TIMEOUT_S, REPORT_DEADLINE_S, Rpc, group_lag, kafka_admin
 from .errors import CliError
 from .processes import SUPERVISOR, health_row, healthy, label, plan_serving, serve_new_models, wait_healthy
 from .state import (
@@ -270,31 +270,7 @@ def down(json_out: JsonOut = False) -> None:
 
 
 def _lag(platform: Platform) -> list[dict]:
-    """Per consumer group of this platform: committed offsets against the partitions' ends."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import OffsetSpec
-
-    admin = kafka_admin(platform)
-    prefix = f"{platform.settings.topic_prefix}driftline"
-    listed = admin.list_consumer_groups(request_timeout=KAFKA_TIMEOUT_S).result(timeout=KAFKA_TIMEOUT_S)
-    groups = sorted(g.group_id for g in listed.valid if g.group_id.startswith(prefix))
-    rows = []
-    for group in groups:
-        futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
-                                                    request_timeout=KAFKA_TIMEOUT_S)
-        committed = [tp for tp in futures[group].result(timeout=KAFKA_TIMEOUT_S).topic_partitions
-                     if tp.error is None]
-        if not committed:
-            rows.append({"group": group, "topic": "", "partition": None, "committed": None, "end": None, "lag": None})
-            continue
-        ends = admin.list_offsets({TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in committed},
-                                  request_timeout=KAFKA_TIMEOUT_S)
-        end_of = {(tp.topic, tp.partition): f.result(timeout=KAFKA_TIMEOUT_S).offset for tp, f in ends.items()}
-        for tp in committed:
-            end = end_of[(tp.topic, tp.partition)]
-            rows.append({"group": group, "topic": tp.topic, "partition": tp.partition,
-                         "committed": tp.offset, "end": end, "lag": max(0, end - max(tp.offset, 0))})
-    return rows
+    return group_lag(kafka_admin(platform), f"{platform.settings.topic_prefix}driftline")
 
 
 def _aliases(platform: Platform, models: list[str]) -> dict[str, dict[str, int | None]]:

@@ -2,7 +2,7 @@
 
 `driftline up` starts it as a detached process (its own session), so it outlives the command:
 it reads HOME/platform.json, starts the services (one process per role, one serving process per
-model), restarts any that exits (exponential back-off, services.devstack.supervisor.restart_backoff),
+model, each with a DRIFTLINE_INSTANCE_ID of its own for Kafka static membership), restarts any that exits (exponential back-off, services.devstack.supervisor.restart_backoff),
 writes their state to HOME/supervisor.json on every change and logs each start, exit and restart
 to its output (HOME/supervisor.log). SIGHUP (`driftline streams add`) re-reads platform.json and
 starts the processes it names that are not running, leaving every other one alone. SIGTERM or
@@ -32,9 +32,21 @@ def programs(platform: Platform) -> dict[str, Program]:
         entry = platform.serving.get(model) if service == SERVING else doc["services"].get(name)
         if entry is None:
             continue
-        found[name] = Program(service, {**os.environ, **doc.get("env", {}), **entry.get("env", {})},
+        found[name] = Program(service, {**os.environ, **doc.get("env", {}), **entry.get("env", {}),
+                                        "DRIFTLINE_INSTANCE_ID": instance_id(service, model)},
                               Path(entry["log"]))
     return found
+
+
+def instance_id(service: str, model: str | None = None) -> str:
+    """The process's Kafka static group membership id (DRIFTLINE_INSTANCE_ID): the same on every
+    restart, so a process restarted after SIGKILL takes its partitions back at once instead of
+    waiting out the session timeout of the member it replaces.
+
+    >>> instance_id("feature"), instance_id("serving", "sea")
+    ('feature', 'serving-sea')
+    """
+    return f"{service}-{model}" if model else service
 
 
 def main(argv: list[str] | None = None) -> int:
