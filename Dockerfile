@@ -1,9 +1,8 @@
 # One image for every Driftline service; the command picks the service:
 #   docker run driftline python -m services.serving
 # It runs as the unprivileged user `driftline` (uid 10001). Everything a service writes lives
-# under /var/lib/driftline (registry/: the SQLite registry; feature/: faust's files; scratch/:
-# temporary files), which docker-compose.yml mounts as volumes; nothing needs the local stack
-# (.devstack/). gRPC, metrics and the monitor's dashboard bind 0.0.0.0 here (the settings'
+# under /var/lib/driftline (registry/: the SQLite registry; scratch/: temporary files), which
+# docker-compose.yml mounts as volumes; nothing needs the local stack (.devstack/). gRPC, metrics and the monitor's dashboard bind 0.0.0.0 here (the settings'
 # default is loopback), and `python -m services.common.healthcheck HOST:PORT [SERVICE]` is the
 # health probe (grpc.health.v1; exit 0 only when SERVING).
 FROM python:3.11-slim
@@ -29,15 +28,14 @@ COPY config ./config
 RUN pip install --no-deps . && rm -rf build *.egg-info
 
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/driftline driftline \
-    && mkdir -p /var/lib/driftline/registry /var/lib/driftline/feature /var/lib/driftline/scratch \
+    && mkdir -p /var/lib/driftline/registry /var/lib/driftline/scratch \
     && chown -R driftline:driftline /var/lib/driftline
 
 ENV HOME=/home/driftline \
     DRIFTLINE_GRPC_HOST=0.0.0.0 \
     DRIFTLINE_METRICS_HOST=0.0.0.0 \
     DRIFTLINE_DASHBOARD_HOST=0.0.0.0 \
-    DRIFTLINE_REGISTRY_DB=/var/lib/driftline/registry/registry.db \
-    DRIFTLINE_FEATURE_DATADIR=/var/lib/driftline/feature
+    DRIFTLINE_REGISTRY_DB=/var/lib/driftline/registry/registry.db
 
 USER driftline:driftline
 # gRPC: ingest 50051, feature 50052, registry 50053, serving 50054, monitor 50055;

@@ -48,9 +48,8 @@ def configure_logging(service: str, level: str = "INFO", as_json: bool = True) -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Client libraries are chatty at INFO; their warnings still come through.
-    for noisy in ("aiokafka", "faust", "mode", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # The object store's HTTP client is chatty at INFO; its warnings still come through.
+    logging.getLogger("urllib3").setLevel(max(logging.WARNING, root.level))
 
 
 def start_metrics(port: int, host: str = "127.0.0.1") -> None:

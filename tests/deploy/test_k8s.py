@@ -57,7 +57,7 @@ def _consumes(service: str, s) -> tuple[str, set[str]] | None:
     t = s.topics
     return {
         "ingest": lambda: (s.group_id, {t.events_raw}),
-        "feature": lambda: (s.app_id, {t.events}),  # faust's app id is its group
+        "feature": lambda: (s.app_id, {t.events}),  # its app id is its group
         "trainer": lambda: (f"{s.topic_prefix}{s.consumer_group}", {t.training_requests}),
         "monitor": lambda: (f"{s.topic_prefix}{s.consumer_group}",
                             {t.features, t.labels, t.predictions, t.training_results, t.registry_events}),
