@@ -1,10 +1,10 @@
 """Event → feature vector: the one definition of the features, shared by the
-streaming agent (online) and by any code that rebuilds features from stored
+stream processor (online) and by any code that rebuilds features from stored
 events (offline), so training and serving never disagree.
 
 Pure: the per-entity state goes in and the next state comes out; nothing is
 read from or written to anywhere else. The state is a small JSON-able value
-the feature service keeps in a changelog-backed faust table.
+the feature service keeps in memory, backed by a compacted changelog topic.
 
 The vector is the schema's numeric fields in schema order, then the entity
 features (see `StreamSchema.feature_names`). An entity feature of kind

@@ -1,4 +1,4 @@
-"""feature: the pure transform and segment encoding, then the faust worker as a
+"""feature: the pure transform and segment encoding, then the feature worker as a
 real process (`python -m services.feature`) spoken to through Kafka, gRPC and
 the object store only — including a restart that recovers the table."""
 

@@ -314,7 +314,7 @@ def test_a_table_row_from_before_streams_keeps_its_state_in_the_default_stream(
     old_row = {"event_id": "before", "event_time_ms": 1_600_000_000_000, "values": [100.0, 0.0, 0.0, 100.0],
                "state": {"count": 1, "means": {"m": 100.0}}, "partition": 0, "offset": -1}
     producer = Producer(kafka_bootstrap)
-    # faust's table serializer is JSON, for keys too.
+    # The changelog's format (faust's, kept so old state carries over) is JSON, for keys too.
     producer.produce_raw(changelog, json.dumps(old_row).encode(), key=json.dumps("old-1"))
     producer.flush()
     topics = Topics(topic_prefix)
