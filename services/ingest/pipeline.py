@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from confluent_kafka import TopicPartition
+
 from driftline.v1 import events_pb2, ingest_pb2
 from services.common.deadletter import HANDLE
 from services.common.kafka import Consumer, header
@@ -93,13 +95,15 @@ class IngestPipeline:
         self.validate = validate
         self._failures: dict[Origin, int] = {}  # records whose processing raised, and how often
 
-    def process(self, inputs: Sequence[RawInput], consumer: Consumer | None = None) -> list[Outcome]:
-        """Validates, de-duplicates and publishes a batch; raises (having published nothing) on failure."""
+    def process(self, inputs: Sequence[RawInput], consumer: Consumer | None = None,
+                offsets: Sequence[TopicPartition] | None = None) -> list[Outcome]:
+        """Validates, de-duplicates and publishes a batch, committing `consumer`'s `offsets` with it;
+        raises (having published nothing) on failure."""
         outcomes: list[Outcome] = []
         try:
             for raw in inputs:
                 outcomes.append(self.classify(raw))
-            self.publisher.publish(self._outgoing(inputs, outcomes), consumer)
+            self.publisher.publish(self._outgoing(inputs, outcomes), consumer, offsets)
         except BaseException:
             self.recent.release(claimed(outcomes))
             TRANSACTIONS.labels(self.source, "aborted").inc()

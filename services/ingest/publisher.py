@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, TopicPartition
 
 from services.common.kafka import Consumer, DeliveryError, Producer
 
@@ -41,8 +41,10 @@ class TransactionalPublisher:
     def _new_producer(self) -> Producer:
         return Producer(self.bootstrap, transactional_id=self.transactional_id, config=self.config)
 
-    def publish(self, records: Sequence[Outgoing], consumer: Consumer | None = None) -> None:
-        """Produces `records` and, with a consumer, commits its position, atomically."""
+    def publish(self, records: Sequence[Outgoing], consumer: Consumer | None = None,
+                offsets: Sequence[TopicPartition] | None = None) -> None:
+        """Produces `records` and, with a consumer, commits `offsets` (default: its position) under
+        its group generation, atomically."""
         producer = self._producer
         try:
             producer.begin_transaction()
@@ -50,7 +52,7 @@ class TransactionalPublisher:
                 producer.produce_raw(record.topic, record.value, record.key, record.headers,
                                      timestamp=record.timestamp_ms)
             if consumer is not None:
-                producer.send_offsets_to_transaction(consumer)
+                producer.send_offsets_to_transaction(consumer, offsets)
             producer.commit_transaction()
         except (KafkaException, DeliveryError) as exc:
             self._abort(exc)

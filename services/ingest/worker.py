@@ -50,7 +50,7 @@ def build_raw_worker(settings: IngestSettings, pipeline: IngestPipeline) -> Cons
 
     def handle(messages: Sequence[Message]) -> None:
         try:
-            pipeline.process([raw_input(msg) for msg in messages], consumer=consumer)
+            pipeline.process([raw_input(msg) for msg in messages], consumer, batch_end(messages))
         except Exception:
             log.exception("batch failed; rewinding to the last commit", extra={"records": len(messages)})
             rewind(consumer)
@@ -61,6 +61,12 @@ def build_raw_worker(settings: IngestSettings, pipeline: IngestPipeline) -> Cons
     worker = ConsumerWorker("ingest-raw", consumer, handle, max_records=settings.ingest_poll_max_records,
                             commits_offsets=True)
     return worker
+
+
+def batch_end(messages: Sequence[Message]) -> list[TopicPartition]:
+    """The offset after each partition's last record of the batch: what its transaction commits."""
+    ends = {(msg.topic(), msg.partition()): msg.offset() + 1 for msg in messages}
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in ends.items()]
 
 
 def rewind(consumer: Consumer) -> None:
