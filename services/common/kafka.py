@@ -81,7 +81,9 @@ class _DeliveryReports:
         if err is None:
             self.delivered += 1
             return
-        log.error("delivery failed", extra={"topic": msg.topic(), "error": err.str()})
+        # A record purged by an aborted transaction was given up on purpose, not lost.
+        if err.code() != KafkaError._PURGE_QUEUE:
+            log.error("delivery failed", extra={"topic": msg.topic(), "error": err.str()})
         self.failures.append(f"{msg.topic()}: {err.str()}")
 
 
