@@ -1,9 +1,10 @@
 # One image for every Driftline service; the command picks the service:
 #   docker run driftline python -m services.serving
 # It runs as the unprivileged user `driftline` (uid 10001). Everything a service writes lives
-# under /var/lib/driftline (registry/: the SQLite registry; scratch/: temporary files), which
-# docker-compose.yml mounts as volumes; nothing needs the local stack (.devstack/). gRPC, metrics and the monitor's dashboard bind 0.0.0.0 here (the settings'
-# default is loopback), and `python -m services.common.healthcheck HOST:PORT [SERVICE]` is the
+# under /var/lib/driftline (registry/: the SQLite registry; spool/: serving's undelivered
+# prediction logs; scratch/: temporary files), which docker-compose.yml mounts as volumes;
+# nothing needs the local stack (.devstack/). gRPC, metrics and the monitor's dashboard bind
+# 0.0.0.0 here (the settings' default is loopback), and `python -m services.common.healthcheck HOST:PORT [SERVICE]` is the
 # health probe (grpc.health.v1; exit 0 only when SERVING).
 FROM python:3.11-slim
 
@@ -28,7 +29,7 @@ COPY config ./config
 RUN pip install --no-deps . && rm -rf build *.egg-info
 
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/driftline driftline \
-    && mkdir -p /var/lib/driftline/registry /var/lib/driftline/scratch \
+    && mkdir -p /var/lib/driftline/registry /var/lib/driftline/spool /var/lib/driftline/scratch \
     && chown -R driftline:driftline /var/lib/driftline
 
 ENV HOME=/home/driftline \
