@@ -4,8 +4,9 @@
 # under /var/lib/driftline (registry/: the SQLite registry; spool/: serving's undelivered
 # prediction logs; scratch/: temporary files), which docker-compose.yml mounts as volumes;
 # nothing needs the local stack (.devstack/). gRPC, metrics and the monitor's dashboard bind
-# 0.0.0.0 here (the settings' default is loopback), and `python -m services.common.healthcheck HOST:PORT [SERVICE]` is the
-# health probe (grpc.health.v1; exit 0 only when SERVING).
+# 0.0.0.0 here (the settings' default is loopback), and
+# `python -m services.common.healthcheck HOST:PORT [SERVICE]` is the health probe
+# (grpc.health.v1; exit 0 only when SERVING).
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
