@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common import channels
 from services.common.threads import Backoff
 
 from .process import _alive, _cmdline, _port_in_use
@@ -38,6 +39,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_port_pair() -> int:
+    """A free port whose successor is free too: the local stack's Kafka takes port + 1 for its
+    controller and MinIO port + 1 for its console (DRIFTLINE_DEVSTACK_KAFKA_PORT / _S3_PORT)."""
+    while True:
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
 
 
 def port_or_free(preferred: int) -> int:
@@ -154,7 +168,7 @@ class LoopProcesses:
 
 def serving(address: str, timeout: float = 1.0) -> bool:
     try:
-        with grpc.insecure_channel(address) as channel:
+        with channels.channel(address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
             return reply.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
