@@ -23,6 +23,7 @@ import grpc
 import numpy as np
 
 from inference import grpc_service_pb2 as oip
+from services.common.channels import aio_channel
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 PREDICT = "/driftline.v1.Predictor/Predict"
@@ -109,7 +110,7 @@ async def wait_ready(address: str, model: str, timeout_s: float, alive=lambda: N
 
     deadline = time.monotonic() + timeout_s
     last = "no answer"
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with aio_channel(address) as channel:
         stub = oip_grpc.GRPCInferenceServiceStub(channel)
         while time.monotonic() < deadline:
             alive()
@@ -137,7 +138,7 @@ async def run_point(address: str, model: str, rows: int, concurrency: int, durat
     else:
         payload, check, method = predict_request(model, rows), check_predict_response, PREDICT
     result = PointResult()
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    async with aio_channel(address, options=CHANNEL_OPTIONS) as channel:
         call = channel.unary_unary(method)  # bytes in, bytes out
         loop = asyncio.get_running_loop()
         window_start = loop.time() + warmup_s
@@ -243,7 +244,7 @@ async def run_point_ghz(ghz: str, root, address: str, model: str, rows: int, con
     from pathlib import Path
 
     payload = infer_request(model, rows)
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    async with aio_channel(address, options=CHANNEL_OPTIONS) as channel:
         check_infer_response(await channel.unary_unary(MODEL_INFER)(payload, timeout=timeout_s), rows)
     with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:
         f.write(payload)

@@ -196,6 +196,7 @@ class DriftlineStack:
         import grpc
 
         from driftline.v1 import registry_pb2, registry_pb2_grpc
+        from services.common.channels import channel as open_channel
         from services.common.objectstore import MinioObjectStore
         from services.common.settings import CommonSettings
 
@@ -205,7 +206,7 @@ class DriftlineStack:
             self.env(DRIFTLINE_GRPC_PORT=port, DRIFTLINE_REGISTRY_DB=str(self.workdir / "registry.db")),
             self.workdir / "registry.log")
         store = MinioObjectStore.from_settings(CommonSettings(bucket=self.bucket))
-        with grpc.insecure_channel(self.registry_address) as channel:
+        with open_channel(self.registry_address) as channel:
             grpc.channel_ready_future(channel).result(timeout=60)
             registry = registry_pb2_grpc.RegistryStub(channel)
             for name, path in self.model_paths.items():
@@ -256,6 +257,7 @@ class DriftlineStack:
 def remove_bucket(bucket: str) -> None:
     """Deletes the run's bucket from the shared MinIO (best effort; the models are cached locally)."""
     try:
+        from services.common.channels import channel as open_channel
         from services.common.objectstore import MinioObjectStore
         from services.common.settings import CommonSettings
 

@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driftline.v1 import monitor_pb2_grpc, registry_pb2, registry_pb2_grpc, serving_pb2_grpc
+from services.common import channels
 
 from .errors import CliError, from_rpc, unreachable
 from .state import Platform
@@ -34,7 +35,7 @@ class Rpc:
         self.service = service
         self.address = address
         # wait_for_ready is False on every call (grpc's default): a refused connection fails now.
-        self.channel = grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)])
+        self.channel = channels.channel(address, options=[("grpc.enable_http_proxy", 0)])
         self.stub = (stub or STUBS[service])(self.channel)
 
     @classmethod
@@ -60,7 +61,7 @@ class Rpc:
 def health(address: str, timeout: float = DEADLINE_S) -> str:
     """The server's grpc.health.v1 status (SERVING, NOT_SERVING, …) or why there is none."""
     try:
-        with grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        with channels.channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     except grpc.RpcError as exc:

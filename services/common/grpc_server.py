@@ -18,7 +18,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from . import tls
 from .errors import translating
+from .settings import CommonSettings
 from .telemetry import GRPC_LATENCY, GRPC_REQUESTS
 
 log = logging.getLogger(__name__)
@@ -155,11 +157,14 @@ def advertised_address_host(bind_host: str, advertised_host: str = "") -> str:
 
 
 class GrpcServer:
-    """One service's gRPC server on 127.0.0.1 (or `host`); `address` is what clients dial."""
+    """One service's gRPC server on 127.0.0.1 (or `host`); `address` is what clients dial.
+
+    TLS (mTLS with `tls_client_auth`) when `settings` carry a certificate and key; plaintext
+    otherwise, which only a loopback host gets unless `allow_insecure` (`tls.InsecureBind`)."""
 
     def __init__(self, name: str, services: Iterable[Service], port: int = 0,
                  host: str = "127.0.0.1", options: Iterable[tuple[str, object]] = (),
-                 advertised_host: str = "") -> None:
+                 advertised_host: str = "", settings: CommonSettings | None = None) -> None:
         self.name = name
         self.services = list(services)
         exclude = [path for svc in self.services for path in svc.own_metric_paths]
@@ -173,7 +178,15 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        settings = settings if settings is not None else CommonSettings.model_construct()
+        bind = f"{host}:{port}"
+        credentials = tls.server_credentials(settings)
+        self.tls = credentials is not None
+        if credentials is None:
+            tls.refuse_plaintext_beyond_loopback(bind, settings)
+            self.port = self.server.add_insecure_port(bind)
+        else:
+            self.port = self.server.add_secure_port(bind, credentials)
         self.address = f"{advertised_address_host(host, advertised_host)}:{self.port}"
         self._stopped = asyncio.Event()
 
@@ -182,7 +195,7 @@ class GrpcServer:
         for svc in self.services:
             await self.health.set(svc.full_name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("gRPC server started", extra={"address": self.address,
+        log.info("gRPC server started", extra={"address": self.address, "tls": self.tls,
                                                 "services": [s.full_name for s in self.services]})
 
     async def stop(self, grace: float = 5.0) -> None:

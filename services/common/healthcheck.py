@@ -41,10 +41,12 @@ def _check_grpc(target: str, service: str, timeout: float) -> str | None:
     import grpc  # here, not at the top: the HTTP probe should not pay for importing grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from .channels import channel
+
     what = f"{target} {service!r}" if service else target
-    with grpc.insecure_channel(target) as channel:
+    with channel(target) as open_channel:  # TLS when this process's DRIFTLINE_TLS_* say so
         try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
+            answer = health_pb2_grpc.HealthStub(open_channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.RpcError as exc:
             code = exc.code() if callable(getattr(exc, "code", None)) else None

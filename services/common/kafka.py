@@ -375,9 +375,12 @@ _NOT_READY = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILAB
 
 def ensure_topics(bootstrap: str, topics: Iterable[str], *, partitions: int = 1,
                   replication: int = 1, config: Mapping[str, str] | None = None,
-                  timeout: float = 30.0) -> None:
-    """Creates the topics that do not exist yet; existing ones are left as they are."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+                  timeout: float = 30.0, client_config: Mapping[str, object] | None = None) -> None:
+    """Creates the topics that do not exist yet; existing ones are left as they are.
+
+    `config`: the new topics' settings; `client_config`: the admin client's (security,
+    `CommonSettings.kafka_client_config()`)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(client_config or {})})
     wanted = list(dict.fromkeys(topics))
     existing = set(admin.list_topics(timeout=timeout).topics)
     new = [NewTopic(t, num_partitions=partitions, replication_factor=replication,

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+import urllib3
 from minio import Minio
 from minio.error import S3Error
 
@@ -94,16 +95,28 @@ def split_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def https_client(ca_file: str) -> urllib3.PoolManager:
+    """minio's default HTTP client (its timeouts and retries), verifying servers with a private CA."""
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=urllib3.Timeout.DEFAULT_TIMEOUT, read=300), maxsize=10,
+        cert_reqs="CERT_REQUIRED", ca_certs=ca_file,
+        retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]))
+
+
 class MinioObjectStore(ObjectStore):
+    """`secure`: https; `ca_file`: the PEM bundle that verifies the server (a private CA), else
+    the system's CAs."""
+
     def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str,
-                 secure: bool = False) -> None:
-        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure)
+                 secure: bool = False, ca_file: str = "") -> None:
+        http = https_client(ca_file) if secure and ca_file else None
+        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, http_client=http)
         self.bucket = bucket
 
     @classmethod
     def from_settings(cls, settings) -> "MinioObjectStore":
         store = cls(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
-                    settings.bucket, settings.s3_secure)
+                    settings.bucket, settings.s3_secure, settings.s3_ca_file)
         store.ensure_bucket()
         return store
 
@@ -167,21 +180,24 @@ class ObjectStores:
     True
     """
 
-    def __init__(self, endpoint: str, access_key: str, secret_key: str, secure: bool = False) -> None:
+    def __init__(self, endpoint: str, access_key: str, secret_key: str, secure: bool = False,
+                 ca_file: str = "") -> None:
         self._credentials = (endpoint, access_key, secret_key)
         self._secure = secure
+        self._ca_file = ca_file
         self._stores: dict[str, MinioObjectStore] = {}
         self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings) -> "ObjectStores":
-        return cls(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_secure)
+        return cls(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_secure,
+                   settings.s3_ca_file)
 
     def for_bucket(self, bucket: str) -> "MinioObjectStore":
         with self._lock:
             store = self._stores.get(bucket)
             if store is None:
-                store = self._stores[bucket] = MinioObjectStore(*self._credentials, bucket, self._secure)
+                store = self._stores[bucket] = MinioObjectStore(*self._credentials, bucket, self._secure, self._ca_file)
             return store
 
     def read_bytes(self, uri: str, expected_sha256: str | None = None) -> bytes:

@@ -11,14 +11,17 @@ import grpc
 
 from driftline.v1 import registry_pb2, registry_pb2_grpc
 
+from .channels import channel
+from .settings import CommonSettings
+
 ModelVersion = registry_pb2.ModelVersion
 
 
 class RegistryClient:
-    def __init__(self, address: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 5.0, settings: CommonSettings | None = None) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address)
+        self._channel = channel(address, settings)
         self.stub = registry_pb2_grpc.RegistryStub(self._channel)
 
     def alias(self, name: str, alias: str) -> ModelVersion | None:

@@ -24,6 +24,7 @@ from .grpc_server import GrpcServer, Service, install_signal_handlers
 from .kafka import Consumer, DeliveryError
 from .settings import CommonSettings
 from .threads import Backoff, StoppableThread
+from .tls import InsecureBind
 from .telemetry import configure_logging, start_metrics
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ class ServiceProcess:
         self.settings = settings
         self.grpc = GrpcServer(
             name, services, port=settings.grpc_port, host=settings.grpc_host, options=grpc_options,
-            advertised_host=settings.advertised_host) if services else None
+            advertised_host=settings.advertised_host, settings=settings) if services else None
         self.workers = list(workers)
         self.on_stop = list(on_stop)
         self._stop_requested = asyncio.Event()
@@ -268,5 +269,10 @@ def run_service(name: str, settings: CommonSettings,
         await process.run_until_stopped()
 
     started = time.monotonic()
-    run_event_loop(main(), settings.event_loop)
+    try:
+        run_event_loop(main(), settings.event_loop)
+    except InsecureBind as exc:
+        # A deployment's mistake, not a crash: one line saying which settings fix it, no traceback.
+        log.error("refusing to start: %s", exc, extra={"service": name})
+        raise SystemExit(2) from None
     log.info("exited", extra={"service": name, "uptime_s": round(time.monotonic() - started, 1)})

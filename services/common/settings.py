@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -88,6 +88,27 @@ class CommonSettings(BaseSettings):
     kafka_session_timeout_ms: int = 10000
     # Attempts at a record before it goes to the service's dead-letter topic.
     max_attempts: int = 5
+
+    # TLS of every gRPC server and client (services/common/tls.py, services/common/channels.py).
+    # This process's PEM certificate and key: a server's own, and the client certificate it
+    # presents to an mTLS server. With both a server binds TLS; without them only loopback.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # The CA bundle: clients verify servers with it (TLS on every channel when set), and a server
+    # with `tls_client_auth` requires client certificates it signed (mTLS).
+    tls_ca_file: str = ""
+    tls_client_auth: bool = False
+    # Lets a server bind beyond loopback without TLS (or without authentication) knowingly.
+    allow_insecure: bool = False
+
+    @model_validator(mode="after")
+    def _tls_files_usable(self) -> "CommonSettings":
+        from .tls import settings_problem  # there, not here: tls imports grpc
+
+        problem = settings_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @property
     def kafka_brokers(self) -> list[str]:

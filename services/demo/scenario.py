@@ -26,6 +26,7 @@ import grpc
 from driftline.v1 import (
     features_pb2, monitor_pb2, registry_pb2, serving_pb2, serving_pb2_grpc, training_pb2,
 )
+from services.common import channels
 from services.common.kafka import Consumer, Producer, ensure_topics
 from services.common.settings import Topics
 
@@ -190,7 +191,7 @@ class LoopObserver:
         """Scores every labelled feature vector through Predict, in small batches."""
         consumer = Consumer(self.bootstrap, f"demo-client-{uuid.uuid4().hex[:8]}", [self.topics.features],
                             read_committed=True)
-        channel = grpc.insecure_channel(self.serving_address)
+        channel = channels.channel(self.serving_address)
         stub = serving_pb2_grpc.PredictorStub(channel)
         try:
             while not self.done.is_set():

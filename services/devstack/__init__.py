@@ -10,7 +10,8 @@ For machines without a Docker engine. `python -m services.devstack up|status|dow
 Env: DRIFTLINE_STATE_DIR (logs, pids, data; default <repo>/.devstack), DRIFTLINE_CACHE_DIR
 (jars, binaries; default ~/.cache/driftline), DRIFTLINE_DEVSTACK_KAFKA_PORT (9092; the
 controller takes the next port), DRIFTLINE_DEVSTACK_S3_PORT (9000; the console the next),
-DRIFTLINE_S3_ACCESS_KEY / DRIFTLINE_S3_SECRET_KEY.
+DRIFTLINE_S3_ACCESS_KEY / DRIFTLINE_S3_SECRET_KEY, DRIFTLINE_DEVSTACK_SECURE (SASL_SSL with ACLs
+on Kafka and https on S3 from the stack's own CA; `Endpoints.env(principal)` logs a process in).
 """
 
 from __future__ import annotations
@@ -33,18 +34,31 @@ __all__ = ["DevstackError", "Endpoints", "down", "endpoints", "install", "status
 @dataclass(frozen=True)
 class Endpoints:
     kafka_bootstrap: str  # host:port
-    s3_endpoint: str  # host:port, plain http (DRIFTLINE_S3_SECURE=false)
+    s3_endpoint: str  # host:port, plain http unless `secure` (DRIFTLINE_S3_SECURE)
     s3_access_key: str
     s3_secret_key: str
+    # The secure stack (DRIFTLINE_DEVSTACK_SECURE): SASL_SSL with ACLs on Kafka, https on S3.
+    secure: bool = False
+    s3_ca_file: str = ""
 
     @property
     def s3_url(self) -> str:
-        return f"http://{self.s3_endpoint}"
+        return f"{'https' if self.secure else 'http'}://{self.s3_endpoint}"
+
+    def env(self, principal: str = "operator") -> dict[str, str]:
+        """The DRIFTLINE_* variables of a process that is `principal` (a service's name, or
+        "operator") on this stack: addresses, and on a secure stack its own Kafka login and the CA."""
+        found = {**kafka.broker().env(principal), "DRIFTLINE_S3_ENDPOINT": self.s3_endpoint,
+                 "DRIFTLINE_S3_ACCESS_KEY": self.s3_access_key, "DRIFTLINE_S3_SECRET_KEY": self.s3_secret_key,
+                 "DRIFTLINE_S3_SECURE": "true" if self.secure else "false"}
+        if self.s3_ca_file:
+            found["DRIFTLINE_S3_CA_FILE"] = self.s3_ca_file
+        return found
 
 
 def endpoints() -> Endpoints:
     access, secret = config.s3_credentials()
-    return Endpoints(kafka.bootstrap(), s3.endpoint(), access, secret)
+    return Endpoints(kafka.bootstrap(), s3.endpoint(), access, secret, config.secure(), s3.ca_file())
 
 
 def _components() -> list[ManagedProcess]:
@@ -115,6 +129,8 @@ def up(quiet: bool = False) -> Endpoints:
                     if not p.healthy():
                         p.wait_ready(pid)
                     say(_line(p, pid, "healthy", "already running, nothing to do"))
+            if config.secure():  # every principal's SCRAM user and ACLs (idempotent)
+                kafka.broker().provision()
         except BaseException:
             # Leave nothing half-up: what this call started, it stops.
             for p in procs:

@@ -40,3 +40,13 @@ def s3_credentials() -> tuple[str, str]:
         os.environ.get("DRIFTLINE_S3_ACCESS_KEY") or DEFAULT_S3_ACCESS_KEY,
         os.environ.get("DRIFTLINE_S3_SECRET_KEY") or DEFAULT_S3_SECRET_KEY,
     )
+
+
+def tls_dir() -> Path:
+    """The secure stack's CA and server certificates (services/devstack/tls.py)."""
+    return state_dir() / "tls"
+
+
+def secure() -> bool:
+    """The secure stack: SASL_SSL and ACLs on Kafka, TLS on S3 (DRIFTLINE_DEVSTACK_SECURE)."""
+    return (os.environ.get("DRIFTLINE_DEVSTACK_SECURE") or "").lower() in ("1", "true", "yes")

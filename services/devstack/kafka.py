@@ -1,4 +1,12 @@
-"""Apache Kafka in KRaft mode (one combined broker+controller) from its Maven Central jars."""
+"""Apache Kafka in KRaft mode (one combined broker+controller) from its Maven Central jars.
+
+Plaintext by default (loopback only). Secure mode (`DRIFTLINE_DEVSTACK_SECURE=true`, or a `Broker`
+made with `secure=True`, as tests/security does on its own ports) serves SASL_SSL (SCRAM-SHA-512)
+with a certificate of the stack's own CA, runs the KRaft controller listener over mutual TLS,
+and turns on the StandardAuthorizer: an `admin` super-user made at format time, then one SCRAM
+user per principal of services/common/kafka_acls.py with only its ACLs (`Broker.provision`).
+Every password is generated at setup and kept 0600 in the broker's directory.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,12 @@ import os
 import shutil
 import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import config
+from services.common.kafka_acls import PRINCIPALS, Grant, acl_table
+
+from . import config, tls
 from .process import DevstackError, ManagedProcess, Say, port_open, run_streaming
 
 KAFKA_VERSION = "4.4.0"
@@ -35,6 +46,38 @@ JVM_OPTS = [
     "-Dlog4j2.shutdownHookEnabled=false",
 ]
 
+_PLAINTEXT_LISTENERS = """\
+listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
+advertised.listeners=PLAINTEXT://{host}:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+"""
+
+# SCRAM credentials live in the metadata log, which the controller must read before it can check
+# one, so the controller listener authenticates the broker by its certificate (mutual TLS) instead.
+_SECURE_LISTENERS = """\
+listeners=SASL_SSL://{host}:{port},CONTROLLER://{host}:{controller_port}
+advertised.listeners=SASL_SSL://{host}:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=SASL_SSL
+listener.security.protocol.map=CONTROLLER:SSL,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule \\
+  required username="admin" password="{admin_password}";
+ssl.keystore.type=PEM
+ssl.keystore.location={keystore}
+ssl.truststore.type=PEM
+ssl.truststore.location={ca_file}
+listener.name.controller.ssl.client.auth=required
+# A certificate's principal is its common name: the broker's own is "kafka-broker".
+ssl.principal.mapping.rules=RULE:^CN=([^,]+),.*$/$1/,DEFAULT
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:admin;User:kafka-broker
+allow.everyone.if.no.acl.found=false
+"""
+
 _SERVER_PROPERTIES = """\
 # Written by services/devstack on every start; edit kafka.py instead.
 process.roles=broker,controller
@@ -42,12 +85,7 @@ node.id=1
 # A static one-voter quorum: unlike --standalone's dynamic quorum it does not record the
 # controller's address in the metadata log, so the ports can change between runs.
 controller.quorum.voters=1@{host}:{controller_port}
-listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
-advertised.listeners=PLAINTEXT://{host}:{port}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={data_dir}
+{listeners}log.dirs={data_dir}
 
 # One broker: every internal topic must live with a replication factor of 1.
 num.partitions=1
@@ -152,7 +190,7 @@ def install(say: Say) -> Path:
     return libs
 
 
-def _format_storage(properties: Path, data_dir: Path, say: Say) -> None:
+def _format_storage(properties: Path, data_dir: Path, say: Say, extra: list[str] = ()) -> None:
     if (data_dir / "meta.properties").exists():
         return
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
@@ -160,7 +198,7 @@ def _format_storage(properties: Path, data_dir: Path, say: Say) -> None:
     out = subprocess.run(
         [_java(), *JVM_OPTS, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
          "-cp", f"{libs_dir()}/*", "kafka.tools.StorageTool",
-         "format", "-t", cluster_id, "-c", str(properties)],
+         "format", "-t", cluster_id, "-c", str(properties), *extra],
         capture_output=True, text=True, timeout=120,
     )
     if out.returncode != 0:
@@ -179,41 +217,155 @@ def _silent_logger() -> logging.Logger:
     return logger
 
 
-def is_ready(timeout: float = 2.0) -> bool:
-    if not port_open(config.kafka_port()):
-        return False
-    from confluent_kafka.admin import AdminClient  # only needed once a broker listens
+_ACL_RESOURCES = {"topic": "TOPIC", "group": "GROUP", "transactional_id": "TRANSACTIONAL_ID"}
 
-    admin = AdminClient({"bootstrap.servers": bootstrap(), "logger": _silent_logger()})
-    metadata = admin.list_topics(timeout=timeout)
-    return bool(metadata.brokers)  # empty until the broker has registered with the controller
+
+@dataclass(frozen=True)
+class Broker:
+    """One broker's files and ports: the stack's (`component()`), or a test's private one.
+
+    >>> b = Broker(Path("/s/kafka"), 19092, secure=True)
+    >>> b.bootstrap, b.controller_port, b.data_dir.name
+    ('127.0.0.1:19092', 19093, 'data-secure')
+    """
+
+    home: Path
+    port: int
+    secure: bool = False
+    host: str = config.HOST
+    # The CA and certificates (default: <home>/tls); the stack's is shared with its S3 server.
+    ca_dir: Path | None = None
+
+    @property
+    def controller_port(self) -> int:
+        return self.port + 1
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def properties(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def data_dir(self) -> Path:
+        # Apart from the plaintext data: a secure log holds the admin's SCRAM credential from its format.
+        return self.home / ("data-secure" if self.secure else "data")
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.ca_dir or self.home / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.tls_dir / "ca.pem"
+
+    def passwords(self) -> dict[str, str]:
+        """{principal: SCRAM password}, "admin" included; generated on first use, kept 0600."""
+        return tls.secret_file(self.home / "secrets.json", ("admin", *PRINCIPALS))
+
+    def client_config(self, principal: str = "admin", password: str | None = None) -> dict[str, str]:
+        """librdkafka keys that log in as `principal` (`password`: its own unless given)."""
+        if not self.secure:
+            return {}
+        return {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                "sasl.username": principal, "sasl.password": password or self.passwords()[principal],
+                "ssl.ca.location": str(self.ca_file)}
+
+    def env(self, principal: str) -> dict[str, str]:
+        """The DRIFTLINE_* variables of a process that is `principal` on this broker."""
+        found = {"DRIFTLINE_KAFKA_BOOTSTRAP": self.bootstrap}
+        if self.secure:
+            found.update({"DRIFTLINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                          "DRIFTLINE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                          "DRIFTLINE_KAFKA_SASL_USERNAME": principal,
+                          "DRIFTLINE_KAFKA_SASL_PASSWORD": self.passwords()[principal],
+                          "DRIFTLINE_KAFKA_SSL_CA_FILE": str(self.ca_file)})
+        return found
+
+    def prepare(self, say: Say) -> None:
+        """Jars, certificates, secrets, server.properties and formatted storage."""
+        _require_java()
+        install(say)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        listeners = _PLAINTEXT_LISTENERS
+        extra: list[str] = []
+        fields = {"host": self.host, "port": self.port, "controller_port": self.controller_port}
+        if self.secure:
+            cert, key = tls.ensure_server_cert(self.tls_dir, "kafka-broker", self.tls_dir)
+            keystore = self.tls_dir / "kafka-broker.keystore.pem"
+            tls._write_private(keystore, key.read_bytes() + cert.read_bytes())
+            admin_password = self.passwords()["admin"]
+            fields.update(admin_password=admin_password, keystore=keystore, ca_file=self.ca_file)
+            listeners = _SECURE_LISTENERS
+            extra = ["--add-scram", f"SCRAM-SHA-512=[name=admin,password={admin_password}]"]
+        self.properties.write_text(_SERVER_PROPERTIES.format(
+            listeners=listeners.format(**fields), data_dir=self.data_dir, **fields))
+        os.chmod(self.properties, 0o600)  # it holds the admin's password in secure mode
+        _format_storage(self.properties, self.data_dir, say, extra)
+
+    def command(self) -> list[str]:
+        return [_java(), *JVM_OPTS, *_class_data_options(), f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+                "-cp", f"{libs_dir()}/*", "kafka.Kafka", str(self.properties)]
+
+    def is_ready(self, timeout: float = 2.0) -> bool:
+        if not port_open(self.port):
+            return False
+        from confluent_kafka.admin import AdminClient  # only needed once a broker listens
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "logger": _silent_logger(),
+                             **self.client_config()})
+        metadata = admin.list_topics(timeout=timeout)
+        return bool(metadata.brokers)  # empty until the broker has registered with the controller
+
+    def provision(self, prefix: str = "", timeout: float = 30.0) -> list[Grant]:
+        """Upserts every principal's SCRAM user and creates its ACLs for the loop of `prefix`
+        (idempotent); returns the grants."""
+        from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient,
+                                           ResourcePatternType, ResourceType, ScramCredentialInfo,
+                                           ScramMechanism, UserScramCredentialUpsertion)
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "logger": _silent_logger(),
+                             **self.client_config()})
+        upserts = [UserScramCredentialUpsertion(name, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
+                                                password.encode())
+                   for name, password in self.passwords().items() if name != "admin"]
+        for future in admin.alter_user_scram_credentials(upserts, request_timeout=timeout).values():
+            future.result(timeout)
+        grants = acl_table(prefix)
+        bindings = [AclBinding(getattr(ResourceType, _ACL_RESOURCES[g.resource]), g.name,
+                               getattr(ResourcePatternType, g.pattern.upper()), f"User:{g.principal}", "*",
+                               getattr(AclOperation, op), AclPermissionType.ALLOW)
+                    for g in grants for op in g.operations]
+        for future in admin.create_acls(bindings, request_timeout=timeout).values():
+            future.result(timeout)
+        return grants
+
+
+def broker() -> Broker:
+    """The local stack's broker (state dir, port and mode from the DRIFTLINE_* environment)."""
+    return Broker(config.state_dir() / "kafka", config.kafka_port(), config.secure(), ca_dir=config.tls_dir())
+
+
+def is_ready(timeout: float = 2.0) -> bool:
+    return broker().is_ready(timeout)
 
 
 def component() -> ManagedProcess:
-    state = config.state_dir()
-    port = config.kafka_port()
-    controller_port = port + 1
-    properties = state / "kafka" / "server.properties"
-    data_dir = state / "kafka" / "data"
+    stack = broker()
 
     def setup(say: Say) -> None:
-        _require_java()
-        install(say)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        properties.write_text(_SERVER_PROPERTIES.format(
-            host=config.HOST, port=port, controller_port=controller_port, data_dir=data_dir))
-        _format_storage(properties, data_dir, say)
+        stack.prepare(say)
 
     return ManagedProcess(
         name="kafka",
-        command=[_java(), *JVM_OPTS, *_class_data_options(),
-                 f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-                 "-cp", f"{libs_dir()}/*", "kafka.Kafka", str(properties)],
-        address=bootstrap(),
-        ports=[port, controller_port],
-        marker=str(properties),
-        home=properties.parent,
-        ready=is_ready,
+        command=stack.command(),
+        address=stack.bootstrap,
+        ports=[stack.port, stack.controller_port],
+        marker=str(stack.properties),
+        home=stack.home,
+        ready=stack.is_ready,
         setup=setup,
         after_stop=_keep_class_data_archive,
         start_timeout=120.0,

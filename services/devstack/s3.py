@@ -10,7 +10,7 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
-from . import config
+from . import config, tls
 from .process import ManagedProcess, Say, go_install, port_open
 
 MINIO_MODULE = "github.com/minio/minio"
@@ -26,23 +26,44 @@ def install(say: Say) -> Path:
 
 
 def endpoint() -> str:
-    """host:port, the form the minio client and DRIFTLINE_S3_ENDPOINT use (plain http)."""
+    """host:port, the form the minio client and DRIFTLINE_S3_ENDPOINT use (https in secure mode)."""
     return f"{config.HOST}:{config.s3_port()}"
+
+
+def ca_file() -> str:
+    """The PEM file that verifies the secure stack's S3 server (DRIFTLINE_S3_CA_FILE); "" when plain."""
+    return str(config.tls_dir() / "ca.pem") if config.secure() else ""
+
+
+def certs_dir() -> Path:
+    return config.state_dir() / "minio" / "certs"
 
 
 def is_ready(timeout: float = 2.0) -> bool:
     if not port_open(config.s3_port()):
         return False
-    url = f"http://{endpoint()}/minio/health/live"
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    import ssl
+
+    secure = config.secure()
+    context = ssl.create_default_context(cafile=ca_file()) if secure else None
+    url = f"{'https' if secure else 'http'}://{endpoint()}/minio/health/live"
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
         if response.status != 200:
             return False
     # Live only means the HTTP server runs; a signed request proves the credentials work too.
-    from minio import Minio
+    from services.common.objectstore import MinioObjectStore
 
     access, secret = config.s3_credentials()
-    Minio(endpoint(), access_key=access, secret_key=secret, secure=False).list_buckets()
+    MinioObjectStore(endpoint(), access, secret, "", secure, ca_file()).client.list_buckets()
     return True
+
+
+def _write_certificates() -> None:
+    # MinIO serves https when its certs dir holds public.crt and private.key.
+    cert, key = tls.ensure_server_cert(config.tls_dir(), "s3", config.tls_dir())
+    certs_dir().mkdir(parents=True, exist_ok=True)
+    (certs_dir() / "public.crt").write_bytes(cert.read_bytes())
+    tls._write_private(certs_dir() / "private.key", key.read_bytes())
 
 
 def component() -> ManagedProcess:
@@ -54,6 +75,11 @@ def component() -> ManagedProcess:
     def setup(say: Say) -> None:
         install(say)
         data_dir.mkdir(parents=True, exist_ok=True)
+        if config.secure():
+            _write_certificates()
+        else:  # a stack switched back to plain http must not keep serving https
+            for name in ("public.crt", "private.key"):
+                (certs_dir() / name).unlink(missing_ok=True)
 
     return ManagedProcess(
         name="s3",
@@ -61,7 +87,7 @@ def component() -> ManagedProcess:
                  "--address", f"{config.HOST}:{port}",
                  "--console-address", f"{config.HOST}:{port + 1}",
                  # Otherwise MinIO creates ~/.minio/certs outside the state dir.
-                 "--certs-dir", str(state / "minio" / "certs")],
+                 "--certs-dir", str(certs_dir())],
         address=endpoint(),
         ports=[port, port + 1],
         marker=str(data_dir),

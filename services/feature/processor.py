@@ -84,7 +84,8 @@ class FeatureProcessor:
         self.dead_letter_topic = topics.dead_letters(SERVICE)
         self.consumer = Consumer(settings.kafka_bootstrap, settings.app_id, [topics.events], from_beginning=True,
                                  read_committed=True, instance_id=settings.member_id(),
-                                 session_timeout_ms=settings.kafka_session_timeout_ms)
+                                 session_timeout_ms=settings.kafka_session_timeout_ms,
+                                 config=settings.kafka_client_config())
         self.consumer.raw.subscribe([topics.events], on_assign=self._on_assign, on_revoke=self._on_revoke)
         self.transactional_id = settings.transactional_id()
         self.producer: Producer | None = self._new_producer()
@@ -98,7 +99,8 @@ class FeatureProcessor:
 
     def _new_producer(self) -> Producer:
         return Producer(self.settings.kafka_bootstrap, transactional_id=self.transactional_id,
-                        config={"transaction.timeout.ms": self.settings.feature_transaction_timeout_ms})
+                        config={**self.settings.kafka_client_config(),
+                                "transaction.timeout.ms": self.settings.feature_transaction_timeout_ms})
 
     # -- a batch ----------------------------------------------------------------------------------
 
@@ -221,7 +223,8 @@ class FeatureProcessor:
         backoff = Backoff()
         while not self.worker.stopping:
             try:
-                self.table.load(read_changelog(self.settings.kafka_bootstrap, self.settings.changelog_topic, wanted))
+                self.table.load(read_changelog(self.settings.kafka_bootstrap, self.settings.changelog_topic, wanted,
+                                               client_config=self.settings.kafka_client_config()))
                 break
             except Exception:
                 # No event of these partitions may be handled without its state: wait for the changelog.

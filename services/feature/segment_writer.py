@@ -95,7 +95,8 @@ class SegmentWriter(StoppableThread):
         self.drain_timeout_s = settings.shutdown_grace_s
         self.consumer = Consumer(settings.kafka_bootstrap, group_id, [self.topic], from_beginning=True,
                                  read_committed=True, instance_id=settings.member_id(self.kind),
-                                 session_timeout_ms=settings.kafka_session_timeout_ms)
+                                 session_timeout_ms=settings.kafka_session_timeout_ms,
+                                 config=settings.kafka_client_config())
         # Re-subscribe with callbacks: a revoked partition's buffers are written while still owned.
         self.consumer.raw.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._pending: dict[Key, _Pending] = {}

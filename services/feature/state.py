@@ -113,8 +113,8 @@ class Changes(Mapping[str, Row]):
             yield partition, json.dumps(key).encode(), None if row is None else json.dumps(row).encode()
 
 
-def read_changelog(bootstrap: str, topic: str, partitions: Iterable[int], timeout_s: float = 60.0
-                   ) -> dict[int, dict[str, Row]]:
+def read_changelog(bootstrap: str, topic: str, partitions: Iterable[int], timeout_s: float = 60.0,
+                   client_config: Mapping[str, object] | None = None) -> dict[int, dict[str, Row]]:
     """The committed rows of `partitions`, read from the start of the changelog to its end.
 
     read_committed stops at the last stable offset: a transaction a dead process left open (it
@@ -129,7 +129,7 @@ def read_changelog(bootstrap: str, topic: str, partitions: Iterable[int], timeou
     started = time.monotonic()
     consumer = _Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-restore",
                           "enable.auto.commit": False, "enable.partition.eof": True,
-                          "isolation.level": "read_committed"})
+                          "isolation.level": "read_committed", **(client_config or {})})
     try:
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in wanted])
         reading = set(wanted)

@@ -60,12 +60,14 @@ def build_worker(settings: FeatureSettings) -> FeatureProcess:
     topics = settings.topics
     ensure_topics(settings.kafka_bootstrap, [topics.events, topics.features, topics.labels,
                                              topics.dead_letters(SERVICE)],
-                  partitions=settings.topic_partitions, replication=settings.topic_replication)
+                  partitions=settings.topic_partitions, replication=settings.topic_replication,
+                  client_config=settings.kafka_client_config())
     ensure_topics(settings.kafka_bootstrap, [settings.changelog_topic], partitions=settings.topic_partitions,
-                  replication=settings.topic_replication, config=CHANGELOG_CONFIG)
+                  replication=settings.topic_replication, config=CHANGELOG_CONFIG,
+                  client_config=settings.kafka_client_config())
     store = MinioObjectStore.from_settings(settings)
     processor = FeatureProcessor(settings, catalog)
-    dead_letter_producer = Producer(settings.kafka_bootstrap)
+    dead_letter_producer = Producer(settings.kafka_bootstrap, config=settings.kafka_client_config())
     # Each thread gets a catalogue of its own: StreamCatalog is not shared across threads.
     segments = FeatureSegmentWriter(settings, store, StreamCatalog.from_settings(settings))
     labels = LabelSegmentWriter(settings, store, StreamCatalog.from_settings(settings),

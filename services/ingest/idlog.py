@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -41,7 +42,8 @@ def topic_config(retention_ms: int) -> dict[str, str]:
 class IdLog(StoppableThread):
     """Reads the published-ids topic into `recent`: `load()` up to its end, then `start()` to follow it."""
 
-    def __init__(self, bootstrap: str, topic: str, recent: RecentIds, group_id: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, recent: RecentIds, group_id: str,
+                 client_config: Mapping[str, object] | None = None) -> None:
         super().__init__("ingest-ids")
         self.topic = topic
         self.recent = recent
@@ -51,7 +53,7 @@ class IdLog(StoppableThread):
         self.consumer = Consumer({
             "bootstrap.servers": bootstrap, "group.id": f"{group_id}-ids-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False, "isolation.level": "read_committed", "enable.partition.eof": True,
-            "fetch.wait.max.ms": 100})
+            "fetch.wait.max.ms": 100, **(client_config or {})})
 
     def load(self, timeout_s: float = 60.0) -> int:
         """Reads the newest `recent.capacity` committed ids of every partition; returns how many.

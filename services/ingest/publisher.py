@@ -12,7 +12,7 @@ and aborts whatever the old one left open.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, TopicPartition
@@ -32,10 +32,11 @@ class Outgoing:
 
 
 class TransactionalPublisher:
-    def __init__(self, bootstrap: str, transactional_id: str, transaction_timeout_ms: int = 15000) -> None:
+    def __init__(self, bootstrap: str, transactional_id: str, transaction_timeout_ms: int = 15000,
+                 client_config: Mapping[str, object] | None = None) -> None:
         self.bootstrap = bootstrap
         self.transactional_id = transactional_id
-        self.config = {"transaction.timeout.ms": transaction_timeout_ms}
+        self.config = {**(client_config or {}), "transaction.timeout.ms": transaction_timeout_ms}
         self._producer = self._new_producer()
 
     def _new_producer(self) -> Producer:

@@ -70,15 +70,18 @@ def build(settings: IngestSettings) -> ServiceProcess:
         log.warning("the default stream has no schema: records that name no stream are dead-lettered", extra={
             "stream": settings.stream, "streams_dir": str(catalog.folder), "streams": catalog.names()})
     topics = settings.topics
+    kafka_config = settings.kafka_client_config()
     ensure_topics(settings.kafka_bootstrap, [topics.events_raw, topics.events, topics.events_dlq],
-                  partitions=settings.topic_partitions, replication=settings.topic_replication)
+                  partitions=settings.topic_partitions, replication=settings.topic_replication,
+                  client_config=kafka_config)
     ensure_topics(settings.kafka_bootstrap, [settings.ids_topic], partitions=settings.topic_partitions,
-                  replication=settings.topic_replication, config=topic_config(settings.ingest_dedup_retention_ms))
+                  replication=settings.topic_replication, config=topic_config(settings.ingest_dedup_retention_ms),
+                  client_config=kafka_config)
     recent = RecentIds(settings.ingest_dedup_capacity)  # shared: a duplicate is one across both paths
 
     def pipeline(source: str, transactional_id: str, max_attempts: int) -> IngestPipeline:
         publisher = TransactionalPublisher(settings.kafka_bootstrap, transactional_id,
-                                           settings.ingest_transaction_timeout_ms)
+                                           settings.ingest_transaction_timeout_ms, client_config=kafka_config)
         # A catalogue each: the Kafka worker's thread and the gRPC calls' thread look at the folder apart.
         return IngestPipeline(StreamCatalog.from_settings(settings), topics, publisher, recent, source,
                               ids_topic=settings.ids_topic, max_attempts=max_attempts)
@@ -87,7 +90,7 @@ def build(settings: IngestSettings) -> ServiceProcess:
     # next are all there will be of the transactions before this process.
     kafka_pipeline = pipeline("kafka", settings.transactional_id, settings.max_attempts)
     grpc_pipeline = pipeline("grpc", f"{settings.transactional_id}-grpc", 1)
-    ids = IdLog(settings.kafka_bootstrap, settings.ids_topic, recent, settings.group_id)
+    ids = IdLog(settings.kafka_bootstrap, settings.ids_topic, recent, settings.group_id, client_config=kafka_config)
     ids.load()
     servicer = IngestServicer(grpc_pipeline, settings.ingest_max_batch_records)
     log.info("ingest configured", extra={

@@ -45,7 +45,7 @@ def raw_input(msg: Message) -> RawInput:
 def build_raw_worker(settings: IngestSettings, pipeline: IngestPipeline) -> ConsumerWorker:
     consumer = Consumer(settings.kafka_bootstrap, settings.group_id, [settings.topics.events_raw],
                         from_beginning=True, read_committed=True, instance_id=settings.instance_id,
-                        session_timeout_ms=settings.kafka_session_timeout_ms)
+                        session_timeout_ms=settings.kafka_session_timeout_ms, config=settings.kafka_client_config())
     backoff = Backoff()
 
     def handle(messages: Sequence[Message]) -> None:

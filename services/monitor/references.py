@@ -18,6 +18,7 @@ import grpc
 
 from services.common.reference import DecileBins, FeatureReference, TrainingReference
 from services.common.registry_client import RegistryClient
+from services.common.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ class RegistryReferences:
 
     def __init__(self, registry_address: str, read_json: Callable[[str], Mapping], *,
                  timeout_s: float = 2.0, retry_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._registry = RegistryClient(registry_address, timeout_s)
+                 clock: Callable[[], float] = time.monotonic, settings: CommonSettings | None = None) -> None:
+        self._registry = RegistryClient(registry_address, timeout_s, settings)
         self._read_json = read_json
         self._retry_s = retry_s
         self._clock = clock

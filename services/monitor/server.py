@@ -62,7 +62,8 @@ def build(settings: MonitorSettings) -> ServiceProcess:
     producer = Producer(settings.kafka_bootstrap)
     stores = ObjectStores.from_settings(settings)
     references = RegistryReferences(settings.registry_address, stores.read_json,
-                                    timeout_s=settings.registry_timeout_s, retry_s=settings.reference_retry_s)
+                                    timeout_s=settings.registry_timeout_s, retry_s=settings.reference_retry_s,
+                                    settings=settings)
     dead_letters = DeadLetterQueue(producer, topics.dead_letters("monitor"), "monitor")
     monitor = drift_monitor(settings, producer, references, dead_letters=dead_letters)
     inputs = monitor.inputs  # the topics it has a handler for: the consumer reads exactly these
@@ -101,7 +102,8 @@ def build(settings: MonitorSettings) -> ServiceProcess:
     if monitor.first_models is not None:  # asks the registry which models serve already
         workers.append(ProductionLookups(
             monitor.models_without_production, monitor.production_looked_up,
-            RegistryClient(settings.registry_address, settings.registry_timeout_s), settings.first_model_check_s))
+            RegistryClient(settings.registry_address, settings.registry_timeout_s, settings),
+            settings.first_model_check_s))
     if settings.dashboard_port:
         workers.append(Dashboard(monitor, settings.dashboard_host, settings.dashboard_port))
     log.info("monitor configured", extra={

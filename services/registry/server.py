@@ -19,8 +19,8 @@ def build(settings: RegistrySettings) -> ServiceProcess:
     store = SqliteRegistryStore(settings.registry_db)
     topic = settings.topics.registry_events
     ensure_topics(settings.kafka_bootstrap, [topic], partitions=settings.topic_partitions,
-                  replication=settings.topic_replication)
-    relay = OutboxRelay(store, Producer(settings.kafka_bootstrap), topic,
+                  replication=settings.topic_replication, client_config=settings.kafka_client_config())
+    relay = OutboxRelay(store, Producer(settings.kafka_bootstrap, config=settings.kafka_client_config()), topic,
                         interval_s=settings.relay_interval_s, batch=settings.relay_batch)
     # The versions' objects may be in any bucket of the S3 server, read verified by sha256.
     gate = Gate(ObjectStores.from_settings(settings), settings.gate_min_improvement)

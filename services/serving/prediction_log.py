@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -215,10 +215,12 @@ class PredictionLogger(StoppableThread):
 
     def __init__(self, bootstrap: str, topic: str, spool: Spool, *, max_queued: int = 10_000,
                  drain_interval_s: float = 0.005, delivery_timeout_ms: int = 5000, stall_s: float = 1.0,
-                 max_in_flight: int = 10_000, max_in_flight_bytes: int = 64 << 20) -> None:
+                 max_in_flight: int = 10_000, max_in_flight_bytes: int = 64 << 20,
+                 client_config: Mapping[str, object] | None = None) -> None:
         super().__init__("prediction-log")
         self._deliveries = _Deliveries()
         self.producer = Producer(bootstrap, config={
+            **(client_config or {}),
             # Replaces the wrapper's own callback: each failed record is spooled here, not raised.
             "on_delivery": self._deliveries,
             # A record the broker has not taken by then comes back as failed and goes to the spool,

@@ -287,7 +287,7 @@ async def build(settings: ServingSettings) -> ServingProcess:
     ensure_topics(settings.kafka_bootstrap, [topics.registry_events, topics.predictions,
                                              topics.dead_letters("serving")],
                   partitions=settings.topic_partitions, replication=settings.topic_replication)
-    source = RegistryClient(settings.registry_address, settings.registry_timeout_s)
+    source = RegistryClient(settings.registry_address, settings.registry_timeout_s, settings)
     config = session_config(settings)
     cache = ModelCache(settings.keep_previous_models)
     fetch = functools.partial(fetch_artifact, ObjectStores.from_settings(settings))

@@ -25,7 +25,7 @@ def build(settings: TrainerSettings) -> ServiceProcess:
     ensure_topics(settings.kafka_bootstrap, [topics.training_requests, topics.training_results, dead_letter_topic],
                   partitions=settings.topic_partitions, replication=settings.topic_replication)
     store = MinioObjectStore.from_settings(settings)
-    registry = RegistryClient(settings.registry_address, settings.registry_timeout_s)
+    registry = RegistryClient(settings.registry_address, settings.registry_timeout_s, settings)
     cancelled = threading.Event()
     pipeline = TrainingPipeline(settings, store, registry.stub,
                                 code_version(settings.code_version), cancelled)
