@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import certs, datasets, lifecycle, models, ops, produce, streams
+from . import certs, datasets, kafka, lifecycle, models, ops, produce, streams
 
 app = typer.Typer(name="driftline", help="Operate a Driftline platform: start it, feed it, watch it, "
                   "manage its models and datasets.", no_args_is_help=True, add_completion=False,
@@ -16,4 +16,5 @@ for verb in (lifecycle.up, lifecycle.down, lifecycle.status, lifecycle.logs, pro
 app.add_typer(streams.app, name="streams")
 app.add_typer(models.app, name="models")
 app.add_typer(datasets.app, name="datasets")
+app.add_typer(kafka.app, name="kafka")
 app.add_typer(certs.app, name="certs")

@@ -119,7 +119,7 @@ def kafka_admin(platform: Platform):
 
     bootstrap = platform.settings.kafka_bootstrap
     admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 2000,
-                         "logger": _QuietLogger()})
+                         "logger": _QuietLogger(), **platform.settings.kafka_client_config()})
     try:
         admin.list_topics(timeout=KAFKA_TIMEOUT_S)
     except Exception as exc:
@@ -146,7 +146,8 @@ def producer(platform: Platform):
     from services.common.kafka import Producer
 
     kafka_admin(platform)  # fail fast when there is no broker: a producer would just queue
-    return Producer(platform.settings.kafka_bootstrap, config={"logger": _QuietLogger()})
+    return Producer(platform.settings.kafka_bootstrap,
+                    config={"logger": _QuietLogger(), **platform.settings.kafka_client_config()})
 
 
 def read_topic(platform: Platform, topic: str, timeout_s: float = 5.0) -> Iterator:
@@ -157,8 +158,9 @@ def read_topic(platform: Platform, topic: str, timeout_s: float = 5.0) -> Iterat
     meta = admin.list_topics(topic, timeout=KAFKA_TIMEOUT_S).topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
         return
-    consumer = Consumer({"bootstrap.servers": platform.settings.kafka_bootstrap, "group.id": "driftline-cli",
-                         "enable.auto.commit": False, "logger": _QuietLogger()})
+    consumer = Consumer({"bootstrap.servers": platform.settings.kafka_bootstrap,
+                         "group.id": f"{platform.settings.topic_prefix}driftline-cli", "enable.auto.commit": False,
+                         "logger": _QuietLogger(), **platform.settings.kafka_client_config()})
     try:
         ends = {}
         for p in meta.partitions:
@@ -202,7 +204,9 @@ def s3_client(platform: Platform):
     from minio import Minio
 
     s = platform.settings
-    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=10.0), retries=urllib3.Retry(total=0))
+    verify = {"cert_reqs": "CERT_REQUIRED", "ca_certs": s.s3_ca_file} if s.s3_ca_file else {}
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=10.0), retries=urllib3.Retry(total=0),
+                               **verify)
     client = Minio(s.s3_endpoint, access_key=s.s3_access_key, secret_key=s.s3_secret_key, secure=s.s3_secure,
                    http_client=http)
     try:

@@ -44,11 +44,22 @@ class CommonSettings(BaseSettings):
     topic_prefix: str = ""
     topic_partitions: int = 1
     topic_replication: int = 1
+    # Kafka client security (`kafka_client_config()`): PLAINTEXT for the loopback developer loop;
+    # SASL_SSL authenticates this process as its own principal (SCRAM), whose ACLs cover only its
+    # topics and groups (services/common/kafka_acls.py), over TLS verified with `kafka_ssl_ca_file`
+    # (empty: the system's CAs).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_ca_file: str = ""
 
     s3_endpoint: str = "127.0.0.1:9000"
     s3_access_key: str = "driftline"
     s3_secret_key: str = "driftline-secret"
+    # https, verified with `s3_ca_file` (a private CA's PEM bundle; empty: the system's CAs).
     s3_secure: bool = False
+    s3_ca_file: str = ""
     bucket: str = "driftline"
 
     # The stream the loop runs on and the model it serves.
@@ -118,6 +129,29 @@ class CommonSettings(BaseSettings):
         ['k1:9092', 'k2:9092']
         """
         return comma_list(self.kafka_bootstrap)
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """The librdkafka security keys of every Kafka client this process makes (`config=`).
+
+        >>> CommonSettings().kafka_client_config()
+        {}
+        >>> sorted(CommonSettings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="ingest",
+        ...     kafka_sasl_password="p", kafka_ssl_ca_file="/ca.pem").kafka_client_config())
+        ['sasl.mechanism', 'sasl.password', 'sasl.username', 'security.protocol', 'ssl.ca.location']
+        """
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return {}
+        config = {"security.protocol": protocol}
+        if self.kafka_ssl_ca_file:
+            config["ssl.ca.location"] = self.kafka_ssl_ca_file
+        if protocol == "SASL_SSL":
+            if not (self.kafka_sasl_username and self.kafka_sasl_password):
+                raise ValueError("DRIFTLINE_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs DRIFTLINE_KAFKA_SASL_USERNAME "
+                                 "and DRIFTLINE_KAFKA_SASL_PASSWORD (this service's Kafka principal)")
+            config.update({"sasl.mechanism": self.kafka_sasl_mechanism, "sasl.username": self.kafka_sasl_username,
+                           "sasl.password": self.kafka_sasl_password})
+        return config
 
     @property
     def topics(self) -> "Topics":

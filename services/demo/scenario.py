@@ -119,9 +119,11 @@ class LoopObserver:
     """Runs the replayer, the Predict client and the watcher; collects the Result."""
 
     def __init__(self, options: Options, kafka_bootstrap: str, topics: Topics, serving_address: str,
-                 say: Callable[[str], None] = print) -> None:
+                 say: Callable[[str], None] = print, kafka_config: dict[str, str] | None = None) -> None:
         self.options = options
         self.bootstrap = kafka_bootstrap
+        # The security keys of the demo's Kafka clients (the operator's principal on a secure stack).
+        self.kafka_config = kafka_config or {}
         self.topics = topics
         self.serving_address = serving_address
         self.say = say
@@ -159,7 +161,7 @@ class LoopObserver:
     def replay(self) -> None:
         """Writes the stream at a steady rate; holds the drift until v1 serves, so
         v1 is always trained on the concept before the drift."""
-        producer = Producer(self.bootstrap)
+        producer = Producer(self.bootstrap, config=self.kafka_config)
         interval = 1.0 / self.options.rate
         next_at = time.monotonic()
         for event in self.stream.take():
@@ -189,8 +191,8 @@ class LoopObserver:
 
     def predict(self) -> None:
         """Scores every labelled feature vector through Predict, in small batches."""
-        consumer = Consumer(self.bootstrap, f"demo-client-{uuid.uuid4().hex[:8]}", [self.topics.features],
-                            read_committed=True)
+        consumer = Consumer(self.bootstrap, f"{self.topics.prefix}driftline-demo-client-{uuid.uuid4().hex[:8]}",
+                            [self.topics.features], read_committed=True, config=self.kafka_config)
         channel = channels.channel(self.serving_address)
         stub = serving_pb2_grpc.PredictorStub(channel)
         try:
@@ -256,7 +258,8 @@ class LoopObserver:
                  self.topics.training_requests: training_pb2.TrainingRequest,
                  self.topics.training_results: training_pb2.TrainingResult,
                  self.topics.monitor_stats: monitor_pb2.DriftReport}
-        consumer = Consumer(self.bootstrap, f"demo-watch-{uuid.uuid4().hex[:8]}", list(types), read_committed=True)
+        consumer = Consumer(self.bootstrap, f"{self.topics.prefix}driftline-demo-watch-{uuid.uuid4().hex[:8]}",
+                            list(types), read_committed=True, config=self.kafka_config)
         try:
             while not self.done.is_set():
                 for msg in consumer.poll_messages(100, 0.2):
@@ -331,7 +334,7 @@ class LoopObserver:
 
     # -- the run ---------------------------------------------------------------
     def run(self) -> Result:
-        ensure_topics(self.bootstrap, self.topics.all())
+        ensure_topics(self.bootstrap, self.topics.all(), client_config=self.kafka_config)
         actors = [threading.Thread(target=self._guard(f), name=f.__name__, daemon=True)
                   for f in (self.watch, self.predict, self.replay)]
         for actor in actors:

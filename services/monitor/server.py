@@ -59,7 +59,7 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServicer):
 def build(settings: MonitorSettings) -> ServiceProcess:
     # (MonitorSettings validated every setting on construction: a ValueError names a bad one.)
     topics = settings.topics
-    producer = Producer(settings.kafka_bootstrap)
+    producer = Producer(settings.kafka_bootstrap, config=settings.kafka_client_config())
     stores = ObjectStores.from_settings(settings)
     references = RegistryReferences(settings.registry_address, stores.read_json,
                                     timeout_s=settings.registry_timeout_s, retry_s=settings.reference_retry_s,
@@ -69,7 +69,8 @@ def build(settings: MonitorSettings) -> ServiceProcess:
     inputs = monitor.inputs  # the topics it has a handler for: the consumer reads exactly these
     ensure_topics(settings.kafka_bootstrap, [*inputs, topics.monitor_stats, topics.training_requests,
                                              dead_letters.topic],
-                  partitions=settings.topic_partitions, replication=settings.topic_replication)
+                  partitions=settings.topic_partitions, replication=settings.topic_replication,
+                  client_config=settings.kafka_client_config())
     group = f"{settings.topic_prefix}{settings.consumer_group}"
     # The state and the positions it reflects come back from the newest snapshot, and the consumer
     # starts there (not at the group's committed offsets): what came after it is applied once more.
@@ -80,7 +81,8 @@ def build(settings: MonitorSettings) -> ServiceProcess:
     # read_committed: feature records are written in transactions, and an aborted one (a feature
     # process killed mid-batch) is re-written by its successor; read_uncommitted would count both.
     consumer = Consumer(settings.kafka_bootstrap, group, inputs, instance_id=settings.instance_id,
-                        session_timeout_ms=settings.kafka_session_timeout_ms, read_committed=True)
+                        session_timeout_ms=settings.kafka_session_timeout_ms, read_committed=True,
+                        config=settings.kafka_client_config())
     resume_at(consumer, inputs, monitor.positions, restored)
     # Offsets are committed asynchronously after each batch (a synchronous commit costs a broker
     # round trip per batch, more than the batch's work) and synchronously when idle; they are where

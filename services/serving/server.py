@@ -286,7 +286,8 @@ async def build(settings: ServingSettings) -> ServingProcess:
     topics = settings.topics
     ensure_topics(settings.kafka_bootstrap, [topics.registry_events, topics.predictions,
                                              topics.dead_letters("serving")],
-                  partitions=settings.topic_partitions, replication=settings.topic_replication)
+                  partitions=settings.topic_partitions, replication=settings.topic_replication,
+                  client_config=settings.kafka_client_config())
     source = RegistryClient(settings.registry_address, settings.registry_timeout_s, settings)
     config = session_config(settings)
     cache = ModelCache(settings.keep_previous_models)
@@ -305,11 +306,13 @@ async def build(settings: ServingSettings) -> ServingProcess:
     router = Router(models, canary, shadow, settings.canary_weight)
 
     # Position on the events topic before the first GetAlias (the poller's), so no move is missed.
-    events = Consumer(settings.kafka_bootstrap, f"serving-{uuid.uuid4().hex}", [topics.registry_events],
-                      from_beginning=False, instance_id=settings.instance_id,
-                      session_timeout_ms=settings.kafka_session_timeout_ms)
+    # A group of its own (every instance reads every event), named in serving's Kafka ACLs by prefix.
+    events = Consumer(settings.kafka_bootstrap, f"{settings.topic_prefix}driftline-serving-{uuid.uuid4().hex}",
+                      [topics.registry_events], from_beginning=False, instance_id=settings.instance_id,
+                      session_timeout_ms=settings.kafka_session_timeout_ms, config=settings.kafka_client_config())
     position_at_end(events, topics.registry_events)
-    dead_letters = DeadLetterQueue(Producer(settings.kafka_bootstrap), topics.dead_letters("serving"), "serving")
+    dead_letters = DeadLetterQueue(Producer(settings.kafka_bootstrap, config=settings.kafka_client_config()),
+                                   topics.dead_letters("serving"), "serving")
     follower = ConsumerWorker("registry-events", events, AliasEventHandler(managers, dead_letters),
                               max_records=100, dead_letters=dead_letters, max_attempts=settings.max_attempts)
     poller = AliasPoller(managers, settings.alias_retry_s, settings.alias_resync_s)
@@ -318,7 +321,8 @@ async def build(settings: ServingSettings) -> ServingProcess:
                   fsync_interval_s=settings.prediction_spool_fsync_s)
     prediction_log = PredictionLogger(settings.kafka_bootstrap, topics.predictions, spool,
                                       max_queued=settings.prediction_log_queue,
-                                      delivery_timeout_ms=settings.prediction_log_delivery_timeout_ms)
+                                      delivery_timeout_ms=settings.prediction_log_delivery_timeout_ms,
+                                      client_config=settings.kafka_client_config())
     batcher = Batcher(max_batch_rows=settings.max_batch_rows,
                       max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
                       max_queued=settings.max_queued_requests, workers=settings.batch_workers,

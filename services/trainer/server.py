@@ -23,19 +23,20 @@ def build(settings: TrainerSettings) -> ServiceProcess:
     topics = settings.topics
     dead_letter_topic = topics.dead_letters("trainer")
     ensure_topics(settings.kafka_bootstrap, [topics.training_requests, topics.training_results, dead_letter_topic],
-                  partitions=settings.topic_partitions, replication=settings.topic_replication)
+                  partitions=settings.topic_partitions, replication=settings.topic_replication,
+                  client_config=settings.kafka_client_config())
     store = MinioObjectStore.from_settings(settings)
     registry = RegistryClient(settings.registry_address, settings.registry_timeout_s, settings)
     cancelled = threading.Event()
     pipeline = TrainingPipeline(settings, store, registry.stub,
                                 code_version(settings.code_version), cancelled)
-    producer = Producer(settings.kafka_bootstrap)
+    producer = Producer(settings.kafka_bootstrap, config=settings.kafka_client_config())
     dead_letters = RequestDeadLetters(producer, dead_letter_topic, topics.training_results, settings.model_name)
     handler = TrainingRequestHandler(store, pipeline, producer, topics.training_results, settings.model_name,
                                      dead_letters)
     consumer = Consumer(
         settings.kafka_bootstrap, f"{settings.topic_prefix}{settings.consumer_group}", [topics.training_requests],
         instance_id=settings.instance_id, session_timeout_ms=settings.kafka_session_timeout_ms,
-        config={"max.poll.interval.ms": int((settings.wait_timeout_s + TRAINING_HEADROOM_S) * 1000)})
+        config={**settings.kafka_client_config(), "max.poll.interval.ms": int((settings.wait_timeout_s + TRAINING_HEADROOM_S) * 1000)})
     worker = TrainerWorker(consumer, handler, cancelled, max_attempts=settings.max_attempts)
     return ServiceProcess("trainer", settings, workers=[worker], on_stop=[producer.close, registry.close])
