@@ -27,6 +27,7 @@ from services.feature.settings import FeatureSettings
 from services.ingest.settings import IngestSettings
 from services.monitor.settings import MonitorSettings
 from services.trainer.settings import TrainerSettings
+from private_servers import stop
 from support import ServiceRun, free_port, unique_bucket, unique_prefix, wait_for
 
 
@@ -56,12 +57,7 @@ def secure_broker(tmp_path_factory) -> Iterator[devstack_kafka.Broker]:
         wait_for(ready, 120, f"the secure broker on {broker.bootstrap}", every=0.25)
         yield broker
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 @pytest.fixture
