@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import tls
+from . import auth, tls
 from .errors import translating
 from .settings import CommonSettings
 from .telemetry import GRPC_LATENCY, GRPC_REQUESTS
@@ -86,10 +86,12 @@ class CallMetrics:
     call: a grpc.aio server interceptor runs a coroutine of its own on every call, which measured
     about a third of a bare server's throughput on small calls (bench/serving.py's
     floor-ort-icpt row). Methods in `exclude` (full paths "/pkg.Service/Method", or whole
-    services ending in "/") pass through untouched."""
+    services ending in "/") pass through untouched. With a `verifier`, each method also admits
+    only callers with its role (`auth.guarded`), before the handler runs."""
 
-    def __init__(self, service: str, exclude: Iterable[str] = ()) -> None:
+    def __init__(self, service: str, exclude: Iterable[str] = (), verifier: auth.Verifier | None = None) -> None:
         self.service = service
+        self.verifier = verifier
         exclude = tuple(exclude)
         self._excluded = frozenset(e for e in exclude if not e.endswith("/"))
         self._excluded_prefixes = tuple(e for e in exclude if e.endswith("/"))
@@ -106,6 +108,8 @@ class CallMetrics:
         """The handler as a server registers it: `ServiceError`s answered with their status
         code (`errors.translating`), and a unary call observed unless excluded."""
         handler = translating(handler)
+        if self.verifier is not None:  # outside: a caller is refused before its request is looked at
+            handler = auth.guarded(self.verifier, service, method, handler)
         if handler.unary_unary is None or self.excluded(f"/{service}/{method}"):
             return handler
         return self.observe(handler, method)
@@ -168,7 +172,11 @@ class GrpcServer:
         self.name = name
         self.services = list(services)
         exclude = [path for svc in self.services for path in svc.own_metric_paths]
-        self.metrics = CallMetrics(name, exclude)
+        # Bearer tokens when the settings name the issuer's public key (services/common/auth.py);
+        # without it, loopback only, checked before anything is registered.
+        self.verifier = auth.Verifier.from_settings(settings) if settings is not None else None
+        auth.check_bind(f"{host}:{port}", settings or CommonSettings.model_construct(), self.verifier)
+        self.metrics = CallMetrics(name, exclude, self.verifier)
         self.server = grpc.aio.server(options=list(options))
         self.health = health.aio.HealthServicer()
         self.metrics.register(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.server)

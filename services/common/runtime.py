@@ -259,7 +259,7 @@ def run_service(name: str, settings: CommonSettings,
                 build: Callable[[CommonSettings], "ServiceProcess | asyncio.Future"]) -> None:
     """The body of every `python -m services.<name>`."""
     configure_logging(name, settings.log_level, settings.log_json)
-    start_metrics(settings.metrics_port, settings.metrics_host)
+    start_metrics(settings.metrics_port, settings.metrics_host, settings)
 
     async def main() -> None:
         process = build(settings)

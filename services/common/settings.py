@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BeforeValidator, model_validator
+from pydantic import BeforeValidator, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -111,6 +111,17 @@ class CommonSettings(BaseSettings):
     tls_client_auth: bool = False
     # Lets a server bind beyond loopback without TLS (or without authentication) knowingly.
     allow_insecure: bool = False
+
+    # Bearer tokens (services/common/auth.py): Ed25519-signed JWTs. A server with the issuer's
+    # public key enforces roles on every call; without it everyone is "anonymous", on loopback only.
+    auth_public_key_file: str = ""
+    # The issuer's private key (`driftline tokens create`): never a service's setting.
+    auth_private_key_file: str = ""
+    # Revoked token ids, one per line (`driftline tokens revoke` appends), re-read when changed.
+    auth_revoked_file: str = ""
+    # The token this process sends on every gRPC call: DRIFTLINE_TOKEN, else `token_file`'s text.
+    token: SecretStr = SecretStr("")
+    token_file: str = ""
 
     @model_validator(mode="after")
     def _tls_files_usable(self) -> "CommonSettings":

@@ -5,9 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Histogram, make_wsgi_app, start_http_server
+
+if TYPE_CHECKING:
+    from .settings import CommonSettings
 
 GRPC_REQUESTS = Counter(
     "driftline_grpc_requests_total", "gRPC calls handled, by method and status code.",
@@ -52,7 +59,29 @@ def configure_logging(service: str, level: str = "INFO", as_json: bool = True) -
     logging.getLogger("urllib3").setLevel(max(logging.WARNING, root.level))
 
 
-def start_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Serves /metrics on `host:port`; port 0 means no endpoint (several services in one test process)."""
-    if port:
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args) -> None:  # a scrape every few seconds is no news
+        pass
+
+
+def start_metrics(port: int, host: str = "127.0.0.1", settings: CommonSettings | None = None) -> None:
+    """Serves /metrics on `host:port`; port 0 means no endpoint (several services in one test process).
+    With authentication in `settings` a scrape needs a token with role `read` (Prometheus:
+    `authorization: {credentials_file: …}`); without it the endpoint binds loopback only."""
+    if not port:
+        return
+    from . import auth
+
+    verifier = auth.Verifier.from_settings(settings) if settings is not None else None
+    if settings is not None:
+        auth.check_bind(f"{host}:{port}", settings, verifier, host_setting="DRIFTLINE_METRICS_HOST")
+    if verifier is None:
         start_http_server(port, addr=host)
+        return
+    server = make_server(host, port, auth.wsgi_guard(make_wsgi_app(), verifier), _MetricsServer,
+                         handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

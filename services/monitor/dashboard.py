@@ -9,7 +9,11 @@
 
 It runs on its own thread and asyncio loop (aiohttp), so a slow browser never
 touches the gRPC server or the Kafka worker; the worker hands it news through the
-monitor's `Hub`.
+monitor's `Hub`. With authentication on (settings with the issuer's public key) every page
+but /healthz needs a token with role `read` (401 without one, 403 without the role): a
+script sends `Authorization: Bearer <token>`, a browser opens `/?token=<token>` once and
+carries it in a cookie from then on (services/common/auth.py). Without authentication it
+binds loopback only, like every gRPC server.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.common import auth
+from services.common.settings import CommonSettings
+
 from .monitor import DriftMonitor
 from .reporting import compact
 
@@ -34,10 +41,14 @@ PAGE = Path(__file__).with_name("dashboard.html")
 class Dashboard(threading.Thread):
     """The dashboard's server thread; `start()` then `stop()`, like a ConsumerWorker."""
 
-    def __init__(self, monitor: DriftMonitor, host: str, port: int, heartbeat_s: float = 15.0) -> None:
+    def __init__(self, monitor: DriftMonitor, host: str, port: int, heartbeat_s: float = 15.0,
+                 settings: CommonSettings | None = None) -> None:
         super().__init__(name="dashboard", daemon=True)
         self.monitor = monitor
         self.host, self.port = host, port
+        self.verifier = auth.Verifier.from_settings(settings) if settings is not None else None
+        auth.check_bind(f"{host}:{port}", settings or CommonSettings.model_construct(), self.verifier,
+                        host_setting="DRIFTLINE_DASHBOARD_HOST")
         self.heartbeat_s = heartbeat_s
         self.bound = threading.Event()
         self.address: str | None = None
@@ -46,7 +57,7 @@ class Dashboard(threading.Thread):
         self._streams: set[asyncio.Task] = set()
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[auth.aiohttp_middleware(self.verifier)] if self.verifier else [])
         app.router.add_get("/", self.page)
         app.router.add_get("/api/state", self.state)
         app.router.add_get("/events", self.events)

@@ -107,7 +107,7 @@ def build(settings: MonitorSettings) -> ServiceProcess:
             RegistryClient(settings.registry_address, settings.registry_timeout_s, settings),
             settings.first_model_check_s))
     if settings.dashboard_port:
-        workers.append(Dashboard(monitor, settings.dashboard_host, settings.dashboard_port))
+        workers.append(Dashboard(monitor, settings.dashboard_host, settings.dashboard_port, settings=settings))
     log.info("monitor configured", extra={
         "inputs": inputs, "min_samples": settings.policy_min_samples, "cooldown_s": settings.policy_cooldown_s,
         "signals": settings.policy_signals, "expected_run_length": settings.expected_run_length,
