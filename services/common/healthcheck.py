@@ -42,6 +42,7 @@ def _check_grpc(target: str, service: str, timeout: float) -> str | None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from .channels import channel
+    from .tls import unavailable_reason
 
     what = f"{target} {service!r}" if service else target
     with channel(target) as open_channel:  # TLS when this process's DRIFTLINE_TLS_* say so
@@ -51,7 +52,7 @@ def _check_grpc(target: str, service: str, timeout: float) -> str | None:
         except grpc.RpcError as exc:
             code = exc.code() if callable(getattr(exc, "code", None)) else None
             if code is grpc.StatusCode.UNAVAILABLE:
-                return f"{what}: unavailable (no gRPC server answers)"
+                return f"{what}: unavailable ({unavailable_reason(exc.details() or '')})"
             if code is grpc.StatusCode.DEADLINE_EXCEEDED:
                 return f"{what}: no answer within {timeout:g} s"
             if code is grpc.StatusCode.NOT_FOUND:

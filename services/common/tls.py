@@ -101,6 +101,28 @@ def channel_credentials(settings: CommonSettings) -> grpc.ChannelCredentials | N
     return grpc.ssl_channel_credentials(root_certificates=_read(settings.tls_ca_file))
 
 
+def unavailable_reason(details: str) -> str:
+    """Why a gRPC peer was UNAVAILABLE, from the call's details: a TLS failure said as such, since
+    gRPC reports it like a server that is not there.
+
+    >>> unavailable_reason("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:5: "
+    ...     "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL routines:"
+    ...     "OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate: OK")
+    'TLS handshake failed: CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate'
+    >>> unavailable_reason("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:5: Socket closed")
+    'the server closed the connection: a TLS server dialled without DRIFTLINE_TLS_CA_FILE, or an mTLS server refusing this client certificate?'
+    >>> unavailable_reason("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Connection refused")
+    'no gRPC server answers'
+    """
+    if "handshake failed" in details.lower():
+        reason = details.rsplit("OPENSSL_internal:", 1)[-1].removesuffix(": OK")
+        return f"TLS handshake failed: {reason}"
+    if details.endswith("Socket closed"):
+        return ("the server closed the connection: a TLS server dialled without DRIFTLINE_TLS_CA_FILE, "
+                "or an mTLS server refusing this client certificate?")
+    return "no gRPC server answers"
+
+
 def refuse_beyond_loopback(bind: str, settings: CommonSettings, *, lacking: str, fix: str,
                            host_setting: str = "DRIFTLINE_GRPC_HOST") -> None:
     """Raises InsecureBind when `bind` (host:port) is not loopback and the server is `lacking`

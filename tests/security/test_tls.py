@@ -46,8 +46,7 @@ def certs_init(folder: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("certs")
-    certs_init(folder)
+    certs_init(folder := tmp_path_factory.mktemp("certs"))
     return folder
 
 
@@ -64,8 +63,7 @@ def token_key(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def other_pki(tmp_path_factory) -> Path:
     """A second development CA, made the same way: its certificates must not pass for the first's."""
-    folder = tmp_path_factory.mktemp("other-certs")
-    certs_init(folder)
+    certs_init(folder := tmp_path_factory.mktemp("other-certs"))
     return folder
 
 
@@ -324,7 +322,7 @@ def probe(address: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60)
 
 
-def test_a_registry_process_serves_mtls_and_the_healthcheck_probes_it(pki, kafka_bootstrap, s3, tmp_path):
+def test_a_registry_process_serves_mtls_and_the_healthcheck_probes_it(pki, other_pki, kafka_bootstrap, s3, tmp_path):
     port = free_port()
     env = {"DRIFTLINE_TOPIC_PREFIX": unique_prefix(), "DRIFTLINE_BUCKET": unique_bucket(),
            "DRIFTLINE_REGISTRY_DB": str(tmp_path / "registry.db"), "DRIFTLINE_GRPC_PORT": str(port),
@@ -337,9 +335,12 @@ def test_a_registry_process_serves_mtls_and_the_healthcheck_probes_it(pki, kafka
 
         wait_for(healthy, 60, "the registry to answer the health probe over mTLS", every=0.3)
         plaintext = probe(address, {})
-        assert plaintext.returncode == 1 and "unavailable" in plaintext.stderr
+        assert plaintext.returncode == 1 and "unavailable (the server closed the connection" in plaintext.stderr
         no_certificate = probe(address, {"DRIFTLINE_TLS_CA_FILE": str(pki / "ca.pem")})
-        assert no_certificate.returncode == 1 and "unavailable" in no_certificate.stderr
+        assert no_certificate.returncode == 1 and "unavailable (the server closed" in no_certificate.stderr
+        other_ca = probe(address, tls_env(other_pki, "cli"))
+        assert other_ca.returncode == 1
+        assert "unavailable (TLS handshake failed: CERTIFICATE_VERIFY_FAILED" in other_ca.stderr
 
         client = RegistryClient(address, settings=client_tls(pki, identity=pki))
         try:
