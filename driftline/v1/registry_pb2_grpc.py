@@ -69,6 +69,11 @@ class RegistryStub:
                 request_serializer=driftline_dot_v1_dot_registry__pb2.GetGateDecisionsRequest.SerializeToString,
                 response_deserializer=driftline_dot_v1_dot_registry__pb2.GetGateDecisionsResponse.FromString,
                 _registered_method=True)
+        self.GetAuditLog = channel.unary_unary(
+                '/driftline.v1.Registry/GetAuditLog',
+                request_serializer=driftline_dot_v1_dot_registry__pb2.GetAuditLogRequest.SerializeToString,
+                response_deserializer=driftline_dot_v1_dot_registry__pb2.GetAuditLogResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -93,7 +98,7 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetAlias(self, request, context):
-        """Moves an alias unconditionally (a rollback is an alias moved back).
+        """Moves an alias unconditionally (a rollback is an alias moved back); needs a reason.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +119,13 @@ class RegistryServicer:
 
     def GetGateDecisions(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAuditLog(self, request, context):
+        """Every alias move and gate decision of a model, oldest first, with who asked and why.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -155,6 +167,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.GetGateDecisions,
                     request_deserializer=driftline_dot_v1_dot_registry__pb2.GetGateDecisionsRequest.FromString,
                     response_serializer=driftline_dot_v1_dot_registry__pb2.GetGateDecisionsResponse.SerializeToString,
+            ),
+            'GetAuditLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditLog,
+                    request_deserializer=driftline_dot_v1_dot_registry__pb2.GetAuditLogRequest.FromString,
+                    response_serializer=driftline_dot_v1_dot_registry__pb2.GetAuditLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +363,33 @@ class Registry:
             '/driftline.v1.Registry/GetGateDecisions',
             driftline_dot_v1_dot_registry__pb2.GetGateDecisionsRequest.SerializeToString,
             driftline_dot_v1_dot_registry__pb2.GetGateDecisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftline.v1.Registry/GetAuditLog',
+            driftline_dot_v1_dot_registry__pb2.GetAuditLogRequest.SerializeToString,
+            driftline_dot_v1_dot_registry__pb2.GetAuditLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

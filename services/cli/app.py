@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import certs, datasets, kafka, lifecycle, models, ops, produce, streams
+from . import certs, datasets, kafka, lifecycle, models, ops, produce, streams, tokens
 
 app = typer.Typer(name="driftline", help="Operate a Driftline platform: start it, feed it, watch it, "
                   "manage its models and datasets.", no_args_is_help=True, add_completion=False,
@@ -18,3 +18,4 @@ app.add_typer(models.app, name="models")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(kafka.app, name="kafka")
 app.add_typer(certs.app, name="certs")
+app.add_typer(tokens.app, name="tokens")

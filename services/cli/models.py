@@ -1,4 +1,5 @@
-"""`driftline models …`: the registry's model versions, their lineage, aliases and gate.
+"""`driftline models …`: the registry's model versions, their lineage, aliases and gate, and the
+audit log of who moved an alias or asked the gate, when and why (`models audit`).
 
 Rollback moves an alias back to where it pointed before its last move. That history is the
 registry's outbox topic (ALIAS_MOVED events carry the previous version); when the topic has
@@ -33,6 +34,7 @@ app = typer.Typer(help="Model versions, lineage, aliases and the promotion gate 
 JsonOut = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
 AliasOpt = Annotated[str, typer.Option("--alias", help="The alias (production, canary, shadow, …).")]
 Name = Annotated[str, typer.Argument(help="The model's name.")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why, for the audit log (required with --force).")]
 R = registry_pb2.RegistryEvent
 
 
@@ -180,16 +182,20 @@ DECISION_COLUMNS = ["decided", "alias", "candidate", "baseline", "cand. acc", "b
 @app.command("promote")
 def promote(name: Name, version: Annotated[int, typer.Argument(help="The version to promote.")],
             alias: AliasOpt = "production",
-            force: Annotated[bool, typer.Option(help="Move the alias without the gate (SetAlias).")] = False,
-            json_out: JsonOut = False) -> None:
+            force: Annotated[bool, typer.Option(help="Move the alias without the gate (SetAlias; an admin token).")] = False,
+            reason: ReasonOpt = "", json_out: JsonOut = False) -> None:
     """Promote a version through the gate (it must beat what the alias points at); exit 1 if refused."""
+    if force and not reason.strip():
+        raise CliError("--force moves the alias past the gate: say why with --reason (kept in the audit log)")
     platform = Platform.load()
     with Rpc.of(platform, "registry") as registry:
         if force:
-            mv = registry.call("SetAlias", registry_pb2.SetAliasRequest(name=name, alias=alias, version=version))
+            mv = registry.call("SetAlias", registry_pb2.SetAliasRequest(name=name, alias=alias, version=version,
+                                                                        reason=reason))
             info = {"model": name, "alias": alias, "version": mv.version, "gated": False, "promoted": True}
             return output.emit_json(info) if json_out else output.say(f"{name} {alias} → v{mv.version} (no gate)")
-        decision = registry.call("Promote", registry_pb2.PromoteRequest(name=name, version=version, alias=alias),
+        decision = registry.call("Promote", registry_pb2.PromoteRequest(name=name, version=version, alias=alias,
+                                                                        reason=reason),
                                  timeout=30.0)  # the gate scores both models on the eval rows
     if json_out:
         output.emit_json(output.plain(decision))
@@ -211,8 +217,8 @@ def previous_version(events, decisions, name: str, alias: str, current: int) -> 
 
 
 @app.command("rollback")
-def rollback(name: Name, alias: AliasOpt = "production", json_out: JsonOut = False) -> None:
-    """Move an alias back to the version it pointed at before its last move (no gate)."""
+def rollback(name: Name, alias: AliasOpt = "production", reason: ReasonOpt = "", json_out: JsonOut = False) -> None:
+    """Move an alias back to the version it pointed at before its last move (no gate; an admin token)."""
     platform = Platform.load()
     with Rpc.of(platform, "registry") as registry:
         current = registry.call("GetAlias", registry_pb2.GetAliasRequest(name=name, alias=alias)).version
@@ -220,7 +226,8 @@ def rollback(name: Name, alias: AliasOpt = "production", json_out: JsonOut = Fal
         target = previous_version(registry_events(platform), decisions, name, alias, current)
         if not target:
             raise CliError(f"{alias} of {name} has pointed at nothing before v{current}: nothing to roll back to")
-        registry.call("SetAlias", registry_pb2.SetAliasRequest(name=name, alias=alias, version=target))
+        why = f"rollback from v{current}" + (f": {reason.strip()}" if reason.strip() else "")
+        registry.call("SetAlias", registry_pb2.SetAliasRequest(name=name, alias=alias, version=target, reason=why))
     if json_out:
         return output.emit_json({"model": name, "alias": alias, "from": current, "to": target})
     output.say(f"{name} {alias}: v{current} → v{target}")
@@ -235,3 +242,23 @@ def gate_log(name: Name, json_out: JsonOut = False) -> None:
     if json_out:
         return output.emit_json([output.plain(d) for d in decisions])
     output.table(DECISION_COLUMNS, _decision_rows(decisions))
+
+
+@app.command("audit")
+def audit(name: Name, json_out: JsonOut = False) -> None:
+    """Who moved an alias of a model or asked the gate, when and why (oldest first)."""
+    platform = Platform.load()
+    with Rpc.of(platform, "registry") as registry:
+        records = registry.call("GetAuditLog", registry_pb2.GetAuditLogRequest(name=name)).records
+    if json_out:
+        return output.emit_json([output.plain(r) for r in records])
+    output.table(["when", "subject", "action", "alias", "version", "from", "outcome", "reason", "gate"],
+                 [(output.iso(r.at), r.subject, "set-alias" if r.action == registry_pb2.AuditRecord.SET_ALIAS
+                   else "promote", r.alias, f"v{r.version}", f"v{r.previous_version}" if r.previous_version else "-",
+                   _outcome(r), r.reason or "-", r.gate_reason or "-") for r in records])
+
+
+def _outcome(record: registry_pb2.AuditRecord) -> str:
+    if record.action == registry_pb2.AuditRecord.PROMOTE and not record.promoted:
+        return "refused"
+    return "moved" if record.moved else "unchanged"

@@ -68,6 +68,10 @@ METHOD_ROLES: dict[str, str] = {
     "/driftline.v1.Monitor/GetDriftReport": "read",
     "/driftline.v1.Monitor/WatchDriftStats": "read",
 }
+# Each service's own principal: the roles of the token it calls other services with (ingest,
+# feature and registry call no one); the command line uses the operator's token.
+SERVICE_ROLES: dict[str, tuple[str, ...]] = {"serving": ("read",), "monitor": ("read",),
+                                             "trainer": ("read", "train", "promote")}
 # Open to anyone: Kubernetes probes and grpcurl's discovery carry no token.
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")

@@ -1,5 +1,8 @@
 """gRPC `driftline.v1.Registry`: validates requests, calls the store and the gate.
 Refusals are raised as `services.common.errors` (the server answers each with its code).
+Who may call which method is the common auth table's business (checked before a handler runs);
+here every alias move and gate decision is audited with the caller's subject and reason, and
+SetAlias, which passes the gate by, is refused without a reason.
 
 Database and object-store work runs in worker threads so the asyncio loop
 keeps answering (health checks included) while a gate scores models.
@@ -16,11 +19,12 @@ from minio.error import S3Error
 from prometheus_client import Counter
 
 from driftline.v1 import registry_pb2, registry_pb2_grpc
+from services.common.auth import current_principal
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.common.objectstore import split_uri
 
 from .gate import Gate
-from .store import RegistryStore
+from .store import Caller, RegistryStore
 
 DEFAULT_ALIAS = "production"
 # Names end up in object keys (models/<name>/...) and URLs: keep them plain.
@@ -75,7 +79,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         _check_name(request.name, "name")
         _check_name(request.alias, "alias")
         _check_version(request.version)
-        await asyncio.to_thread(self.store.set_alias, request.name, request.alias, request.version)
+        if not request.reason.strip():
+            raise InvalidArgument("reason is required: SetAlias moves an alias past the gate, and the audit log "
+                                  "keeps who did it and why")
+        await asyncio.to_thread(self.store.set_alias, request.name, request.alias, request.version,
+                                _caller(request.reason))
         self.on_change()
         return await asyncio.to_thread(self.store.get_version, request.name, request.version)
 
@@ -99,7 +107,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         async with self._promotions:
             try:
                 decision, decided = await asyncio.to_thread(self._promote, request.name, request.version, alias,
-                                                            request.idempotency_key)
+                                                            request.idempotency_key, _caller(request.reason))
             except (S3Error, urllib3.exceptions.HTTPError) as exc:  # the gate could not read an object
                 raise Unavailable(f"object store: {exc}") from exc
         if decided:
@@ -107,7 +115,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             self.on_change()
         return decision
 
-    def _promote(self, name: str, version: int, alias: str, key: str) -> tuple[registry_pb2.GateDecision, bool]:
+    def _promote(self, name: str, version: int, alias: str, key: str,
+                 caller: Caller) -> tuple[registry_pb2.GateDecision, bool]:
         """The decision, and whether it was made now (False: a retry of a promotion already decided)."""
         candidate = self.store.get_version(name, version)
         earlier = self.store.decision_by_key(name, key) if key else None
@@ -121,13 +130,23 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         decision = self.gate.decide(candidate, baseline, alias)
         decision.idempotency_key = key
         # Raises AliasChanged if a SetAlias moved the alias while the gate was scoring.
-        self.store.record_decision(decision)
+        self.store.record_decision(decision, caller)
         return decision, True
 
     async def GetGateDecisions(self, request, context):
         _check_name(request.name, "name")
         decisions = await asyncio.to_thread(self.store.list_decisions, request.name)
         return registry_pb2.GetGateDecisionsResponse(decisions=decisions)
+
+    async def GetAuditLog(self, request, context):
+        _check_name(request.name, "name")
+        records = await asyncio.to_thread(self.store.audit_log, request.name)
+        return registry_pb2.GetAuditLogResponse(records=records)
+
+
+def _caller(reason: str) -> Caller:
+    """The caller of the running call (read in its task, before any work moves to a thread)."""
+    return Caller(current_principal().subject, reason.strip())
 
 
 def _check_name(value: str, field: str) -> None:

@@ -19,7 +19,7 @@ from services.common.errors import NotFound
 
 from . import events
 from .errors import AliasChanged
-from .store import OutboxRow, RegistryStore
+from .store import Caller, OutboxRow, RegistryStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS model_versions (
@@ -66,6 +66,23 @@ CREATE TABLE IF NOT EXISTS gate_decisions (
     idempotency_key    TEXT    NOT NULL DEFAULT ''
 );
 
+-- Who moved an alias or asked the gate, when and why (AuditRecord), written with the change.
+CREATE TABLE IF NOT EXISTS audit_log (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_name       TEXT    NOT NULL,
+    action           TEXT    NOT NULL,  -- AuditRecord.Action name
+    alias            TEXT    NOT NULL,
+    version          INTEGER NOT NULL,
+    previous_version INTEGER NOT NULL,
+    moved            INTEGER NOT NULL,
+    subject          TEXT    NOT NULL,
+    reason           TEXT    NOT NULL,
+    promoted         INTEGER NOT NULL,
+    gate_reason      TEXT    NOT NULL,
+    at_ms            INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_by_model ON audit_log (model_name, id);
+
 -- Events waiting for the relay: sent_at_ms is set only after the broker acknowledged them.
 CREATE TABLE IF NOT EXISTS outbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -92,6 +109,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS gate_decisions_by_key
 
 _VERSION_COLUMNS = ("name, version, artifact_uri, artifact_sha256, dataset_id, code_version, params, "
                     "metrics, feature_names, metadata_uri, eval_uri, created_at_ms, idempotency_key")
+_AUDIT_COLUMNS = ("model_name, action, alias, version, previous_version, moved, subject, reason, promoted, "
+                  "gate_reason, at_ms")
 _DECISION_COLUMNS = ("model_name, alias, candidate_version, baseline_version, candidate_accuracy, "
                      "baseline_accuracy, eval_rows, eval_uri, promoted, reason, decided_at_ms, idempotency_key")
 
@@ -217,12 +236,16 @@ class SqliteRegistryStore(RegistryStore):
         row = db.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
         return row[0] if row else 0
 
-    def set_alias(self, name: str, alias: str, version: int) -> int:
+    def set_alias(self, name: str, alias: str, version: int, caller: Caller = Caller()) -> int:
         with self._transaction() as db:
             target = self._get_version(db, name, version)
             previous = self._resolve_alias(db, name, alias)
-            if previous != version:  # pointing it where it already points is not a change
+            moved = previous != version  # pointing it where it already points is not a change
+            if moved:
                 self._move_alias(db, target, alias, previous)
+            self._audit(db, registry_pb2.AuditRecord(
+                model_name=name, action=registry_pb2.AuditRecord.SET_ALIAS, alias=alias, version=version,
+                previous_version=previous, moved=moved, subject=caller.subject, reason=caller.reason))
             return previous
 
     def _move_alias(self, db: sqlite3.Connection, target: registry_pb2.ModelVersion, alias: str,
@@ -236,7 +259,7 @@ class SqliteRegistryStore(RegistryStore):
 
     # -- gate decisions -------------------------------------------------------------------
 
-    def record_decision(self, decision: registry_pb2.GateDecision) -> None:
+    def record_decision(self, decision: registry_pb2.GateDecision, caller: Caller = Caller()) -> None:
         with self._transaction() as db:
             name, alias = decision.model_name, decision.alias
             current = self._resolve_alias(db, name, alias)
@@ -248,8 +271,31 @@ class SqliteRegistryStore(RegistryStore):
             db.execute(f"INSERT INTO gate_decisions ({_DECISION_COLUMNS}) VALUES ({', '.join('?' * 12)})",
                        _decision_to_row(decision))
             self._append_event(db, events.gate_decided(decision, candidate, decision.decided_at.ToMilliseconds()))
-            if decision.promoted and current != candidate.version:
+            moved = decision.promoted and current != candidate.version
+            if moved:
                 self._move_alias(db, candidate, alias, current)
+            self._audit(db, registry_pb2.AuditRecord(
+                model_name=name, action=registry_pb2.AuditRecord.PROMOTE, alias=alias, version=candidate.version,
+                previous_version=current, moved=moved, subject=caller.subject, reason=caller.reason,
+                promoted=decision.promoted, gate_reason=decision.reason, at=decision.decided_at))
+
+    # -- audit ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _audit(db: sqlite3.Connection, record: registry_pb2.AuditRecord) -> None:
+        if not record.HasField("at"):
+            record.at.FromMilliseconds(events.now_ms())
+        db.execute(f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES ({', '.join('?' * 11)})",
+                   (record.model_name, registry_pb2.AuditRecord.Action.Name(record.action), record.alias,
+                    record.version, record.previous_version, int(record.moved), record.subject, record.reason,
+                    int(record.promoted), record.gate_reason, record.at.ToMilliseconds()))
+
+    def audit_log(self, name: str) -> list[registry_pb2.AuditRecord]:
+        with self._read() as db:
+            self._require_model(db, name)
+            rows = db.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE model_name = ? ORDER BY id",
+                              (name,)).fetchall()
+        return [_audit_from_row(row) for row in rows]
 
     def decision_by_key(self, name: str, idempotency_key: str) -> registry_pb2.GateDecision | None:
         with self._read() as db:
@@ -307,6 +353,17 @@ def _version_from_row(row: tuple) -> registry_pb2.ModelVersion:
         metadata_uri=metadata_uri, eval_uri=eval_uri, idempotency_key=idempotency_key)
     v.created_at.FromMilliseconds(created_at_ms)
     return v
+
+
+def _audit_from_row(row: tuple) -> registry_pb2.AuditRecord:
+    (model_name, action, alias, version, previous_version, moved, subject, reason, promoted, gate_reason,
+     at_ms) = row
+    record = registry_pb2.AuditRecord(
+        model_name=model_name, action=registry_pb2.AuditRecord.Action.Value(action), alias=alias, version=version,
+        previous_version=previous_version, moved=bool(moved), subject=subject, reason=reason,
+        promoted=bool(promoted), gate_reason=gate_reason)
+    record.at.FromMilliseconds(at_ms)
+    return record
 
 
 def _decision_to_row(d: registry_pb2.GateDecision) -> tuple:

@@ -3,7 +3,8 @@
 SQLite implements it today (`sqlite_store.py`); PostgreSQL is the next
 implementation behind the same methods. Every method that changes state also
 writes the matching RegistryEvent rows to the outbox in the same transaction,
-so a change and its event are committed together or not at all.
+so a change and its event are committed together or not at all, and every alias
+move and gate decision writes its audit record (who, when, why) in that same transaction.
 """
 
 from __future__ import annotations
@@ -12,6 +13,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from driftline.v1 import registry_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asked for a change and why, for the audit log."""
+
+    subject: str = "anonymous"
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +59,14 @@ class RegistryStore(ABC):
         """The version the alias points at, 0 when it points nowhere."""
 
     @abstractmethod
-    def set_alias(self, name: str, alias: str, version: int) -> int:
-        """Points the alias at `version` (ALIAS_MOVED); returns the previous version (0 = none)."""
+    def set_alias(self, name: str, alias: str, version: int, caller: Caller = Caller()) -> int:
+        """Points the alias at `version` (ALIAS_MOVED) and audits it (SET_ALIAS, also when it
+        pointed there already); returns the previous version (0 = none)."""
 
     @abstractmethod
-    def record_decision(self, decision: registry_pb2.GateDecision) -> None:
-        """Stores a gate decision (GATE_DECIDED) and, if it promotes, moves the alias (ALIAS_MOVED).
+    def record_decision(self, decision: registry_pb2.GateDecision, caller: Caller = Caller()) -> None:
+        """Stores a gate decision (GATE_DECIDED) and, if it promotes, moves the alias (ALIAS_MOVED);
+        audits it (PROMOTE) with `caller`.
 
         Raises AliasChanged when the alias no longer points at
         `decision.baseline_version`: the decision compared against a stale baseline.
@@ -68,6 +79,10 @@ class RegistryStore(ABC):
     @abstractmethod
     def list_decisions(self, name: str) -> list[registry_pb2.GateDecision]:
         """Decisions in the order they were made; raises NotFound for an unknown model."""
+
+    @abstractmethod
+    def audit_log(self, name: str) -> list[registry_pb2.AuditRecord]:
+        """The model's audit records in the order they were written; raises NotFound for an unknown model."""
 
     @abstractmethod
     def unsent_events(self, limit: int) -> list[OutboxRow]:

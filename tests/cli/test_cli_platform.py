@@ -223,7 +223,7 @@ def test_promote_through_the_gate_and_rollback(platform, trained):
     gated = platform.run("models", "promote", MODEL, second["version"], "--alias", "canary", "--json")
     decision = json.loads(gated.stdout)
     assert decision["alias"] == "canary" and gated.returncode == (0 if decision["promoted"] else 1)
-    platform.ok("models", "promote", MODEL, second["version"], "--force")
+    platform.ok("models", "promote", MODEL, second["version"], "--force", "--reason", "test: past the gate")
     assert platform.json("models", "list", MODEL)[0]["aliases"]["production"] == second["version"]
     back = platform.json("models", "rollback", MODEL)
     assert back == {"model": MODEL, "alias": "production", "from": second["version"], "to": trained["version"]}
@@ -269,6 +269,7 @@ def test_every_verb_has_help(platform):  # the platform's environment; no verb r
     verbs = [["up"], ["down"], ["status"], ["logs"], ["produce"], ["train"], ["drift"], ["predict"],
              ["streams", "add"], ["streams", "list"], ["streams", "show"], ["models", "list"], ["models", "show"],
              ["models", "lineage"], ["models", "promote"], ["models", "rollback"], ["models", "gate-log"],
+             ["models", "audit"], ["tokens", "create"], ["tokens", "list"], ["tokens", "revoke"],
              ["datasets", "list"], ["datasets", "show"], ["datasets", "verify"]]
     for verb in verbs:
         help_text = platform.ok(*verb, "--help")

@@ -18,6 +18,7 @@ VERBS = [
     (["models", "promote", "m", "1"], "registry"),
     (["models", "rollback", "m"], "registry"),
     (["models", "gate-log", "m"], "registry"),
+    (["models", "audit", "m"], "registry"),
     (["predict", "m", "--row", "{}"], "registry"),
     (["drift"], "monitor"),
     (["produce", "{rows}", "--stream", "default"], "ingest"),

@@ -142,7 +142,8 @@ def test_register_get_list_and_alias_round_trip(registry, models):
     assert again.version == 1
 
     for target in (2, 1):  # moving it back is how a rollback looks
-        moved = registry.stub.SetAlias(registry_pb2.SetAliasRequest(name=name, alias="production", version=target))
+        moved = registry.stub.SetAlias(registry_pb2.SetAliasRequest(name=name, alias="production", version=target,
+                                                                    reason="round trip"))
         assert moved.version == target
         alias = registry.stub.GetAlias(registry_pb2.GetAliasRequest(name=name, alias="production"))
         assert alias.version == target and alias.artifact_sha256 == {1: models.good_sha, 2: models.bad_sha}[target]
@@ -161,7 +162,7 @@ def test_unknown_things_are_not_found_and_bad_requests_say_what_is_wrong(registr
         "unknown version": lambda: stub.GetModelVersion(r.GetModelVersionRequest(name=name, version=7)),
         "alias pointing nowhere": lambda: stub.GetAlias(r.GetAliasRequest(name=name, alias="production")),
         "alias to unknown version": lambda: stub.SetAlias(r.SetAliasRequest(name=name, alias="production",
-                                                                            version=7)),
+                                                                            version=7, reason="test")),
         "promote unknown version": lambda: stub.Promote(r.PromoteRequest(name=name, version=7)),
         "decisions of unknown model": lambda: stub.GetGateDecisions(r.GetGateDecisionsRequest(name="nope")),
     }
@@ -175,6 +176,7 @@ def test_unknown_things_are_not_found_and_bad_requests_say_what_is_wrong(registr
         "artifact_uri": lambda: register(registry, name, "/tmp/model.onnx", models.good_sha),
         "version must be 1 or more": lambda: stub.GetModelVersion(r.GetModelVersionRequest(name=name)),
         "alias is required": lambda: stub.SetAlias(r.SetAliasRequest(name=name, version=1)),
+        "reason is required": lambda: stub.SetAlias(r.SetAliasRequest(name=name, alias="production", version=1)),
         "name": lambda: stub.ListModelVersions(r.ListModelVersionsRequest(name="a/b")),
     }
     for message, call in invalid.items():
@@ -222,7 +224,8 @@ def test_a_better_model_replaces_a_worse_one(registry, models):
     name = model_name()
     worse = register(registry, name, models.bad_uri, models.bad_sha, models.eval_uri, dataset_id="shuffled")
     better = register(registry, name, models.good_uri, models.good_sha, models.eval_uri)
-    registry.stub.SetAlias(registry_pb2.SetAliasRequest(name=name, alias="production", version=worse.version))
+    registry.stub.SetAlias(registry_pb2.SetAliasRequest(name=name, alias="production", version=worse.version,
+                                                        reason="test: start from the worse one"))
 
     decision = registry.stub.Promote(registry_pb2.PromoteRequest(name=name, version=better.version))
     assert decision.promoted and decision.baseline_version == worse.version
@@ -247,9 +250,9 @@ def test_every_change_is_published_in_order(registry, models):
     stub = registry.stub
     register(registry, name, models.good_uri, models.good_sha, models.eval_uri)
     register(registry, name, models.bad_uri, models.bad_sha, models.eval_uri, dataset_id="shuffled")
-    stub.SetAlias(registry_pb2.SetAliasRequest(name=name, alias="production", version=2))
+    stub.SetAlias(registry_pb2.SetAliasRequest(name=name, alias="production", version=2, reason="test"))
     stub.Promote(registry_pb2.PromoteRequest(name=name, version=1))  # better: the alias moves back to 1
-    stub.SetAlias(registry_pb2.SetAliasRequest(name=name, alias="staging", version=1))
+    stub.SetAlias(registry_pb2.SetAliasRequest(name=name, alias="staging", version=1, reason="test"))
 
     expected = [(Kind.VERSION_REGISTERED, 1, "", 0), (Kind.VERSION_REGISTERED, 2, "", 0),
                 (Kind.ALIAS_MOVED, 2, "production", 0), (Kind.GATE_DECIDED, 1, "production", 2),
@@ -356,3 +359,27 @@ def test_a_database_from_before_idempotency_keys_is_upgraded_in_place(tmp_path):
         assert created and stored.version == 2 and store.version_by_key("m", "req-1") == stored
     finally:
         store.close()
+
+
+# -- the audit log ---------------------------------------------------------------------------
+
+def test_alias_moves_and_gate_decisions_are_audited_in_order(registry, models):
+    """Without authentication the caller is "anonymous"; a refusal and a no-op move are kept too."""
+    name = model_name()
+    stub = registry.stub
+    register(registry, name, models.good_uri, models.good_sha, models.eval_uri)
+    register(registry, name, models.bad_uri, models.bad_sha, models.eval_uri, dataset_id="shuffled")
+    stub.Promote(registry_pb2.PromoteRequest(name=name, version=1, reason="first"))
+    stub.Promote(registry_pb2.PromoteRequest(name=name, version=2))  # worse: refused
+    stub.SetAlias(registry_pb2.SetAliasRequest(name=name, alias="production", version=2, reason="override"))
+    stub.SetAlias(registry_pb2.SetAliasRequest(name=name, alias="production", version=2, reason="again"))
+
+    records = stub.GetAuditLog(registry_pb2.GetAuditLogRequest(name=name)).records
+    A = registry_pb2.AuditRecord
+    assert [(r.action, r.version, r.previous_version, r.moved, r.promoted, r.reason, r.subject) for r in records] == [
+        (A.PROMOTE, 1, 0, True, True, "first", "anonymous"), (A.PROMOTE, 2, 1, False, False, "", "anonymous"),
+        (A.SET_ALIAS, 2, 1, True, False, "override", "anonymous"),
+        (A.SET_ALIAS, 2, 2, False, False, "again", "anonymous")]
+    assert records[1].gate_reason.startswith("refused") and all(r.at.seconds > 0 for r in records)
+    assert status_of(lambda: stub.GetAuditLog(registry_pb2.GetAuditLogRequest(name="nope")))[0] \
+        == grpc.StatusCode.NOT_FOUND
