@@ -83,18 +83,18 @@ def test_batcher_refuses_when_full_and_does_not_run_expired_requests():
         expiring = asyncio.ensure_future(batcher.predict(model, row, timeout_s=0.05))
         waiting = asyncio.ensure_future(batcher.predict(model, row, timeout_s=5))
         await asyncio.sleep(0)
-        started = time.monotonic()
         with pytest.raises(QueueFull):
             await batcher.predict(model, row)
-        refused_after = time.monotonic() - started
+        # At once, not after the queue delay: the queued requests are still waiting for their batch.
+        still_waiting = not expiring.done() and not waiting.done()
         with pytest.raises(DeadlineExpired):
             await expiring
         answer = await waiting
         await batcher.close()
-        return refused_after, answer, batcher.batches_run
+        return still_waiting, answer, batcher.batches_run
 
-    refused_after, answer, batches = asyncio.run(scenario())
-    assert refused_after < 0.25  # at once, not after the queue delay
+    refused_at_once, answer, batches = asyncio.run(scenario())
+    assert refused_at_once
     np.testing.assert_allclose(answer, expected_scores(1, row), rtol=1e-5)
     assert batches == 1  # the expired request did not run
 
@@ -392,10 +392,8 @@ def test_a_request_expiring_in_the_queue_is_not_run_and_a_full_queue_refuses_at_
         second = s.predictor.Predict.future(serving_pb2.PredictRequest(
             model_name=MODEL, rows=[serving_pb2.Row(values=r) for r in ROWS]), timeout=10)
         time.sleep(0.3)  # both have arrived and wait for the batch window
-        started = time.monotonic()
         code, details = refused(s.oip.ModelInfer, infer_request(ROWS))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue is full" in details
-        assert time.monotonic() - started < 1.0
         assert not first.done()  # still waiting for its batch: the refusal did not wait for it
         np.testing.assert_allclose(as_numpy(first.result(), "probabilities"), expected_scores(1, ROWS), rtol=1e-5)
         assert second.result().model_version == 1
