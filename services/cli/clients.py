@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driftline.v1 import monitor_pb2_grpc, registry_pb2, registry_pb2_grpc, serving_pb2_grpc
 from services.common import channels
+from services.common.settings import CommonSettings
 
 from .errors import CliError, from_rpc, unreachable
 from .state import Platform
@@ -31,16 +32,18 @@ STUBS = {"registry": registry_pb2_grpc.RegistryStub, "serving": serving_pb2_grpc
 class Rpc:
     """One service's stub; `call("Method", request)` raises CliError instead of grpc.RpcError."""
 
-    def __init__(self, service: str, address: str, stub=None) -> None:
+    def __init__(self, service: str, address: str, stub=None, settings: CommonSettings | None = None) -> None:
         self.service = service
         self.address = address
         # wait_for_ready is False on every call (grpc's default): a refused connection fails now.
-        self.channel = channels.channel(address, options=[("grpc.enable_http_proxy", 0)])
+        # The platform's settings: on a secure one, the operator's certificate and token.
+        self.channel = channels.channel(address, settings or Platform.load().settings,
+                                        options=[("grpc.enable_http_proxy", 0)])
         self.stub = (stub or STUBS[service])(self.channel)
 
     @classmethod
     def of(cls, platform: Platform, service: str) -> "Rpc":
-        return cls(service, platform.address(service))
+        return cls(service, platform.address(service), settings=platform.settings)
 
     def call(self, method: str, request, timeout: float = DEADLINE_S):
         try:
@@ -58,10 +61,10 @@ class Rpc:
         self.close()
 
 
-def health(address: str, timeout: float = DEADLINE_S) -> str:
+def health(address: str, timeout: float = DEADLINE_S, settings: CommonSettings | None = None) -> str:
     """The server's grpc.health.v1 status (SERVING, NOT_SERVING, …) or why there is none."""
     try:
-        with channels.channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        with channels.channel(address, settings, options=[("grpc.enable_http_proxy", 0)]) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     except grpc.RpcError as exc:
@@ -71,7 +74,7 @@ def health(address: str, timeout: float = DEADLINE_S) -> str:
 def require_serving(platform: Platform, service: str) -> None:
     """Raises `<service> at <address> is unreachable (…)` unless its health check says SERVING."""
     address = platform.address(service)
-    state = health(address)
+    state = health(address, settings=platform.settings)
     if state != "SERVING":
         raise unreachable(service, address, state)
 

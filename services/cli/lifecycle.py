@@ -16,6 +16,8 @@ from typing import Annotated
 import typer
 
 from services import devstack
+from services.devstack import kafka as devstack_kafka
+from services.devstack.secure import OPERATOR, SUMMARY as SECURE_SUMMARY, SecureLoop, secure_env
 from services.common.schema import StreamSchema
 from services.devstack.supervisor import alive, command_line, free_port, port_or_free
 
@@ -29,42 +31,71 @@ from .state import (
 )
 
 JsonOut = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
+SECURE_STACK_ENV = {"DRIFTLINE_DEVSTACK_SECURE": "true"}
 
 
 # -- up ---------------------------------------------------------------------------------------
 
 
-def _stack(say) -> tuple[dict[str, str], list[str]]:
-    """Kafka and S3 settings, starting the local stack when no address is configured."""
+def _stack(say, secure: bool = False) -> tuple[dict[str, str], list[str], "devstack.Endpoints | None"]:
+    """Kafka and S3 settings, starting the local stack when no address is configured (`secure`:
+    the secure local stack, always, with the ACLs of this platform's topic prefix)."""
     kafka, s3 = os.environ.get("DRIFTLINE_KAFKA_BOOTSTRAP"), os.environ.get("DRIFTLINE_S3_ENDPOINT")
+    if secure:
+        if kafka or s3:
+            raise CliError("driftline up --secure runs on the secure local stack, which it starts: unset "
+                           "DRIFTLINE_KAFKA_BOOTSTRAP and DRIFTLINE_S3_ENDPOINT (a broker of your own takes the "
+                           "DRIFTLINE_KAFKA_SECURITY_PROTOCOL/SASL settings and `driftline kafka acls`)")
+        os.environ.update(SECURE_STACK_ENV)  # the devstack module reads its mode from the environment
     env = {"DRIFTLINE_KAFKA_BOOTSTRAP": kafka or "", "DRIFTLINE_S3_ENDPOINT": s3 or ""}
     started: list[str] = []
+    endpoints = None
     if not kafka or not s3:
         started = [name for name, st in devstack.status().items() if st["state"] == "down"]
         if started:
-            say(f"starting the local stack ({', '.join(started)}; the first run downloads and builds it)…")
+            say(f"starting the {'secure ' if secure else ''}local stack ({', '.join(started)}; the first run "
+                "downloads and builds it)…")
         with contextlib.redirect_stdout(sys.stderr):
             try:
                 endpoints = devstack.up(quiet=not started)
+                if secure:
+                    devstack_kafka.broker().provision(Platform.load().settings.topic_prefix)
             except devstack.DevstackError as exc:
                 raise CliError(f"local stack: {exc}") from None
         env["DRIFTLINE_KAFKA_BOOTSTRAP"] = kafka or endpoints.kafka_bootstrap
         if not s3:
             env.update({"DRIFTLINE_S3_ENDPOINT": endpoints.s3_endpoint, "DRIFTLINE_S3_ACCESS_KEY": endpoints.s3_access_key,
-                        "DRIFTLINE_S3_SECRET_KEY": endpoints.s3_secret_key, "DRIFTLINE_S3_SECURE": "false"})
-    return env, started
+                        "DRIFTLINE_S3_SECRET_KEY": endpoints.s3_secret_key,
+                        "DRIFTLINE_S3_SECURE": "true" if endpoints.secure else "false",
+                        **({"DRIFTLINE_S3_CA_FILE": endpoints.s3_ca_file} if endpoints.s3_ca_file else {})})
+    return env, started, endpoints
+
+
+def _secure(platform: Platform, endpoints: "devstack.Endpoints") -> dict:
+    """platform.json's "secure": certificates, keys and tokens under the home (made or reused), and
+    every process's variables: the shared ones, each service's own, the operator's (the CLI's)."""
+    from .tokens import Issuer
+
+    issuer = Issuer.of(platform)
+    loop = SecureLoop.prepare(platform.home, mint=lambda subject, roles: issuer.create(subject, list(roles), None)[0])
+    shared, own, operator = secure_env(loop, endpoints)
+    return {"summary": SECURE_SUMMARY, "ca_file": str(loop.ca_file), "certs": str(loop.certs),
+            "operator_token_file": str(loop.token_file(OPERATOR)), "stack_env": SECURE_STACK_ENV,
+            "env": shared, "services": own, "client_env": operator}
 
 
 def _describe(platform: Platform, stream_path: Path, schema: StreamSchema, stack_env: dict[str, str],
-              stack_started: list[str], any_ports: bool) -> dict:
+              stack_started: list[str], any_ports: bool, secure: dict | None = None) -> dict:
     """platform.json for a new run: where every process will listen and what it is started with.
-    `schema` is the default stream's, and its model is the platform's (DRIFTLINE_MODEL_NAME)."""
+    `schema` is the default stream's, and its model is the platform's (DRIFTLINE_MODEL_NAME);
+    `secure` is `_secure`'s description, whose variables every process gets."""
     settings = platform.settings
     data = platform.home / "data"
     env = {
         **{k: v for k, v in os.environ.items() if k.startswith("DRIFTLINE_S3_") or k in (
             "DRIFTLINE_TOPIC_PREFIX", "DRIFTLINE_BUCKET")},
         **stack_env,
+        **(secure or {}).get("env", {}),
         "DRIFTLINE_TOPIC_PREFIX": settings.topic_prefix, "DRIFTLINE_BUCKET": settings.bucket,
         "DRIFTLINE_MODEL_NAME": schema.model_name, "DRIFTLINE_STREAM": schema.stream,
         "DRIFTLINE_SCHEMA_PATH": str(stream_path), "DRIFTLINE_STREAMS_DIR": str(platform.streams_dir),
@@ -75,7 +106,8 @@ def _describe(platform: Platform, stream_path: Path, schema: StreamSchema, stack
     ports = {name: pick(DEFAULT_PORTS[name]) for name in roles if name in WITH_GRPC}
     dashboard = pick(DEFAULT_DASHBOARD_PORT)
     addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-    platform.doc = {"stream": schema.stream, "model_name": schema.model_name}  # what plan_serving reads
+    # what plan_serving reads
+    platform.doc = {"stream": schema.stream, "model_name": schema.model_name, **({"secure": secure} if secure else {})}
     serving = plan_serving(platform, addresses, pick)
     own = {"registry": {"DRIFTLINE_REGISTRY_DB": str(data / "registry.db"), "DRIFTLINE_RELAY_INTERVAL_S": "0.5"},
            "feature": {"DRIFTLINE_FEATURE_DATADIR": str(data / "feature")},
@@ -86,14 +118,14 @@ def _describe(platform: Platform, stream_path: Path, schema: StreamSchema, stack
                        "DRIFTLINE_REGISTRY_ADDRESS": addresses["registry"],
                        "DRIFTLINE_FEATURE_ADDRESS": addresses["feature"],
                        "DRIFTLINE_SERVING_ADDRESS": serving.get(schema.model_name, {}).get("address", ""),
-                       **own.get(name, {})}
+                       **own.get(name, {}), **platform.secure_env(name)}
         services[name] = {"address": addresses.get(name, ""), "log": str(platform.log_dir / log_name(name)),
                           "metrics": f"http://127.0.0.1:{service_env['DRIFTLINE_METRICS_PORT']}/metrics",
                           "env": service_env}
     return {"state": "starting", "home": str(platform.home), "started_at": output.iso(time.time() * 1000),
             "stream": schema.stream, "schema_path": str(stream_path), "model_name": schema.model_name,
             "env": env, "services": services, "serving": serving, "stack_started": stack_started,
-            "dashboard_url": f"http://127.0.0.1:{dashboard}/"}
+            "dashboard_url": f"http://127.0.0.1:{dashboard}/", **({"secure": secure} if secure else {})}
 
 
 def _process_table(rows: list[dict], restarts: bool = False) -> None:
@@ -111,6 +143,10 @@ def up(stream: Annotated[list[str], typer.Option(
        timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to be healthy.")] = 180.0,
        any_ports: Annotated[bool, typer.Option(
            "--any-ports", help="Free ports instead of the defaults (gRPC 50051-50055, dashboard 8055).")] = False,
+       secure: Annotated[bool, typer.Option(
+           "--secure", help="TLS with client certificates between every process, a token per service and an "
+                            "admin token for this command, Kafka over SASL_SSL with a principal per service "
+                            "and ACLs, S3 over https: all made (or reused) under DRIFTLINE_HOME.")] = False,
        json_out: JsonOut = False) -> None:
     """Start the platform: the local stack (unless DRIFTLINE_KAFKA_BOOTSTRAP and DRIFTLINE_S3_ENDPOINT are
     set), then ingest, feature, registry, monitor, the trainer and one serving process per model of the
@@ -126,8 +162,9 @@ def up(stream: Annotated[list[str], typer.Option(
     chosen = [streams.resolve(platform, spec) for spec in stream] or [
         streams.find_stream(platform, os.environ.get("DRIFTLINE_STREAM") or "default")]
     stream_path, schema = chosen[0]
-    stack_env, stack_started = _stack(output.note)
-    platform.doc = _describe(platform, stream_path, schema, stack_env, stack_started, any_ports)
+    stack_env, stack_started, endpoints = _stack(output.note, secure)
+    described = _secure(platform, endpoints) if secure else None
+    platform.doc = _describe(platform, stream_path, schema, stack_env, stack_started, any_ports, described)
     platform.log_dir.mkdir(parents=True, exist_ok=True)
     platform.supervisor_file.unlink(missing_ok=True)
     platform.save()
@@ -139,7 +176,7 @@ def up(stream: Annotated[list[str], typer.Option(
     platform.save()
     models = ", ".join(platform.serving_models())
     output.note(f"starting the services (default stream {schema.stream}; serving {models}; "
-                f"state in {platform.state_file})…")
+                f"{'secure: ' + SECURE_SUMMARY + '; ' if secure else ''}state in {platform.state_file})…")
     try:
         rows = wait_healthy(platform, None, timeout, lambda: supervisor.poll() is None)
     except BaseException:
@@ -149,10 +186,15 @@ def up(stream: Annotated[list[str], typer.Option(
     platform.doc["state"] = "up"
     platform.save()
     if json_out:
-        output.emit_json({"home": str(platform.home), "dashboard_url": platform.dashboard_url, "services": rows})
+        output.emit_json({"home": str(platform.home), "dashboard_url": platform.dashboard_url, "services": rows,
+                          "secure": platform.secure_summary})
     else:
         _process_table(rows)
         output.say(f"dashboard: {platform.dashboard_url}")
+        if secure:
+            output.say(f"secure: {SECURE_SUMMARY}; the operator's admin token: "
+                       f"{platform.doc['secure']['operator_token_file']} (every driftline verb uses it; the dashboard: "
+                       "open it once with ?token=<that token>)")
         output.say("stop it with: driftline down" if not foreground else "following the logs; Ctrl-C stops everything")
     if foreground:
         _follow_until_interrupted(platform, supervisor)
@@ -239,6 +281,7 @@ def _down(platform: Platform, quiet: bool) -> list[tuple[str, str]]:
         done.append((name, how or "stopped"))
     started = platform.doc.get("stack_started") or []
     if started:
+        os.environ.update(platform.doc.get("secure", {}).get("stack_env", {}))
         if not quiet:
             output.note(f"stopping the local stack ({', '.join(started)}), which driftline up started…")
         with contextlib.redirect_stdout(sys.stderr):
@@ -326,14 +369,16 @@ def status(json_out: JsonOut = False) -> None:
     if platform.doc and state == "up" and not platform.running():
         state = "supervisor gone"
     report = {"platform": {"state": state, "home": str(platform.home), "dashboard_url": platform.dashboard_url,
-                           "supervisor_pid": platform.supervisor_pid if platform.running() else None},
+                           "supervisor_pid": platform.supervisor_pid if platform.running() else None,
+                           "secure": platform.secure_summary},
               "services": rows, "consumer_lag": lag_rows, "consumer_lag_error": lag_error,
               "models": alias_map or {}, "models_error": alias_error,
               "last_alert": last_alert, "last_alert_error": alert_error}
     if json_out:
         output.emit_json(report)
     else:
-        output.pairs([("platform", f"{state} ({platform.home})"), ("dashboard", platform.dashboard_url)])
+        output.pairs([("platform", f"{state} ({platform.home})"), ("dashboard", platform.dashboard_url),
+                      ("secure", platform.secure_summary or "no (plaintext on loopback)")])
         _process_table(rows, restarts=True)
         if lag_rows:
             output.table(["consumer group", "topic", "partition", "committed", "end", "lag"],

@@ -33,7 +33,7 @@ def health_row(platform: Platform, name: str, service: str, model: str | None, s
     sup = supervision.get(name, {})
     if service in WITH_GRPC:
         address = platform.address(service, model)
-        state = health(address, timeout=1.0)
+        state = health(address, timeout=1.0, settings=platform.settings)
     else:  # the trainer has no gRPC server: its process is its health
         address = ""
         state = "RUNNING" if sup.get("state") == "running" else (sup.get("state") or "stopped").upper()
@@ -109,7 +109,8 @@ def plan_serving(platform: Platform, addresses: dict[str, str], pick: Callable[[
                     "DRIFTLINE_REGISTRY_ADDRESS": addresses["registry"],
                     "DRIFTLINE_FEATURE_ADDRESS": addresses["feature"],
                     "DRIFTLINE_SERVING_ADDRESS": address,
-                    "DRIFTLINE_MODEL_NAME": model, "DRIFTLINE_STREAM": schema.stream},
+                    "DRIFTLINE_MODEL_NAME": model, "DRIFTLINE_STREAM": schema.stream,
+                    **platform.secure_env(SERVING)},
         }
     return planned
 

@@ -136,11 +136,22 @@ class Platform:
 
     @property
     def settings(self) -> CommonSettings:
-        """DRIFTLINE_* from the environment, else from platform.json's, else the defaults."""
-        from_file = {key[len("DRIFTLINE_"):].lower(): value for key, value in self.doc.get("env", {}).items()
+        """DRIFTLINE_* from the environment, else from platform.json's (on a secure platform the
+        operator's certificate, token and Kafka login over the shared ones), else the defaults."""
+        described = {**self.doc.get("env", {}), **self.doc.get("secure", {}).get("client_env", {})}
+        from_file = {key[len("DRIFTLINE_"):].lower(): value for key, value in described.items()
                      if key.startswith("DRIFTLINE_") and key not in os.environ}
         known = CommonSettings.model_fields
         return CommonSettings(**{k: v for k, v in from_file.items() if k in known})
+
+    @property
+    def secure_summary(self) -> str | None:
+        """What protects this platform ("TLS, tokens, SASL_SSL" after `up --secure`), None when nothing."""
+        return self.doc.get("secure", {}).get("summary")
+
+    def secure_env(self, service: str) -> dict[str, str]:
+        """A service's own secure variables (its certificate, token, Kafka login); {} on a plain platform."""
+        return dict(self.doc.get("secure", {}).get("services", {}).get(service, {}))
 
     @property
     def topics(self) -> Topics:

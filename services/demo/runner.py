@@ -14,6 +14,8 @@ from pathlib import Path
 
 from services import devstack
 from services.common.settings import Topics
+from services.devstack import kafka as devstack_kafka
+from services.devstack.secure import SecureLoop, secure_env, settings_of
 from services.devstack.supervisor import LoopProcesses
 
 from .scenario import LoopObserver, Options, Result
@@ -24,6 +26,15 @@ def stop_on_sigterm() -> None:
     def interrupt(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, interrupt)
+
+
+SECURE_STACK_ENV = {"DRIFTLINE_DEVSTACK_SECURE": "true"}
+
+
+def use_secure_stack() -> None:
+    """Every later devstack call of this process is about the secure local stack (SASL_SSL, https),
+    which has its own state folder and ports beside the plaintext one."""
+    os.environ.update(SECURE_STACK_ENV)
 
 
 def stopped_components() -> list[str]:
@@ -68,12 +79,17 @@ class LoopRun:
     bucket: str
     log_dir: Path
     endpoints: "devstack.Endpoints"
+    secure: bool = False
 
 
 def run_closed_loop(options: Options, say: Callable[[str], None] = print,
-                    state_root: Path | None = None) -> tuple[Result, LoopRun]:
-    """Runs the scenario; returns its result and where its logs and data are."""
+                    state_root: Path | None = None, secure: bool = False) -> tuple[Result, LoopRun]:
+    """Runs the scenario; returns its result and where its logs and data are. `secure`: on the
+    secure local stack, every process with its own certificate (mTLS), token and Kafka principal,
+    as `driftline up --secure` starts them (services/devstack/secure.py)."""
     run_id = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
+    if secure:
+        use_secure_stack()
     root = state_root or Path(os.environ.get("DRIFTLINE_STATE_DIR", Path.cwd() / ".devstack"))
     state = Path(root) / "runs" / run_id
     state.mkdir(parents=True, exist_ok=True)
@@ -81,15 +97,24 @@ def run_closed_loop(options: Options, say: Callable[[str], None] = print,
     to_stop = stopped_components()
     endpoints = devstack.up(quiet=False)
     env = loop_env(run_id, endpoints, state, options)
-    run = LoopRun(run_id, env["DRIFTLINE_BUCKET"], state / "logs", endpoints)
-    processes = LoopProcesses(env, run.log_dir, extra_env=service_env(state, options))
+    extra_env = service_env(state, options)
+    operator = settings_of(env)
+    if secure:
+        devstack_kafka.broker().provision(env["DRIFTLINE_TOPIC_PREFIX"])
+        shared, own, operator_env = secure_env(SecureLoop.prepare(state / "secure"), endpoints)
+        env.update(shared)
+        extra_env = {name: {**own[name], **extra_env.get(name, {})} for name in own}
+        operator = settings_of({**env, **operator_env})
+    run = LoopRun(run_id, env["DRIFTLINE_BUCKET"], state / "logs", endpoints, secure)
+    processes = LoopProcesses(env, run.log_dir, extra_env=extra_env, probe=operator)
     try:
-        say("starting the six services…")
+        say(f"starting the six services{' (secure: TLS, tokens, SASL_SSL)' if secure else ''}…")
         processes.start()
         for name, status in processes.health().items():
             say(f"  {name:<9} {status:<8} {processes.handles[name].address if status == 'SERVING' else ''}")
         observer = LoopObserver(options, endpoints.kafka_bootstrap, Topics(f"run{run_id}."),
-                                processes.handles["serving"].address, say)
+                                processes.handles["serving"].address, say,
+                                kafka_config=operator.kafka_client_config(), channel_settings=operator)
         result = observer.run()
         unhealthy = {n: s for n, s in processes.health().items() if s.startswith("exited")}
         if unhealthy:

@@ -28,7 +28,7 @@ from driftline.v1 import (
 )
 from services.common import channels
 from services.common.kafka import Consumer, Producer, ensure_topics
-from services.common.settings import Topics
+from services.common.settings import CommonSettings, Topics
 
 from .stream import DriftingStream, index_of
 
@@ -119,11 +119,14 @@ class LoopObserver:
     """Runs the replayer, the Predict client and the watcher; collects the Result."""
 
     def __init__(self, options: Options, kafka_bootstrap: str, topics: Topics, serving_address: str,
-                 say: Callable[[str], None] = print, kafka_config: dict[str, str] | None = None) -> None:
+                 say: Callable[[str], None] = print, kafka_config: dict[str, str] | None = None,
+                 channel_settings: CommonSettings | None = None) -> None:
         self.options = options
         self.bootstrap = kafka_bootstrap
         # The security keys of the demo's Kafka clients (the operator's principal on a secure stack).
         self.kafka_config = kafka_config or {}
+        # Its gRPC channel's (on a secure loop the operator's CA, certificate and token).
+        self.channel_settings = channel_settings
         self.topics = topics
         self.serving_address = serving_address
         self.say = say
@@ -193,7 +196,7 @@ class LoopObserver:
         """Scores every labelled feature vector through Predict, in small batches."""
         consumer = Consumer(self.bootstrap, f"{self.topics.prefix}driftline-demo-client-{uuid.uuid4().hex[:8]}",
                             [self.topics.features], read_committed=True, config=self.kafka_config)
-        channel = channels.channel(self.serving_address)
+        channel = channels.channel(self.serving_address, self.channel_settings)
         stub = serving_pb2_grpc.PredictorStub(channel)
         try:
             while not self.done.is_set():

@@ -13,8 +13,12 @@ DEFAULT_S3_SECRET_KEY = "driftline-secret"
 
 
 def state_dir() -> Path:
-    """Logs, pid files and data; removing it resets the stack."""
-    return Path(os.environ.get("DRIFTLINE_STATE_DIR") or REPO_ROOT / ".devstack").resolve()
+    """Logs, pid files and data; removing it resets the stack. The secure stack's default is a
+    folder of its own, so it and the plaintext stack never take each other's pid files for theirs."""
+    explicit = os.environ.get("DRIFTLINE_STATE_DIR")
+    if explicit:
+        return Path(explicit).resolve()
+    return (REPO_ROOT / ".devstack" / ("secure" if secure() else "")).resolve()
 
 
 def cache_dir() -> Path:
@@ -27,19 +31,25 @@ def _port(var: str, default: int) -> int:
     return int(os.environ.get(var) or default)
 
 
+# The secure stack's defaults sit beside the plaintext one's (each takes the next port too), so
+# both can run at once.
 def kafka_port() -> int:
-    return _port("DRIFTLINE_DEVSTACK_KAFKA_PORT", 9092)
+    return _port("DRIFTLINE_DEVSTACK_KAFKA_PORT", 9094 if secure() else 9092)
 
 
 def s3_port() -> int:
-    return _port("DRIFTLINE_DEVSTACK_S3_PORT", 9000)
+    return _port("DRIFTLINE_DEVSTACK_S3_PORT", 9002 if secure() else 9000)
 
 
 def s3_credentials() -> tuple[str, str]:
-    return (
-        os.environ.get("DRIFTLINE_S3_ACCESS_KEY") or DEFAULT_S3_ACCESS_KEY,
-        os.environ.get("DRIFTLINE_S3_SECRET_KEY") or DEFAULT_S3_SECRET_KEY,
-    )
+    """The S3 server's account: DRIFTLINE_S3_ACCESS_KEY / _SECRET_KEY, else the plaintext stack's
+    development default, else (secure stack) a secret generated once and kept 0600."""
+    access, secret = os.environ.get("DRIFTLINE_S3_ACCESS_KEY"), os.environ.get("DRIFTLINE_S3_SECRET_KEY")
+    if not secure():
+        return access or DEFAULT_S3_ACCESS_KEY, secret or DEFAULT_S3_SECRET_KEY
+    from .tls import secret_file
+
+    return access or "driftline-root", secret or secret_file(tls_dir() / "s3-secrets.json", ("root",))["root"]
 
 
 def tls_dir() -> Path:

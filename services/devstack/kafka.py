@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.certificates import write_private
 from services.common.kafka_acls import PRINCIPALS, Grant, acl_table
 
 from . import config, tls
@@ -295,7 +296,7 @@ class Broker:
         if self.secure:
             cert, key = tls.ensure_server_cert(self.tls_dir, "kafka-broker", self.tls_dir)
             keystore = self.tls_dir / "kafka-broker.keystore.pem"
-            tls._write_private(keystore, key.read_bytes() + cert.read_bytes())
+            write_private(keystore, key.read_bytes() + cert.read_bytes())
             admin_password = self.passwords()["admin"]
             fields.update(admin_password=admin_password, keystore=keystore, ca_file=self.ca_file)
             listeners = _SECURE_LISTENERS

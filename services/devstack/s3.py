@@ -10,6 +10,8 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
+from services.common.certificates import write_private
+
 from . import config, tls
 from .process import ManagedProcess, Say, go_install, port_open
 
@@ -63,7 +65,7 @@ def _write_certificates() -> None:
     cert, key = tls.ensure_server_cert(config.tls_dir(), "s3", config.tls_dir())
     certs_dir().mkdir(parents=True, exist_ok=True)
     (certs_dir() / "public.crt").write_bytes(cert.read_bytes())
-    tls._write_private(certs_dir() / "private.key", key.read_bytes())
+    write_private(certs_dir() / "private.key", key.read_bytes())
 
 
 def component() -> ManagedProcess:

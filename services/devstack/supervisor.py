@@ -26,6 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import channels
+from services.common.settings import CommonSettings
 from services.common.threads import Backoff
 
 from .process import _alive, _cmdline, _port_in_use
@@ -105,6 +106,9 @@ class LoopProcesses:
     log_dir: Path
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
     handles: dict[str, ServiceHandle] = field(default_factory=dict)
+    # The settings the health probes dial with (a secure loop's CA, client certificate); None: this
+    # process's environment.
+    probe: CommonSettings | None = None
 
     def start(self, services=SERVICES, timeout: float = 120.0) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +137,7 @@ class LoopProcesses:
         while True:
             if handle.process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {handle.process.returncode}:\n{handle.log_tail()}")
-            if name not in WITH_GRPC or serving(handle.address):
+            if name not in WITH_GRPC or serving(handle.address, settings=self.probe):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} not healthy in time:\n{handle.log_tail()}")
@@ -145,7 +149,7 @@ class LoopProcesses:
             if handle.process.poll() is not None:
                 status[name] = f"exited ({handle.process.returncode})"
             elif name in WITH_GRPC:
-                status[name] = "SERVING" if serving(handle.address) else "NOT SERVING"
+                status[name] = "SERVING" if serving(handle.address, settings=self.probe) else "NOT SERVING"
             else:
                 status[name] = "running"
         return status
@@ -166,9 +170,9 @@ class LoopProcesses:
         return codes
 
 
-def serving(address: str, timeout: float = 1.0) -> bool:
+def serving(address: str, timeout: float = 1.0, settings: CommonSettings | None = None) -> bool:
     try:
-        with channels.channel(address) as channel:
+        with channels.channel(address, settings) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
             return reply.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
