@@ -153,6 +153,10 @@ def fixture_kafka_images(conftest: Path = CONFTEST) -> list[str]:
     return []
 
 
+def prometheus_config(path: Path = PROMETHEUS) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
 def prometheus_targets(path: Path = PROMETHEUS) -> set[str]:
     config = yaml.safe_load(path.read_text())
     return {t for job in config.get("scrape_configs") or [] for sc in job.get("static_configs") or []
@@ -188,24 +192,156 @@ def healthcheck_target(spec: dict) -> list[str] | None:
     return None
 
 
+def mounted_secrets(spec: dict) -> dict[str, str]:
+    """{secret: path in the container} of a service's `secrets:` (short or long syntax)."""
+    found = {}
+    for entry in spec.get("secrets") or []:
+        source = entry if isinstance(entry, str) else entry["source"]
+        target = source if isinstance(entry, str) else entry.get("target", source)
+        found[source] = target if target.startswith("/") else f"/run/secrets/{target}"
+    return found
+
+
+def interpolations(text: str) -> list[str]:
+    """Every ${…} of a compose file's text ($$ escapes one)."""
+    return re.findall(r"(?<!\$)\$\{[^}]*\}", text)
+
+
+# -- the security checks ------------------------------------------------------------------------------
+
+# What every Driftline service must be given: (setting, the value it must have or None for "a
+# mounted secret file").
+TLS_FILES = ("DRIFTLINE_TLS_CERT_FILE", "DRIFTLINE_TLS_KEY_FILE", "DRIFTLINE_TLS_CA_FILE",
+             "DRIFTLINE_AUTH_PUBLIC_KEY_FILE")
+KAFKA_LOGIN = {"DRIFTLINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "DRIFTLINE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"}
+
+
+def security_problems(service: str, env: dict[str, str], mounted: dict[str, str]) -> list[str]:
+    """What keeps one Driftline service of compose from being TLS, authenticated and SASL_SSL."""
+    from services.common.auth import SERVICE_ROLES
+
+    problems = []
+    files = set(mounted.values())
+    for key in TLS_FILES:
+        if env.get(key) not in files:
+            problems.append(f"{key} is not a file mounted from a secret ({env.get(key)!r})")
+    if env.get("DRIFTLINE_TLS_CLIENT_AUTH", "").lower() != "true":
+        problems.append("DRIFTLINE_TLS_CLIENT_AUTH is not true (mTLS between the services)")
+    for key in [k for k, v in mounted.items() if v == env.get("DRIFTLINE_TLS_CERT_FILE")]:
+        if key != f"{service}-cert":
+            problems.append(f"its certificate is the secret {key!r}, not {service}-cert (its own)")
+    calls = service in SERVICE_ROLES
+    if calls and env.get("DRIFTLINE_TOKEN_FILE") != mounted.get(f"{service}-token"):
+        problems.append(f"it calls other services but DRIFTLINE_TOKEN_FILE is not its own secret {service}-token")
+    if not calls and ("DRIFTLINE_TOKEN_FILE" in env or "DRIFTLINE_TOKEN" in env):
+        problems.append("it calls no service, so it needs no token (services/common/auth.py SERVICE_ROLES)")
+    for key, value in KAFKA_LOGIN.items():
+        if env.get(key) != value:
+            problems.append(f"{key} is {env.get(key)!r}, not {value}")
+    if env.get("DRIFTLINE_KAFKA_SSL_CA_FILE") not in files:
+        problems.append("DRIFTLINE_KAFKA_SSL_CA_FILE is not a file mounted from a secret")
+    if env.get("DRIFTLINE_KAFKA_SASL_USERNAME") != service:
+        problems.append(f"DRIFTLINE_KAFKA_SASL_USERNAME is {env.get('DRIFTLINE_KAFKA_SASL_USERNAME')!r}, "
+                        f"not its own principal {service!r} (services/common/kafka_acls.py)")
+    if not REQUIRED_FROM_ENV.match(env.get("DRIFTLINE_KAFKA_SASL_PASSWORD", "")):
+        problems.append("DRIFTLINE_KAFKA_SASL_PASSWORD is not ${VAR:?message}")
+    if "DRIFTLINE_S3_ENDPOINT" in env:
+        if env.get("DRIFTLINE_S3_SECURE", "").lower() != "true" or env.get("DRIFTLINE_S3_CA_FILE") not in files:
+            problems.append("S3 without TLS (DRIFTLINE_S3_SECURE=true and DRIFTLINE_S3_CA_FILE from a secret)")
+        for key in ("DRIFTLINE_S3_ACCESS_KEY", "DRIFTLINE_S3_SECRET_KEY"):
+            if not REQUIRED_FROM_ENV.match(env.get(key, "")):
+                problems.append(f"{key} is not ${{VAR:?message}}")
+    return problems
+
+
+def sharing_problems(envs: dict[str, dict[str, str]]) -> list[str]:
+    """Credentials that two services share: each has its own Kafka password and S3 account."""
+    problems, seen = [], {}
+    for name, env in envs.items():
+        for key in ("DRIFTLINE_KAFKA_SASL_PASSWORD", "DRIFTLINE_S3_ACCESS_KEY", "DRIFTLINE_S3_SECRET_KEY"):
+            value = env.get(key)
+            if value and (key, value) in seen:
+                problems.append(f"{name}: {key} is {seen[key, value]}'s too ({value})")
+            seen.setdefault((key, value), name)
+    return problems
+
+
+def kafka_broker_problems(services: dict[str, dict]) -> list[str]:
+    problems = []
+    for name, spec in services.items():
+        if kafka_major(str(spec.get("image", ""))) is None:
+            continue
+        protocols = environment(spec).get("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "")
+        plain = [p for p in protocols.split(",") if p.split(":")[-1] in ("PLAINTEXT", "SASL_PLAINTEXT")]
+        if not protocols or plain:
+            problems.append(f"{name}: a listener without TLS ({plain or 'no KAFKA_LISTENER_SECURITY_PROTOCOL_MAP'})")
+        if {"kafka-cert", "kafka-key", "ca"} - set(mounted_secrets(spec)):
+            problems.append(f"{name}: its keystore (kafka-cert, kafka-key) and the CA are not mounted from secrets")
+    return problems
+
+
+def minio_problems(services: dict[str, dict]) -> list[str]:
+    problems = []
+    for name, spec in services.items():
+        command = spec.get("command") or ""
+        command = command if isinstance(command, str) else " ".join(map(str, command))
+        if "minio" not in str(spec.get("image", "")) or not command.startswith("server"):
+            continue
+        certs = re.search(r"--certs-dir[= ](\S+)", command)
+        paths = set(mounted_secrets(spec).values())
+        if not certs or {f"{certs.group(1)}/public.crt", f"{certs.group(1)}/private.key"} - paths:
+            problems.append(f"{name}: MinIO without TLS (--certs-dir with public.crt and private.key from secrets)")
+    return problems
+
+
+def secret_file_problems(compose: dict) -> list[str]:
+    """Secrets used but not declared, and declared ones not read from an environment-named path."""
+    problems = []
+    declared = compose.get("secrets") or {}
+    for name, spec in declared.items():
+        if not re.match(r"^\$\{[A-Za-z_][A-Za-z0-9_]*:\?[^}]+\}/", str((spec or {}).get("file", ""))):
+            problems.append(f"secret {name}: its file is not under ${{VAR:?message}}/ ({spec})")
+    for service, spec in (compose.get("services") or {}).items():
+        for secret in mounted_secrets(spec):
+            if secret not in declared:
+                problems.append(f"{service}: secret {secret!r} is not declared under `secrets:`")
+    return problems
+
+
+def interpolation_problems(text: str) -> list[str]:
+    """Any ${VAR} without a :? message: a default would be a silent fallback, a bare one empty."""
+    return [f"{found}: every ${{VAR}} needs a :? message (no defaults)"
+            for found in interpolations(text) if not REQUIRED_FROM_ENV.match(found)]
+
+
 # -- the checker --------------------------------------------------------------------------------------
 
 
 def compose_problems(compose: dict, *, kafka_majors: dict[str, int | None] | None = None,
-                     prometheus: set[str] | None = None, image_env: dict[str, str] | None = None) -> list[str]:
+                     prometheus: set[str] | None = None, image_env: dict[str, str] | None = None,
+                     prometheus_config: dict | None = None) -> list[str]:
     """Everything that keeps this compose file from working, one line each ([] when nothing)."""
     services: dict[str, dict] = compose.get("services") or {}
     declared_volumes = set((compose.get("volumes") or {}).keys())
     problems: list[str] = []
     dialed: dict[str, set[str]] = {name: set() for name in services}  # service -> who dials it
     image_env = dockerfile_env() if image_env is None else image_env
+    # Init steps (restart "no", waited for with service_completed_successfully): they exit when done.
+    one_shot = {dep for spec in services.values() for dep, condition in depends_on(spec).items()
+                if condition == "service_completed_successfully"
+                and str((services.get(dep) or {}).get("restart", "")) == "no"}
+    problems += secret_file_problems(compose)
 
     for name, spec in services.items():
         env = environment(spec)
         ours = driftline_service(spec)
+        mounted = mounted_secrets(spec)
 
         test = (spec.get("healthcheck") or {}).get("test")
-        if not test or spec["healthcheck"].get("disable") or (isinstance(test, list) and test[:1] == ["NONE"]):
+        if name in one_shot:
+            if test:
+                problems.append(f"{name}: a one-shot init step has no health to check")
+        elif not test or spec["healthcheck"].get("disable") or (isinstance(test, list) and test[:1] == ["NONE"]):
             problems.append(f"{name}: no healthcheck")
 
         for volume in named_volumes(spec):
@@ -213,7 +349,13 @@ def compose_problems(compose: dict, *, kafka_majors: dict[str, int | None] | Non
                 problems.append(f"{name}: volume {volume!r} is not declared under `volumes:`")
 
         for key, value in env.items():
-            if SECRET_VARS.search(key) and not REQUIRED_FROM_ENV.match(value):
+            if not SECRET_VARS.search(key):
+                continue
+            if key.endswith("_FILE"):  # a path, to a file compose mounts from a secret
+                if value not in mounted.values():
+                    problems.append(f"{name}: {key}={value!r} is not a secret mounted in the container "
+                                    f"({sorted(mounted.values())})")
+            elif not REQUIRED_FROM_ENV.match(value):
                 problems.append(f"{name}: {key} must come from the environment as ${{VAR:?message}}, "
                                 f"not {value!r}")
         if "grafana" in str(spec.get("image", "")):
@@ -255,6 +397,7 @@ def compose_problems(compose: dict, *, kafka_majors: dict[str, int | None] | Non
 
         if ours is None:
             continue
+        problems += [f"{name}: {p}" for p in security_problems(ours, env, mounted)]
         known = settings_env_names(ours)
         for key in env:
             if key.upper().startswith(ENV_PREFIX) and key.upper() not in known:
@@ -286,6 +429,16 @@ def compose_problems(compose: dict, *, kafka_majors: dict[str, int | None] | Non
         if driftline_service(spec) is None and name not in USER_FACING and not dialed[name]:
             problems.append(f"{name}: nothing uses it (no service dials it or depends on it)")
 
+    problems += kafka_broker_problems(services) + minio_problems(services)
+    problems += sharing_problems({n: environment(s) for n, s in services.items() if driftline_service(s)})
+    if prometheus_config is not None:
+        scraper = next((s for s in services.values() if "prometheus" in str(s.get("image", ""))), {})
+        for job in prometheus_config.get("scrape_configs") or []:
+            token = (job.get("authorization") or {}).get("credentials_file")
+            if token not in mounted_secrets(scraper).values():
+                problems.append(f"prometheus: job {job.get('job_name')} scrapes without a token file "
+                                "mounted from a secret (authorization: credentials_file)")
+
     majors = dict(kafka_majors or {})
     for name, spec in services.items():
         major = kafka_major(str(spec.get("image", "")))
@@ -310,7 +463,7 @@ def repository_kafka_majors() -> dict[str, int | None]:
 def test_the_compose_file_has_no_problems():
     compose = load_compose()
     problems = compose_problems(compose, kafka_majors=repository_kafka_majors(),
-                                prometheus=prometheus_targets())
+                                prometheus=prometheus_targets(), prometheus_config=prometheus_config())
     assert problems == [], "\n".join(problems)
     ours = {driftline_service(spec) for spec in compose["services"].values()} - {None}
     assert ours == set(SERVICES), f"compose runs {sorted(ours)}"
@@ -332,8 +485,23 @@ def test_no_secret_has_a_value_in_the_file():
     text = COMPOSE.read_text()
     for literal in {config.DEFAULT_S3_SECRET_KEY, "driftline-secret", "POSTGRES_PASSWORD", "admin123"}:
         assert literal not in text, literal
+    assert "ALLOW_INSECURE" not in text
+    assert interpolation_problems(text) == []
     required = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?", text))
-    assert {"DRIFTLINE_S3_ACCESS_KEY", "DRIFTLINE_S3_SECRET_KEY", "GRAFANA_ADMIN_PASSWORD"} <= required
+    from services.common.kafka_acls import PRINCIPALS
+
+    accounts = {name for name, spec in load_compose()["services"].items() if "DRIFTLINE_S3_ENDPOINT" in environment(spec)}
+    assert accounts == set(SERVICES) - {"ingest"}, accounts
+    expected = ({f"DRIFTLINE_KAFKA_{p.upper()}_PASSWORD" for p in ("admin", *PRINCIPALS)}
+                | {f"DRIFTLINE_S3_{s.upper()}_{k}" for s in accounts for k in ("ACCESS_KEY", "SECRET_KEY")}
+                | {"DRIFTLINE_CERTS_DIR", "DRIFTLINE_AUTH_DIR", "DRIFTLINE_TOKENS_DIR", "DRIFTLINE_MINIO_ROOT_USER",
+                   "DRIFTLINE_MINIO_ROOT_PASSWORD", "GRAFANA_ADMIN_USER", "GRAFANA_ADMIN_PASSWORD"})
+    assert required == expected, (sorted(required - expected), sorted(expected - required))
+
+
+def test_interpolations_without_a_message_are_found():
+    assert interpolation_problems("a: ${X:?set X}\nb: $${NOT_ONE}\n") == []
+    assert len(interpolation_problems("a: ${X:-default}\nb: ${Y}\nc: ${Z?}\n")) == 3
 
 
 def test_the_image_runs_as_a_user_with_writable_volumes_and_wildcard_binds():
@@ -392,14 +560,58 @@ def test_the_image_runs_as_a_user_with_writable_volumes_and_wildcard_binds():
      "serving: its healthcheck probes ['127.0.0.1:50053'], not its gRPC port 50054"),
     (lambda c: c["services"]["ingest"]["environment"].update(DRIFTLINE_GRPC_HOST="127.0.0.1"),
      "ingest: DRIFTLINE_GRPC_HOST is '127.0.0.1'"),
+    # Security: TLS, tokens, Kafka SASL_SSL, S3 accounts, all from secrets.
+    (lambda c: c["services"]["registry"]["environment"].pop("DRIFTLINE_TLS_CERT_FILE"),
+     "registry: DRIFTLINE_TLS_CERT_FILE is not a file mounted from a secret"),
+    (lambda c: c["services"]["serving"]["environment"].update(DRIFTLINE_TLS_CLIENT_AUTH="false"),
+     "serving: DRIFTLINE_TLS_CLIENT_AUTH is not true"),
+    (lambda c: c["services"]["feature"]["secrets"].__setitem__(1, {"source": "ingest-cert", "target": "tls.pem"}),
+     "feature: its certificate is the secret 'ingest-cert'"),
+    (lambda c: c["services"]["monitor"]["secrets"].pop(),
+     "monitor: DRIFTLINE_TOKEN_FILE='/run/secrets/token' is not a secret mounted in the container"),
+    (lambda c: c["services"]["trainer"]["environment"].pop("DRIFTLINE_TOKEN_FILE"),
+     "trainer: it calls other services but DRIFTLINE_TOKEN_FILE is not its own secret trainer-token"),
+    (lambda c: c["services"]["ingest"]["environment"].update(DRIFTLINE_TOKEN_FILE="/run/secrets/token"),
+     "ingest: it calls no service, so it needs no token"),
+    (lambda c: c["services"]["registry"]["secrets"].pop(3),
+     "registry: DRIFTLINE_AUTH_PUBLIC_KEY_FILE is not a file mounted from a secret"),
+    (lambda c: c["services"]["ingest"]["environment"].update(DRIFTLINE_KAFKA_SECURITY_PROTOCOL="PLAINTEXT"),
+     "ingest: DRIFTLINE_KAFKA_SECURITY_PROTOCOL is 'PLAINTEXT', not SASL_SSL"),
+    (lambda c: c["services"]["feature"]["environment"].update(DRIFTLINE_KAFKA_SASL_USERNAME="admin"),
+     "feature: DRIFTLINE_KAFKA_SASL_USERNAME is 'admin', not its own principal 'feature'"),
+    (lambda c: c["services"]["monitor"]["environment"].update(DRIFTLINE_KAFKA_SASL_PASSWORD="hunter2"),
+     "monitor: DRIFTLINE_KAFKA_SASL_PASSWORD must come from the environment"),
+    (lambda c: c["services"]["serving"]["environment"].update(
+        DRIFTLINE_S3_ACCESS_KEY=c["services"]["trainer"]["environment"]["DRIFTLINE_S3_ACCESS_KEY"]),
+     "DRIFTLINE_S3_ACCESS_KEY is trainer's too"),
+    (lambda c: c["services"]["registry"]["environment"].update(DRIFTLINE_S3_SECURE="false"),
+     "registry: S3 without TLS"),
+    (lambda c: c["services"]["kafka"]["environment"].update(
+        KAFKA_LISTENER_SECURITY_PROTOCOL_MAP="SASL_SSL:SASL_SSL,CONTROLLER:SSL,HOST:PLAINTEXT"),
+     "kafka: a listener without TLS (['HOST:PLAINTEXT'])"),
+    (lambda c: c["services"]["minio"].update(command="server /data --console-address :9001"),
+     "minio: MinIO without TLS"),
+    (lambda c: c["secrets"]["ca"].update(file="./certs/ca.pem"), "secret ca: its file is not under ${VAR:?message}/"),
+    (lambda c: c["secrets"].pop("serving-token"), "serving: secret 'serving-token' is not declared"),
+    (lambda c: c["services"]["kafka-init"].update(healthcheck={"test": ["CMD", "true"]}),
+     "kafka-init: a one-shot init step has no health to check"),
 ])
 def test_the_checker_finds_what_is_broken(break_it, complaint):
     compose = copy.deepcopy(load_compose())
-    kwargs = dict(kafka_majors=repository_kafka_majors(), prometheus=prometheus_targets())
+    kwargs = dict(kafka_majors=repository_kafka_majors(), prometheus=prometheus_targets(),
+                  prometheus_config=prometheus_config())
     assert compose_problems(copy.deepcopy(compose), **kwargs) == []
     break_it(compose)
     problems = compose_problems(compose, **kwargs)
     assert any(complaint in p for p in problems), problems
+
+
+def test_prometheus_without_its_token_is_found():
+    config = prometheus_config()
+    config["scrape_configs"][0].pop("authorization")
+    problems = compose_problems(load_compose(), prometheus=prometheus_targets(), prometheus_config=config)
+    assert problems == ["prometheus: job ingest scrapes without a token file mounted from a secret "
+                        "(authorization: credentials_file)"], problems
 
 
 def test_a_broken_fixture_kafka_is_found(tmp_path):
@@ -585,6 +797,53 @@ def _engine_answers() -> bool:
         return False
 
 
+def compose_secrets(folder: Path) -> dict[str, str]:
+    """What docker-compose.yml reads, made the way README.md (Deploying) says: certificates of one
+    CA (the services, the CLI, kafka, minio), the token issuer's key pair, the callers' and
+    Prometheus' tokens and an admin token for the test, and a generated password per account.
+    Each file is made readable by the containers' users (compose bind-mounts it as it is)."""
+    import secrets as random
+
+    from services.cli.certs import SERVICES as CERTIFIED, init_certs
+    from services.common import auth
+    from services.common.kafka_acls import PRINCIPALS
+
+    init_certs(folder / "certs", services=(*CERTIFIED, "kafka", "minio"))
+    keys = folder / "auth"
+    auth.write_keypair(keys / "private.pem", keys / "public.pem")
+    (keys / "revoked").write_text("")
+    tokens = folder / "tokens"
+    tokens.mkdir()
+    private = auth.load_private_key(keys / "private.pem")
+    for subject, roles in {**auth.SERVICE_ROLES, "prometheus": ("read",)}.items():
+        (tokens / f"{subject}.token").write_text(auth.issue(private, subject, roles)[0])
+    (folder / "admin.token").write_text(auth.issue(private, "compose-test", ["admin"])[0])
+    for path in [*(folder / "certs").iterdir(), *tokens.iterdir(), keys / "public.pem", keys / "revoked"]:
+        path.chmod(0o644)  # a test's throw-away files; README.md grants each container user its own
+    for directory in (folder / "certs", tokens, keys):
+        directory.chmod(0o755)
+    found = {"DRIFTLINE_CERTS_DIR": str(folder / "certs"), "DRIFTLINE_AUTH_DIR": str(keys),
+             "DRIFTLINE_TOKENS_DIR": str(tokens), "DRIFTLINE_MINIO_ROOT_USER": f"root-{random.token_hex(4)}",
+             "DRIFTLINE_MINIO_ROOT_PASSWORD": random.token_hex(16), "GRAFANA_ADMIN_USER": "admin",
+             "GRAFANA_ADMIN_PASSWORD": random.token_hex(16)}
+    found |= {f"DRIFTLINE_KAFKA_{p.upper()}_PASSWORD": random.token_hex(16) for p in ("admin", *PRINCIPALS)}
+    for service in ("feature", "trainer", "monitor", "registry", "serving"):
+        found[f"DRIFTLINE_S3_{service.upper()}_ACCESS_KEY"] = f"{service}-{random.token_hex(4)}"
+        found[f"DRIFTLINE_S3_{service.upper()}_SECRET_KEY"] = random.token_hex(16)
+    return found
+
+
+def test_the_compose_secrets_are_every_one_the_file_reads(tmp_path):
+    """The engine test's secrets (as README.md makes them) are exactly what compose requires,
+    and every secret file the compose file names exists among them."""
+    made = compose_secrets(tmp_path)
+    text = COMPOSE.read_text()
+    assert set(made) == set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?", text))
+    for name, spec in load_compose()["secrets"].items():
+        var, rest = re.fullmatch(r"\$\{([A-Za-z_0-9]+):\?[^}]+\}(/.+)", spec["file"]).groups()
+        assert Path(made[var] + rest).is_file(), (name, made[var] + rest)
+
+
 @pytest.mark.skipif(not _engine_answers(), reason="no Docker engine answers (docker.from_env().ping()): "
                     "the stack is not brought up; the static checks above still ran")
 def test_the_stack_comes_up_and_serves_a_prediction(tmp_path):
@@ -593,13 +852,13 @@ def test_the_stack_comes_up_and_serves_a_prediction(tmp_path):
     runs `docker compose up --wait` (every health check passing), publishes a tiny ONNX model the
     way the trainer does (artifact in MinIO, version in the registry, alias `production`), waits
     for serving's driftline.v1.Predictor to turn SERVING and makes one prediction through the
-    published port. Needs the host's loopback ports of docker-compose.yml free (9000, 50053, 50054, …)
+    published port, over mTLS with an admin token, as the CLI would. Needs the host's loopback ports of docker-compose.yml free (9000, 50053, 50054, …)
     and the `docker compose` plugin (a missing plugin fails the test: the engine is there)."""
-    import grpc
     import numpy as np
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from driftline.v1 import registry_pb2, registry_pb2_grpc, serving_pb2, serving_pb2_grpc
-    from services.common import healthcheck
+    from services.common import channels
     from services.common.objectstore import MinioObjectStore
     from services.common.settings import CommonSettings
     from support import wait_for
@@ -608,8 +867,7 @@ def test_the_stack_comes_up_and_serves_a_prediction(tmp_path):
     docker = shutil.which("docker")
     assert docker, "a Docker engine answers but there is no docker CLI for `docker compose`"
     project = f"driftline-test-{uuid.uuid4().hex[:8]}"
-    secrets = {"DRIFTLINE_S3_ACCESS_KEY": f"test-{uuid.uuid4().hex[:8]}",
-               "DRIFTLINE_S3_SECRET_KEY": uuid.uuid4().hex, "GRAFANA_ADMIN_PASSWORD": uuid.uuid4().hex}
+    secrets = compose_secrets(tmp_path)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}, **secrets}
     compose = [docker, "compose", "--project-name", project, "--file", str(COMPOSE)]
 
@@ -621,20 +879,28 @@ def test_the_stack_comes_up_and_serves_a_prediction(tmp_path):
         assert up.returncode == 0, f"docker compose up failed:\n{up.stderr[-4000:]}\n{run('logs', '--tail', '40').stdout[-8000:]}"
         # What the services run with: the settings' defaults (compose sets neither).
         model, bucket = (CommonSettings.model_fields[f].default for f in ("model_name", "bucket"))
-        store = MinioObjectStore("127.0.0.1:9000", secrets["DRIFTLINE_S3_ACCESS_KEY"],
-                                 secrets["DRIFTLINE_S3_SECRET_KEY"], bucket)
-        store.ensure_bucket()
+        # The trainer's S3 account may write models; the CLI's certificate and an admin token reach the registry.
+        store = MinioObjectStore("127.0.0.1:9000", secrets["DRIFTLINE_S3_TRAINER_ACCESS_KEY"],
+                                 secrets["DRIFTLINE_S3_TRAINER_SECRET_KEY"], bucket, secure=True,
+                                 ca_file=str(tmp_path / "certs" / "ca.pem"))
         ref = store.put_bytes(f"models/{model}/compose-test/model.onnx", tiny_model(WEIGHTS[1]))
-        with grpc.insecure_channel("127.0.0.1:50053") as channel:
+        certs = tmp_path / "certs"
+        client = CommonSettings(tls_ca_file=str(certs / "ca.pem"), tls_cert_file=str(certs / "cli.pem"),
+                                tls_key_file=str(certs / "cli.key"), token_file=str(tmp_path / "admin.token"))
+        with channels.channel("127.0.0.1:50053", client) as channel:
             registry = registry_pb2_grpc.RegistryStub(channel)
             version = registry.RegisterModelVersion(registry_pb2.RegisterModelVersionRequest(
                 model_version=registry_pb2.ModelVersion(name=model, artifact_uri=ref.uri, artifact_sha256=ref.sha256,
                                                         feature_names=FEATURES)), timeout=30).version
-            registry.SetAlias(registry_pb2.SetAliasRequest(name=model, alias="production", version=version), timeout=30)
-        wait_for(lambda: healthcheck.check("127.0.0.1:50054", "driftline.v1.Predictor") is None, 180,
-                 "serving to load the promoted model", every=1)
+            registry.SetAlias(registry_pb2.SetAliasRequest(name=model, alias="production", version=version,
+                                                           reason="compose test"), timeout=30)
+        with channels.channel("127.0.0.1:50054", client) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(service="driftline.v1.Predictor"),
+                                          timeout=5).status == health_pb2.HealthCheckResponse.SERVING,
+                     180, "serving to load the promoted model", every=1)
         rows = [[0.1, 0.2, 0.3], [1.0, -1.0, 0.5]]
-        with grpc.insecure_channel("127.0.0.1:50054") as channel:
+        with channels.channel("127.0.0.1:50054", client) as channel:
             answer = serving_pb2_grpc.PredictorStub(channel).Predict(serving_pb2.PredictRequest(
                 model_name=model, rows=[serving_pb2.Row(values=r) for r in rows]), timeout=30)
         assert answer.model_version == version
