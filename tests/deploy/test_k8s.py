@@ -64,6 +64,9 @@ def _consumes(service: str, s) -> tuple[str, set[str]] | None:
     }.get(service, lambda: None)()
 
 
+HEALTH_PROBE = ["python", "-m", "services.common.healthcheck"]
+# Those that read or write the object store: each with its own account (ingest never touches it).
+S3_USERS = set(SERVICES) - {"ingest"}
 # Those that dial the registry (services/*/server.py: settings.registry_address).
 REGISTRY_CLIENTS = {"serving", "trainer", "monitor"}
 SECRET_NAME = re.compile(r"(KEY|SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL)", re.I)
@@ -155,6 +158,9 @@ def isolated_settings(cls, env: dict[str, str]):
             return (init_settings,)
 
     fields = {k[len("DRIFTLINE_"):].lower(): v for k, v in env.items() if k.startswith("DRIFTLINE_")}
+    # The settings check that their files exist, which they do only in the pod (mounted Secrets):
+    # parse with a file that exists here; security_problems checks where the paths point.
+    fields = {k: __file__ if k.endswith("_file") and v else v for k, v in fields.items()}
     return Isolated(**fields)
 
 
@@ -300,8 +306,11 @@ def workload_problems(objs) -> list[str]:
                 if not p:
                     problems.append(f"{at}: no {probe}")
                 elif "grpc" in ports:
-                    if (p.get("grpc") or {}).get("port") != ports["grpc"]:
-                        problems.append(f"{at}: {probe} must be a grpc probe on the gRPC port {ports['grpc']}")
+                    # Native grpc probes speak no TLS: the image's probe, in the pod, with its certificate.
+                    command = (p.get("exec") or {}).get("command") or []
+                    if command[:4] != [*HEALTH_PROBE, f"127.0.0.1:{ports['grpc']}"]:
+                        problems.append(f"{at}: {probe} must be `python -m services.common.healthcheck "
+                                        f"127.0.0.1:{ports['grpc']}` (the gRPC port, over the pod's TLS)")
                 elif not (p.get("httpGet") and p["httpGet"].get("port") in (*ports, *ports.values())):
                     problems.append(f"{at}: {probe} probes no port the container declares")
             if "grpc" in ports:
@@ -329,6 +338,65 @@ def workload_problems(objs) -> list[str]:
     return problems
 
 
+def is_path_setting(key: str, value) -> bool:
+    """A *_FILE setting holds a path (security_problems checks it is a mounted Secret), not a secret."""
+    return key.endswith("_FILE") and str(value or "").startswith("/")
+
+
+def secret_mounts(workload, container) -> dict[str, str]:
+    """{mountPath: Secret name} of the container's read-only mounts of Secret volumes."""
+    volumes = {v["name"]: v for v in pod_spec(workload).get("volumes", [])}
+    return {m["mountPath"]: volumes[m["name"]]["secret"]["secretName"] for m in container.get("volumeMounts", [])
+            if m.get("readOnly") and "secret" in volumes.get(m["name"], {})}
+
+
+def mounted_from(path: str, mounts: dict[str, str]) -> str | None:
+    """The Secret a file path lies in, or None."""
+    return next((secret for mount, secret in mounts.items() if path.startswith(mount.rstrip("/") + "/")), None)
+
+
+def security_problems(objs) -> list[str]:
+    """mTLS with the pod's own certificate, the issuer's public key, a token for a caller, Kafka
+    SASL_SSL as its own principal and its own S3 account: each from a Secret, for every pod."""
+    from services.common.auth import SERVICE_ROLES
+
+    problems = []
+    for w in workloads(objs):
+        for c in pod_spec(w)["containers"]:
+            at = f"{w['kind']}/{name(w)} container {c['name']}"
+            service = service_of(c)
+            env, literal, mounts = env_of(c, objs), literal_env(c, objs), secret_mounts(w, c)
+            expected = {"DRIFTLINE_TLS_CERT_FILE": f"driftline-{service}-tls",
+                        "DRIFTLINE_TLS_KEY_FILE": f"driftline-{service}-tls", "DRIFTLINE_TLS_CA_FILE": "driftline-ca",
+                        "DRIFTLINE_AUTH_PUBLIC_KEY_FILE": "driftline-auth", "DRIFTLINE_KAFKA_SSL_CA_FILE": "driftline-ca"}
+            if service in SERVICE_ROLES:
+                expected["DRIFTLINE_TOKEN_FILE"] = f"driftline-{service}-token"
+            elif "DRIFTLINE_TOKEN_FILE" in env or "DRIFTLINE_TOKEN" in env:
+                problems.append(f"{at}: {service} calls no service, so it needs no token")
+            if service in S3_USERS:
+                expected["DRIFTLINE_S3_CA_FILE"] = "driftline-ca"
+            for var, secret in expected.items():
+                found = mounted_from(literal.get(var, ""), mounts)
+                if found != secret:
+                    problems.append(f"{at}: {var}={literal.get(var)!r} is not in a read-only mount of "
+                                    f"Secret {secret} ({found or 'no Secret'})")
+            for var, value in {"DRIFTLINE_TLS_CLIENT_AUTH": "true", "DRIFTLINE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                               "DRIFTLINE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                               **({"DRIFTLINE_S3_SECURE": "true"} if service in S3_USERS else {})}.items():
+                if literal.get(var, "").lower() != value.lower():
+                    problems.append(f"{at}: {var} is {literal.get(var)!r}, not {value}")
+            logins = {"DRIFTLINE_KAFKA_SASL_USERNAME": f"driftline-{service}-kafka",
+                      "DRIFTLINE_KAFKA_SASL_PASSWORD": f"driftline-{service}-kafka"}
+            if service in S3_USERS:
+                logins |= {"DRIFTLINE_S3_ACCESS_KEY": f"driftline-{service}-s3",
+                           "DRIFTLINE_S3_SECRET_KEY": f"driftline-{service}-s3"}
+            for var, secret in logins.items():
+                ref = ((env.get(var) or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+                if ref.get("name") != secret:
+                    problems.append(f"{at}: {var} is not from its own Secret {secret} ({ref.get('name')})")
+    return problems
+
+
 def secret_problems(objs) -> list[str]:
     problems = []
     for obj in objs:
@@ -336,7 +404,7 @@ def secret_problems(objs) -> list[str]:
             problems.append(f"Secret/{name(obj)}: Secrets are created out of band, never rendered")
     for cm in of_kind(objs, "ConfigMap"):
         for key, value in (cm.get("data") or {}).items():
-            if key.startswith("DRIFTLINE_") and SECRET_NAME.search(key):
+            if key.startswith("DRIFTLINE_") and SECRET_NAME.search(key) and not is_path_setting(key, value):
                 problems.append(f"ConfigMap/{name(cm)}: {key} looks like a credential")
             if URL_WITH_CREDENTIALS.search(str(value)):
                 problems.append(f"ConfigMap/{name(cm)}: {key} holds a URL with credentials")
@@ -345,7 +413,7 @@ def secret_problems(objs) -> list[str]:
             at = f"{w['kind']}/{name(w)} container {c['name']}"
             for var, source in env_of(c, objs).items():
                 from_secret = "secretKeyRef" in (source.get("valueFrom") or {})
-                if SECRET_NAME.search(var) and not from_secret:
+                if SECRET_NAME.search(var) and not from_secret and not is_path_setting(var, source.get("value")):
                     problems.append(f"{at}: {var} must come from a secretKeyRef")
                 if "value" in source and URL_WITH_CREDENTIALS.search(str(source["value"])):
                     problems.append(f"{at}: {var} is a literal URL with credentials")
@@ -547,10 +615,15 @@ def test_no_literal_secrets(objects):
     assert not (problems := secret_problems(objects)), "\n".join(problems)
 
 
+def test_every_pod_is_mtls_authenticated_and_logs_in_as_itself(objects):
+    assert not (problems := security_problems(objects)), "\n".join(problems)
+
+
 def test_no_secret_in_any_file():
     for path in sorted(K8S.rglob("*")):
         if path.is_file():
             text = path.read_text()
+            assert "ALLOW_INSECURE" not in text, f"{path}: DRIFTLINE_ALLOW_INSECURE"
             assert not re.search(r"^\s*kind:\s*Secret\s*$", text, re.M), f"{path}: a Secret object"
             assert "secretGenerator" not in text, f"{path}: a secretGenerator"
             assert not URL_WITH_CREDENTIALS.search(text), f"{path}: a URL with credentials"
@@ -650,6 +723,31 @@ BROKEN = [
     (workload_problems, "no liveness probe", lambda objs: _container(objs, "driftline-feature").pop("livenessProbe")),
     (workload_problems, "an HTTP probe on a gRPC service",
      lambda objs: _container(objs, "driftline-registry").update(readinessProbe={"httpGet": {"port": 9100, "path": "/"}})),
+    (workload_problems, "a native grpc probe, which speaks no TLS",
+     lambda objs: _container(objs, "driftline-ingest").update(livenessProbe={"grpc": {"port": 50051}})),
+    (security_problems, "plaintext Kafka",
+     lambda objs: next(cm for cm in of_kind(objs, "ConfigMap") if name(cm).startswith("driftline-config"))[
+         "data"].update(DRIFTLINE_KAFKA_SECURITY_PROTOCOL="PLAINTEXT")),
+    (security_problems, "another service's certificate",
+     lambda objs: next(v for v in pod_spec(_find(objs, "Deployment", "driftline-feature"))["volumes"]
+                       if v["name"] == "tls")["secret"].update(secretName="driftline-ingest-tls")),
+    (security_problems, "the certificate not mounted",
+     lambda objs: _container(objs, "driftline-registry")["volumeMounts"].pop(0)),
+    (security_problems, "a caller without its token",
+     lambda objs: _container(objs, "driftline-trainer")["env"].remove(
+         next(e for e in _container(objs, "driftline-trainer")["env"] if e["name"] == "DRIFTLINE_TOKEN_FILE"))),
+    (security_problems, "a token where nothing is called",
+     lambda objs: _container(objs, "driftline-ingest")["env"].append(
+         {"name": "DRIFTLINE_TOKEN_FILE", "value": "/etc/driftline/auth/public.pem"})),
+    (security_problems, "another service's Kafka login",
+     lambda objs: next(e for e in _container(objs, "driftline-monitor")["env"]
+                       if e["name"] == "DRIFTLINE_KAFKA_SASL_PASSWORD")["valueFrom"]["secretKeyRef"].update(
+         name="driftline-ingest-kafka")),
+    (security_problems, "a shared S3 account",
+     lambda objs: next(e for e in _container(objs, "driftline-serving")["env"]
+                       if e["name"] == "DRIFTLINE_S3_SECRET_KEY")["valueFrom"]["secretKeyRef"].update(name="driftline-s3")),
+    (security_problems, "mTLS off",
+     lambda objs: _container(objs, "driftline-serving")["env"].append({"name": "DRIFTLINE_TLS_CLIENT_AUTH", "value": "false"})),
     (workload_problems, "no limits", lambda objs: _container(objs, "driftline-monitor")["resources"].pop("limits")),
     (workload_problems, "root",
      _set(("Deployment", "driftline-serving", "spec", "template", "spec", "securityContext", "runAsNonRoot"), None)),
