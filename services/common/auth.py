@@ -433,7 +433,12 @@ def wsgi_guard(app: Callable, verifier: Verifier | None) -> Callable:
         return app
 
     def guarded_app(environ, start_response):
-        refusal = http_refusal(verifier, environ.get("PATH_INFO") or "/", environ.get("HTTP_AUTHORIZATION"))
+        path = environ.get("PATH_INFO") or "/"
+        if path in HTTP_OPEN:
+            # The open probe answers for itself: the Prometheus app serves its metrics on any path.
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"ok"]
+        refusal = http_refusal(verifier, path, environ.get("HTTP_AUTHORIZATION"))
         if refusal is None:
             return app(environ, start_response)
         status, message = refusal

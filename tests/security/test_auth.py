@@ -218,6 +218,14 @@ def test_healthz_stays_open(platform):
     assert platform.http("dashboard /healthz", None) == (200, "")
 
 
+@pytest.mark.parametrize("where", ["monitor-metrics", "registry-metrics"])
+def test_a_metrics_endpoints_open_probe_answers_ok_and_shows_no_metrics(platform, where):
+    """The Prometheus app serves its metrics on any path: the open probe must not be a way round
+    the token."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{platform.ports[where]}/healthz", timeout=10) as response:
+        assert (response.status, response.read()) == (200, b"ok")
+
+
 def test_a_browser_trades_its_token_for_a_cookie(platform):
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
     base = f"http://127.0.0.1:{platform.ports['dashboard']}"
