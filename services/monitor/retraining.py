@@ -65,7 +65,7 @@ class RetrainingTrigger:
             stream=self.stream_of(tracker.model_name) or self.stream,
             min_rows=self.min_rows,
             reason=(f"{alert.signal.replace('_', ' ')}{features} [alert {alert.alert_id}] in {tracker.model_name} v{tracker.version}: "
-                    f"{alert.statistic.upper()} {alert.value:.4g} > threshold {alert.threshold:.4g}; {where} "
+                    f"{alert.statistic_text()}; {where} "
                     f"(event time {_iso(start_ms)}, offset {alert.change_at.offset} of {alert.change_at.topic or '-'}"
                     f"/{alert.change_at.partition}; detected at offset {alert.detected_at.offset}); rolling accuracy "
                     f"{tracker.accuracy.value:.3f} over {tracker.accuracy.count}"))

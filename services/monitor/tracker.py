@@ -98,6 +98,8 @@ class Alert:
     active: bool = True
     refires: int = 0
     requested_refires: int = -1  # `refires` when its training request went out
+    # The CUSUM bank's member that fired (its error-rate rise over the reference); 0 for other statistics.
+    member: float = 0.0
 
     @classmethod
     def from_alarm(cls, signal: str, alarm: Alarm, *, change_time_ms: int, change_at: Position,
@@ -106,7 +108,30 @@ class Alert:
         return cls(signal=signal, statistic=alarm.statistic, features=list(features), value=alarm.value,
                    threshold=alarm.threshold, change_sample=alarm.change_sample,
                    detected_sample=alarm.detected_sample, change_time_ms=change_time_ms, change_at=change_at,
-                   detected_at=detected_at, description=description)
+                   detected_at=detected_at, description=description, member=getattr(alarm, "shift", 0.0))
+
+    def fired_again(self, alert: Alert) -> None:
+        """A later firing of the same signal: its statistic's value, threshold and member replace
+        the earlier firing's together. A refined CUSUM's threshold moves between firings (it is
+        bootstrapped again as its reference grows, and after an alarm for the new regime's), so a
+        value kept beside an older threshold would read "17.72 > threshold 18.13"."""
+        self.refires += 1
+        self.value, self.threshold, self.member = alert.value, alert.threshold, alert.member
+
+    def statistic_text(self) -> str:
+        """What fired, in the alert's own numbers: "CUSUM 24.1 > threshold 24 (member +0.05)".
+        ADWIN's value is the rise of the error rate and its threshold the confidence delta, which
+        no ">" relates.
+
+        >>> Alert("concept_drift", "cusum", [], 24.1, 24.0, 1, 2, 0, Position(), Position(), "", member=0.05).statistic_text()
+        'CUSUM 24.1 > threshold 24 (member +0.05)'
+        >>> Alert("concept_drift", "adwin", [], 0.31, 0.002, 1, 2, 0, Position(), Position(), "").statistic_text()
+        'ADWIN error rate up 0.31 (delta 0.002)'
+        """
+        if self.statistic == "adwin":
+            return f"ADWIN error rate up {self.value:.4g} (delta {self.threshold:.4g})"
+        member = f" (member +{self.member:g})" if self.member else ""
+        return f"{self.statistic.upper()} {self.value:.4g} > threshold {self.threshold:.4g}{member}"
 
     def requested(self, request_id: str) -> None:
         """Its training request went out."""
@@ -500,8 +525,7 @@ class VersionTracker:
                     existing.change_sample, existing.change_time_ms = alert.change_sample, alert.change_time_ms
                     existing.change_at, existing.detected_sample = alert.change_at, alert.detected_sample
                     existing.detected_at, existing.description = alert.detected_at, alert.description
-                existing.refires += 1
-                existing.value = alert.value
+                existing.fired_again(alert)
                 return
         self.alerts.append(alert)
         self._new_alerts.append(alert)

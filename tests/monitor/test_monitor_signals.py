@@ -13,8 +13,10 @@ import pytest
 from services.monitor.calibration import (calibrate_adwin, calibrate_cusum, calibrate_windows, no_alarm_quantile,
                                          refined_cusum)
 from services.monitor.joiner import Joined, Label, LabelJoin, Predicted
+from services.monitor.policy import DriftPolicy
 from services.monitor.psi import Bins, reference_bins
 from services.monitor.references import ModelReference
+from services.monitor.retraining import RetrainingTrigger
 from services.monitor.signals import ErrorCusum, WindowDrift, cusum_coefficients, cusum_level, cusum_thresholds
 from services.monitor.tracker import CONCEPT, DATA, PREDICTION, SCORE, TrackerConfig, VersionTracker
 
@@ -403,3 +405,31 @@ def test_a_setting_that_cannot_be_right_is_a_value_error_naming_it():
                            ("expected_run_length", -1)):
         with pytest.raises(ValueError, match=setting):
             MonitorSettings(**{setting: value})
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_an_alert_and_its_request_print_the_numbers_of_the_firing_that_raised_them(seed, monkeypatch):
+    # 10 % -> 30 % (fires; the reference is learnt again from 300 samples, a high threshold, then
+    # refined over thousands: a lower one) -> 60 % (fires again at the lower threshold). The alert once
+    # kept its first threshold beside the latest value: "CUSUM 12.8 > threshold 24.01".
+    fired: list = []
+    update = ErrorCusum.update
+    # (a batch's first alarm is the one the tracker raises)
+    monkeypatch.setattr(ErrorCusum, "update", lambda self, errors: fired.extend((found := update(self, errors))[:1]) or found)
+    config = TrackerConfig(accuracy_window=200, psi_window=200, window_step=50, expected_run_length=50_000,
+                           error_reference_samples=300, calibrate_adwin=False, calibration_streams=64)
+    rng = np.random.default_rng(seed)
+    tracker = _tracker(config)
+    for i, w in enumerate(np.concatenate([rng.random(1000) < 0.1, rng.random(5000) < 0.3, rng.random(1000) < 0.6])):
+        tracker.add_outcome(Joined(f"e{i}", Predicted("m", 1, int(w)), Label(0, 1000 * i)))
+        if i % 50 == 49:
+            tracker.flush()
+            for alert in tracker.alerts:
+                assert alert.statistic != "cusum" or alert.value >= alert.threshold, alert.statistic_text()
+    alert, = [a for a in tracker.alerts if a.statistic == "cusum"]
+    assert alert.refires > 0 and len({round(a.threshold, 2) for a in fired}) > 1  # thresholds did move
+    last = fired[-1]
+    assert (alert.value, alert.threshold, alert.member) == (last.value, last.threshold, last.shift)
+    policy = DriftPolicy(min_samples=0, cooldown_s=0, clock=lambda: 0.0)
+    _, request = RetrainingTrigger(policy, "s", 100).consider(tracker)
+    assert f"CUSUM {last.value:.4g} > threshold {last.threshold:.4g} (member +{last.shift:g})" in request.reason
