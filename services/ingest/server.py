@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServicer):
-    def __init__(self, pipeline: IngestPipeline, max_batch_records: int) -> None:
+    def __init__(self, pipeline: IngestPipeline, max_batch_records: int, max_record_bytes: int = 900_000) -> None:
         self.pipeline = pipeline
         self.max_batch_records = max_batch_records
+        self.max_record_bytes = max_record_bytes
         # One transaction at a time on the gRPC producer; batches from concurrent calls queue here.
         self._lock = asyncio.Lock()
 
@@ -40,6 +41,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             raise InvalidArgument("empty batch: send at least one record")
         if count > self.max_batch_records:
             raise InvalidArgument(f"batch of {count} records is above the limit of {self.max_batch_records}")
+        for index, record in enumerate(request.records):
+            if (size := record.ByteSize()) > self.max_record_bytes:
+                raise InvalidArgument(f"record {index} is {size} bytes; at most {self.max_record_bytes} are accepted")
         inputs = [request_input(record, index) for index, record in enumerate(request.records)]
         async with self._lock:
             try:
@@ -92,7 +96,7 @@ def build(settings: IngestSettings) -> ServiceProcess:
     grpc_pipeline = pipeline("grpc", f"{settings.transactional_id}-grpc", 1)
     ids = IdLog(settings.kafka_bootstrap, settings.ids_topic, recent, settings.group_id, client_config=kafka_config)
     ids.load()
-    servicer = IngestServicer(grpc_pipeline, settings.ingest_max_batch_records)
+    servicer = IngestServicer(grpc_pipeline, settings.ingest_max_batch_records, settings.ingest_max_record_bytes)
     log.info("ingest configured", extra={
         "streams": catalog.names(), "default_stream": settings.stream, "streams_dir": str(catalog.folder),
         "group_id": settings.group_id, "transactional_id": settings.transactional_id,

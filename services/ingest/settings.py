@@ -27,6 +27,11 @@ class IngestSettings(CommonSettings):
     # Records per Kafka poll (one transaction each) and per gRPC IngestBatch call.
     ingest_poll_max_records: int = 500
     ingest_max_batch_records: int = 1000
+    # A gRPC record (key, value, content type and stream) above this is refused with the call:
+    # librdkafka's and the broker's default message limit is about 1 MB, so it could be neither
+    # published nor dead-lettered (a dead letter adds headers: hence the margin), and a client
+    # told UNAVAILABLE would retry it for ever.
+    ingest_max_record_bytes: int = 900_000
 
     @property
     def group_id(self) -> str:

@@ -7,8 +7,9 @@ path and the gRPC path and are unit-tested alone. A record goes through three
 stages; the one that refuses it is named in its dead letter
 (`driftline.errors.stage`):
 
-1. parse: the record is a JSON object, or a `driftline.v1.Event` when its
-   content type is application/x-protobuf; any other content type is refused;
+1. parse: the record is a JSON object nested at most MAX_JSON_DEPTH deep, or a
+   `driftline.v1.Event` when its content type is application/x-protobuf; any
+   other content type is refused;
 2. route: the stream the record names (its `driftline.stream` header, else
    for protobuf `Event.stream`, else none: the deployment's default stream,
    DRIFTLINE_STREAM) is in the catalogue (services/common/streams.py), and a
@@ -56,6 +57,9 @@ GENERATED_ID_NAMESPACE = uuid.UUID("5b0f3a4e-8d1c-4c1e-9a57-2f6d1c0e7b21")
 MAX_EVENT_TIME_MS = 253_402_300_799_999
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# An event is one flat object; a record nested deeper is refused at parse, at once, instead of
+# failing later on Python's recursion limit (100,000 brackets) as a poison record.
+MAX_JSON_DEPTH = 32
 
 
 # The step that refused a record (a dead letter's `driftline.errors.stage`): PARSE when its bytes
@@ -117,15 +121,39 @@ def parse_record(payload: bytes | None, content_type: str | None) -> Parsed:
 
 
 def parse_json(payload: bytes | None) -> dict:
+    """The JSON object in `payload`; raises ParseError.
+
+    >>> parse_json(b'{"a": ' * 40 + b'1' + b'}' * 40)
+    Traceback (most recent call last):
+    ...
+    services.ingest.validation.ParseError: JSON nested deeper than 32 levels: an event is one flat object
+    """
     if not payload:
         raise ParseError("empty record: expected a JSON object")
     try:
         doc = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ParseError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ParseError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels: an event is one flat object") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4,300)
+        raise ParseError(f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ParseError(f"not a JSON object: got {_json_kind(doc)}")
+    if _deeper_than(doc, MAX_JSON_DEPTH):
+        raise ParseError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels: an event is one flat object")
     return doc
+
+
+def _deeper_than(doc: object, limit: int) -> bool:
+    """Whether arrays and objects nest in `doc` more than `limit` levels (without recursion)."""
+    level = [doc]
+    for _ in range(limit):
+        level = [child for node in level
+                 for child in (node.values() if isinstance(node, dict) else node) if isinstance(child, (dict, list))]
+        if not level:
+            return False
+    return True
 
 
 def parse_protobuf(payload: bytes | None) -> events_pb2.Event:
@@ -188,7 +216,10 @@ def validate_event(message: events_pb2.Event, schema: StreamSchema) -> events_pb
     if message.entity_id:
         doc[schema.entity_field] = message.entity_id
     if message.HasField("event_time"):
-        doc[schema.time_field] = message.event_time.ToMilliseconds()
+        try:
+            doc[schema.time_field] = message.event_time.ToMilliseconds()
+        except ValueError as exc:  # seconds or nanos outside Timestamp's range
+            raise ValidationError(f"field {schema.time_field!r}: {exc}", schema.time_field) from None
     if message.HasField("label"):
         doc[schema.label_field] = message.label
     return validate_values(doc, schema)
