@@ -72,7 +72,14 @@ class LabelSegmentWriter(SegmentWriter):
         if not label.event_id:
             self.dead_letters.send(msg, "a Label without an event_id labels nothing", stage=DECODE, field="event_id")
             return None
-        return label_stream(label, msg.headers(), self.default_stream), LABEL_COLUMNS, label_row(msg.offset(), label)
+        try:
+            row = label_row(msg.offset(), label)
+        except ValueError as exc:
+            # A timestamp out of Timestamp's range: raised here it would end the writer's round and
+            # lose the rest of the records polled with it, so it is this record's dead letter.
+            self.dead_letters.send(msg, f"a Label with an invalid timestamp: {exc}", stage=DECODE)
+            return None
+        return label_stream(label, msg.headers(), self.default_stream), LABEL_COLUMNS, row
 
     def prefix(self, stream: str) -> str:
         return labels_prefix(stream)

@@ -307,8 +307,15 @@ class FeatureSegmentWriter(SegmentWriter):
                 "stream": stream, "offset": offset, "values": len(record.values), "expected": len(names)})
             return None
         label = record.label if record.HasField("label") else None
-        return stream, names, SegmentRow(offset, record.event_id, record.entity_id,
-                                         record.event_time.ToMilliseconds(), label, list(record.values))
+        try:
+            event_time_ms = record.event_time.ToMilliseconds()
+        except ValueError:  # out of Timestamp's range; raised, it would drop the rest of the round's records
+            SKIPPED_ROWS.labels("invalid_time").inc()
+            log.error("skipping a FeatureRecord with an invalid event_time",
+                      extra={"stream": stream, "offset": offset})
+            return None
+        return stream, names, SegmentRow(offset, record.event_id, record.entity_id, event_time_ms, label,
+                                         list(record.values))
 
     def prefix(self, stream: str) -> str:
         return segments_prefix(stream)
