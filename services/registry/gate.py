@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from driftline.v1 import registry_pb2
 from services.common.objectstore import IntegrityError, ObjectNotFound, ObjectStores
+from services.common.onnx_safety import UnsafeModel, check_artifact
 
 from . import events
 
@@ -97,6 +98,10 @@ class Gate:
             data = self.artifacts.read_bytes(version.artifact_uri, version.artifact_sha256)
         except (ObjectNotFound, IntegrityError, ValueError) as exc:
             raise Unscorable(f"artifact {version.artifact_uri}: {exc}") from exc
+        try:
+            check_artifact(data, f"artifact {version.artifact_uri}")
+        except UnsafeModel as exc:
+            raise Unscorable(str(exc)) from None
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # a gate run is small; leave the cores to serving
         try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnxruntime as ort
 
+from services.common.onnx_safety import UnsafeModel, check_artifact
 from services.common.settings import comma_list
 
 # The model contract (see contracts: Models): one float32 [N, F] input, one [N, C] output.
@@ -159,6 +160,10 @@ def load_model(artifact: bytes, *, name: str, version: int, sha256: str,
     replaces one that can.
     """
     config = config or SessionConfig(providers=tuple(providers))
+    try:
+        check_artifact(artifact, f"{name} v{version}")
+    except UnsafeModel as exc:
+        raise InvalidModel(str(exc)) from None
     try:
         session = open_session(artifact, config)
     except Exception as exc:  # onnxruntime raises its own exception types per failure
