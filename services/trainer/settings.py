@@ -4,9 +4,10 @@ from services.common.settings import CommonSettings
 class TrainerSettings(CommonSettings):
     # Prefixed with topic_prefix, so isolated loops on one broker do not share a group.
     consumer_group: str = "driftline-trainer"
-    # How long a request waits for its window to hold min_rows labelled rows, and how often it looks.
+    # How long a request waits for its window to hold min_rows labelled rows, and how often it looks
+    # (a drift retrain asks for a few hundred rows, about a second of a stream: 2 s polls were most of its wait).
     wait_timeout_s: float = 300.0
-    poll_interval_s: float = 2.0
+    poll_interval_s: float = 0.5
     # Used when a request leaves min_rows at 0.
     default_min_rows: int = 1000
     # The most recent share of the window (by event time) held out for evaluation and the gate.
