@@ -597,7 +597,7 @@ def main() -> int:
                 emit({**record, "seed": args.seed})
     args.seed = base_seed
     results = [r for r in lines if "system" in r]
-    for record in spread(results) + print_table(results):
+    for record in (spread(results) + print_table(results)) if results else []:
         emit(record)
     if args.max_rate:
         emit(max_rate(args))
