@@ -199,7 +199,8 @@ def _format_storage(properties: Path, data_dir: Path, say: Say, extra: list[str]
     out = subprocess.run(
         [_java(), *JVM_OPTS, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
          "-cp", f"{libs_dir()}/*", "kafka.tools.StorageTool",
-         "format", "-t", cluster_id, "-c", str(properties), *extra],
+         # --cluster-id=…: a base64 id may start with "-", which the separate form reads as an option.
+         "format", f"--cluster-id={cluster_id}", "-c", str(properties), *extra],
         capture_output=True, text=True, timeout=120,
     )
     if out.returncode != 0:
