@@ -8,8 +8,11 @@ record carries (`event_id`, `request_id`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Generic, TypeVar
@@ -87,6 +90,51 @@ class _DeliveryReports:
         self.failures.append(f"{msg.topic()}: {err.str()}")
 
 
+# The exit status of a process whose Kafka client can no longer go on (EX_SOFTWARE).
+FATAL_EXIT_STATUS = 70
+# How long a transaction call may block (librdkafka's own timeout), and how much longer it may
+# take before the process gives up on the client (CallWatchdog).
+TRANSACTION_CALL_S = 15
+CALL_GRACE_S = 5
+
+
+class CallWatchdog:
+    """Ends the process when a client call outlives its own timeout by `CALL_GRACE_S`.
+
+    Seen after a broker restart: `send_offsets_to_transaction(..., 30)` blocked for minutes,
+    and the process, alive and silent, consumed nothing more. A call that ignores its timeout
+    leaves the client in a state nothing in the process can repair; the supervisor (or
+    Kubernetes) restarts the process, whose new producer fences the old one's transaction
+    (exactly once is kept: nothing of the stuck transaction was committed). One thread per
+    transactional producer checks once a second; a call costs two attribute writes.
+    """
+
+    def __init__(self) -> None:
+        self._call: tuple[str, float] | None = None
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def bounded(self, name: str, timeout_s: float) -> Iterator[None]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="kafka-call-watchdog", daemon=True)
+            self._thread.start()
+        self._call = (name, time.monotonic() + timeout_s + CALL_GRACE_S)
+        try:
+            yield
+        finally:
+            self._call = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(1.0)
+            call = self._call
+            if call is not None and time.monotonic() > call[1]:
+                log.critical("a kafka call outlived its timeout; exiting so that the process is restarted",
+                             extra={"call": call[0], "exit_status": FATAL_EXIT_STATUS})
+                logging.shutdown()
+                os._exit(FATAL_EXIT_STATUS)
+
+
 class Producer:
     """An idempotent, acks=all producer of protobuf records.
 
@@ -110,8 +158,10 @@ class Producer:
             conf["transactional.id"] = transactional_id
         conf.update(config or {})
         self._producer = _Producer(conf)
+        self._calls = CallWatchdog() if transactional_id else None
         if transactional_id:
-            self._producer.init_transactions(30)
+            with self._calls.bounded("init_transactions", TRANSACTION_CALL_S):
+                self._producer.init_transactions(TRANSACTION_CALL_S)
 
     @property
     def delivered(self) -> int:
@@ -163,16 +213,19 @@ class Producer:
         """Commits `offsets` (default: the consumer's position) with the transaction, under the
         consumer's group generation, so a fenced zombie's commit fails (KIP-447)."""
         raw = consumer.raw
-        self._producer.send_offsets_to_transaction(
-            list(offsets) if offsets is not None else raw.position(raw.assignment()),
-            raw.consumer_group_metadata(), 30)
+        with self._calls.bounded("send_offsets_to_transaction", TRANSACTION_CALL_S):
+            self._producer.send_offsets_to_transaction(
+                list(offsets) if offsets is not None else raw.position(raw.assignment()),
+                raw.consumer_group_metadata(), TRANSACTION_CALL_S)
 
     def commit_transaction(self) -> None:
-        self._producer.commit_transaction(30)
+        with self._calls.bounded("commit_transaction", TRANSACTION_CALL_S):
+            self._producer.commit_transaction(TRANSACTION_CALL_S)
         self._raise_failures()
 
     def abort_transaction(self) -> None:
-        self._producer.abort_transaction(30)
+        with self._calls.bounded("abort_transaction", TRANSACTION_CALL_S):
+            self._producer.abort_transaction(TRANSACTION_CALL_S)
         # The aborted records' "purged" reports are served by a later poll: they fail nothing after.
         self._producer.poll(0)
         self._reports.failures.clear()
@@ -280,8 +333,13 @@ class Consumer:
         self.raw.subscribe(list(topics))
 
     def poll_messages(self, max_records: int = 500, timeout: float = 1.0) -> list[_KafkaMessage]:
-        """Returns raw messages, skipping end-of-partition events, raising real errors."""
-        return [msg for msg in self.raw.consume(max_records, timeout) if _is_data(msg)]
+        """Returns raw messages, skipping end-of-partition events, raising real errors (and ending
+        the process on a fatal one: `exit_if_fatal`)."""
+        try:
+            return [msg for msg in self.raw.consume(max_records, timeout) if _is_data(msg)]
+        except KafkaException as exc:  # consume() itself raises a fatal error too
+            exit_if_fatal(exc)
+            raise
 
     def poll_batch(self, message_type: type[M], max_records: int = 500,
                    timeout: float = 1.0) -> list[Record[M]]:
@@ -312,12 +370,42 @@ class Consumer:
         try:
             self.raw.commit(asynchronous=asynchronous)
         except KafkaException as exc:
+            exit_if_fatal(exc)
             # Nothing polled since the last commit is not a failure.
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 raise
 
     def close(self) -> None:
         self.raw.close()
+
+
+def fatal_consumer_error(exc: BaseException) -> KafkaError | None:
+    """The error if `exc` says a consumer can no longer go on: a fatal error, or fencing of its
+    static membership (which librdkafka raises as FENCED_INSTANCE_ID before it turns fatal)."""
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    if isinstance(err, KafkaError) and (err.fatal() or err.code() in (KafkaError._FATAL, KafkaError.FENCED_INSTANCE_ID)):
+        return err
+    return None
+
+
+def exit_if_fatal(exc: BaseException) -> None:
+    """Ends the process when `exc` is a fatal consumer error (`fatal_consumer_error`).
+
+    A static member whose session lapsed while the broker was away (a broker restart longer
+    than the session timeout) is fenced when it comes back ("static consumer fenced by other
+    consumer with same group.instance.id", librdkafka issue #3437), after which the client
+    consumes nothing, for ever. librdkafka's rule is to destroy such a client; the process is the
+    unit that the supervisor (or Kubernetes) restarts, and a restarted process under the same
+    instance id joins at once. Exiting abruptly is safe: every consumer commits only after its
+    work is done (or in its transaction), which the fault suite's SIGKILLs prove.
+    """
+    err = fatal_consumer_error(exc)
+    if err is None:
+        return
+    log.critical("fatal kafka consumer error; exiting so that the process is restarted",
+                 extra={"error": err.str(), "code": err.name(), "exit_status": FATAL_EXIT_STATUS})
+    logging.shutdown()
+    os._exit(FATAL_EXIT_STATUS)
 
 
 def _is_data(msg: _KafkaMessage) -> bool:
@@ -327,7 +415,9 @@ def _is_data(msg: _KafkaMessage) -> bool:
         return True
     if err.code() == KafkaError._PARTITION_EOF:
         return False
-    raise KafkaException(err)
+    exc = KafkaException(err)
+    exit_if_fatal(exc)
+    raise exc
 
 
 def position_at_end(consumer: Consumer, topic: str, timeout: float = 10.0) -> None:

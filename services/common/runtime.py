@@ -21,7 +21,7 @@ from confluent_kafka import KafkaException, Message
 from .deadletter import HANDLE, DeadLetterQueue
 from .errors import DeadlineExceeded, Unavailable
 from .grpc_server import GrpcServer, Service, install_signal_handlers
-from .kafka import Consumer, DeliveryError
+from .kafka import Consumer, DeliveryError, exit_if_fatal
 from .settings import CommonSettings
 from .threads import Backoff, StoppableThread
 from .tls import InsecureBind
@@ -71,7 +71,8 @@ class ConsumerWorker(StoppableThread):
         while not self.stopping:
             try:
                 messages = self.consumer.poll_messages(self.max_records, self.poll_timeout)
-            except KafkaException:
+            except KafkaException as exc:
+                exit_if_fatal(exc)
                 log.exception("poll failed", extra={"worker": self.name})
                 self.wait(backoff.next())
                 continue
@@ -131,6 +132,7 @@ class ConsumerWorker(StoppableThread):
                 self.handle(messages)
                 return None
             except Exception as exc:
+                exit_if_fatal(exc)  # a fenced consumer: the next process takes over
                 if self.stopping:
                     return exc
                 self.failures += 1

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from services.common.deadletter import DEAD_LETTERS, KafkaOrigin, Rejection, dead_letter_headers
-from services.common.kafka import Consumer, DeliveryError, Producer
+from services.common.kafka import Consumer, DeliveryError, Producer, exit_if_fatal
 from services.common.runtime import ConsumerWorker
 from services.common.streams import StreamCatalog
 from services.common.threads import Backoff
@@ -142,6 +142,7 @@ class FeatureProcessor:
                     self._transaction(records, changes, offsets)
                 break
             except (KafkaException, DeliveryError) as exc:
+                exit_if_fatal(exc)  # a fenced consumer can never commit again: the next process takes over
                 TRANSACTIONS.labels("aborted").inc()
                 uncertain = True
                 log.warning("transaction failed; retrying", extra={"error": str(exc), "records": len(records)})

@@ -42,7 +42,7 @@ from confluent_kafka import Consumer as _Consumer, Message, TopicPartition
 
 from driftline.v1 import features_pb2
 from services.common.datasets import segments_prefix
-from services.common.kafka import Consumer, DecodeFailure, decode
+from services.common.kafka import Consumer, DecodeFailure, decode, exit_if_fatal
 from services.common.objectstore import ObjectStore
 from services.common.streams import StreamCatalog
 from services.common.threads import Backoff, StoppableThread
@@ -126,7 +126,8 @@ class SegmentWriter(StoppableThread):
                     self._add(msg)
                 self._flush(force=False)
                 backoff.reset()
-            except Exception:
+            except Exception as exc:
+                exit_if_fatal(exc)  # a fenced consumer can never commit again: the next process takes over
                 # Kafka trouble: the buffers and uncommitted offsets stay as they are; the next round retries.
                 SEGMENT_FAILURES.inc()
                 log.exception("segment round failed; retrying", extra={"writer": self.kind})

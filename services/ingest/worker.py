@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaException, Message, TopicPartition
 
-from services.common.kafka import CONTENT_TYPE, Consumer, header
+from services.common.kafka import CONTENT_TYPE, Consumer, exit_if_fatal, header
 from services.common.runtime import ConsumerWorker
 from services.common.threads import Backoff
 
@@ -51,7 +51,8 @@ def build_raw_worker(settings: IngestSettings, pipeline: IngestPipeline) -> Cons
     def handle(messages: Sequence[Message]) -> None:
         try:
             pipeline.process([raw_input(msg) for msg in messages], consumer, batch_end(messages))
-        except Exception:
+        except Exception as exc:
+            exit_if_fatal(exc)  # a fenced consumer can never commit again: the next process takes over
             log.exception("batch failed; rewinding to the last commit", extra={"records": len(messages)})
             rewind(consumer)
             worker.wait(backoff.next())

@@ -215,12 +215,13 @@ def test_a_zombie_resumed_after_another_member_took_its_partition_publishes_noth
             run.stop()
 
 
-# JSON nested deeper than the parser's recursion limit: json.loads raises RecursionError, not a
-# decoding error, so the record is not refused by a rule. It breaks the processing itself.
+# JSON nested deeper than the parser's recursion limit: it once made json.loads raise RecursionError
+# in the processing itself (a poison record, dead-lettered only after max_attempts); the parse
+# step now refuses anything deeper than its depth limit, at once.
 DEEP = b'{"event_id": "deep", "a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 
 
-def test_a_record_whose_processing_keeps_failing_is_dead_lettered_and_the_records_behind_it_published(
+def test_a_record_that_once_broke_the_processing_is_dead_lettered_at_once_and_the_records_behind_it_published(
         kafka_bootstrap, tmp_path):
     with running_ingest(kafka_bootstrap, tmp_path / "ingest.log", DRIFTLINE_MAX_ATTEMPTS="3") as ingest:
         topics = ingest.topics
@@ -231,15 +232,15 @@ def test_a_record_whose_processing_keeps_failing_is_dead_lettered_and_the_record
                 ingest_pb2.RawRecord(key="deep", value=DEEP), ingest_pb2.RawRecord(value=as_json(agrawal("p-3")))]),
                 timeout=30)
         assert [(r.accepted, r.event_id) for r in answer.results] == [(False, ""), (True, "p-3")]
-        assert answer.results[0].reason.startswith("RecursionError: maximum recursion depth exceeded")
+        assert answer.results[0].reason.startswith("JSON nested deeper than")
 
         # The gRPC one first: a Kafka origin is three headers, a gRPC one two.
         dead = sorted(read_topic(kafka_bootstrap, topics.events_dlq, until=lambda got: len(got) >= 2),
                       key=lambda m: len(error_headers(m)))
         assert [(m.key(), m.value(), own_headers(m)) for m in dead] == [(b"deep", DEEP, []), (b"deep", DEEP, JSON)]
         errors = [error_headers(m) for m in dead]
-        assert [(e["driftline.errors.stage"], e["driftline.errors.field"]) for e in errors] == [("handle", "")] * 2
-        assert all(e["driftline.errors.reason"].startswith("RecursionError: ") for e in errors)
+        assert [e["driftline.errors.stage"] for e in errors] == ["parse"] * 2
+        assert all(e["driftline.errors.reason"].startswith("JSON nested deeper than") for e in errors)
         assert errors[0]["driftline.errors.grpc.index"] == "0"
         assert (errors[1]["driftline.errors.topic"], errors[1]["driftline.errors.offset"]) == (
             topics.events_raw, str(located[1][1]))
