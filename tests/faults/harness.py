@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
+from confluent_kafka import KafkaException
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # bench/faults.py runs from anywhere
@@ -318,7 +319,11 @@ class PredictClient(threading.Thread):
                 if records:
                     rows = [serving_pb2.Row(values=r.value.values, event_id=r.value.event_id) for r in records]
                     self._call(stub, serving_pb2.PredictRequest(model_name=MODEL, rows=rows))
-                    consumer.commit()
+                    try:
+                        consumer.commit()
+                    except KafkaException:
+                        pass  # the broker is down (a fault): the next commit covers these rows
+
         finally:
             consumer.close()
             channel.close()

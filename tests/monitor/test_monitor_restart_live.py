@@ -18,7 +18,7 @@ import pytest
 
 from driftline.v1 import events_pb2, monitor_pb2, monitor_pb2_grpc, registry_pb2, registry_pb2_grpc, training_pb2
 from services.common.deadletter import DeadLetterQueue
-from services.common.kafka import Consumer, Producer, header
+from services.common.kafka import Consumer, Producer, ensure_topics, header
 from services.common.runtime import ConsumerWorker
 from services.monitor.checkpoint import resume_at
 from services.monitor.psi import reference_bins
@@ -153,6 +153,9 @@ def test_after_sigkills_the_counts_are_the_distinct_labelled_predictions_and_a_d
 
 def _dead_letters(kafka_bootstrap: str, topic: str, n: int) -> list:
     found = []
+    # The topic is made by the first dead letter: a consumer subscribed before that would fail
+    # with UNKNOWN_TOPIC_OR_PART.
+    ensure_topics(kafka_bootstrap, [topic])
     with_dlq = Consumer(kafka_bootstrap, f"test-{uuid.uuid4().hex}", [topic])
     try:
         deadline = time.monotonic() + 60

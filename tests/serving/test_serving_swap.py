@@ -98,7 +98,7 @@ def test_hot_swap_under_load_fails_no_call_and_answers_only_from_production(stac
             wait_for(lambda: answered(2, "predict") >= 30 and answered(2, "infer") >= 30, 30, "load on v2")
 
             moves[3] = time.monotonic()
-            stack.move("production", 3)  # 2nd move: hash matches, onnxruntime cannot load it
+            stack.move("production", 3)  # 2nd move: hash matches, the artifact is no model
             wait_for(lambda: s.metric("driftline_serving_model_loads_total", model=MODEL,
                                       outcome="refused_invalid") == 1, 30, "the failed load to be counted")
             refused_at = time.monotonic()
@@ -139,7 +139,7 @@ def test_hot_swap_under_load_fails_no_call_and_answers_only_from_production(stac
         refusals = [entry for entry in map(json_line, s.log_text().splitlines())
                     if entry.get("msg") == "artifact refused; the current model keeps serving"]
         assert [(r["version"], r["outcome"], r["serving_version"]) for r in refusals] == [(3, "refused_invalid", 2)]
-        assert "cannot load" in refusals[0]["reason"]
+        assert "is not an ONNX model" in refusals[0]["reason"]  # refused by the artifact check
         counts = {api: sum(1 for c in calls if c[0] == api) for api in ("predict", "infer")}
         per_version = {v: sum(1 for c in calls if c[3] == v) for v in (1, 2, 4)}
         print(f"\nhot swap: {len(calls)} calls ({counts}), 0 failed; answers per version {per_version}; "
