@@ -375,8 +375,13 @@ class LagSampler(threading.Thread):
         while not self.stop.wait(self.every_s):
             t = _now()
             try:
+                # Serving follows registry events in a group of its own per process (it starts at the
+                # topic's end): a killed serving process leaves its group behind, never to drain.
+                # Whether serving applied the events is an invariant of its own.
+                serving = f"{self.platform.prefix}driftline-serving-"
                 sample = {f"{row['group']} {row['topic']}[{row['partition']}]": row["lag"] or 0
-                          for row in group_lag(admin, f"{self.platform.prefix}driftline", timeout=3.0)}
+                          for row in group_lag(admin, f"{self.platform.prefix}driftline", timeout=3.0)
+                          if not row["group"].startswith(serving)}
             except Exception as exc:
                 # A client that saw the broker die may keep failing after it is back: a new one.
                 self.error, sample, admin = f"{type(exc).__name__}: {exc}", None, self._admin()
