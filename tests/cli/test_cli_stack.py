@@ -5,25 +5,11 @@ platform's stack has a state directory and ports of its own."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 
 from cli_support import Cli, cli_env, platform_processes
-
-
-def free_pair() -> int:
-    """A port whose next port is free too (Kafka's controller, MinIO's console take port + 1)."""
-    while True:
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return port
+from services.devstack.supervisor import free_port_pair
 
 
 def leftovers(cli: Cli, state_dir) -> list[str]:
@@ -39,7 +25,7 @@ def leftovers(cli: Cli, state_dir) -> list[str]:
 
 def test_up_without_configured_infrastructure_starts_the_local_stack_and_down_stops_it(tmp_path):
     state_dir = tmp_path / "devstack"
-    kafka_port, s3_port = free_pair(), free_pair()
+    kafka_port, s3_port = free_port_pair(), free_port_pair()
     env = cli_env(tmp_path, DRIFTLINE_STATE_DIR=str(state_dir), DRIFTLINE_DEVSTACK_KAFKA_PORT=str(kafka_port),
                   DRIFTLINE_DEVSTACK_S3_PORT=str(s3_port))
     for key in [k for k in env if k.startswith(("DRIFTLINE_KAFKA_", "DRIFTLINE_S3_"))]:
