@@ -161,18 +161,20 @@ class GetAliasRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
 
 class PromoteRequest(_message.Message):
-    __slots__ = ("name", "version", "alias", "idempotency_key", "reason")
+    __slots__ = ("name", "version", "alias", "idempotency_key", "reason", "eval_uri")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    EVAL_URI_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     alias: str
     idempotency_key: str
     reason: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., alias: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    eval_uri: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., alias: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., reason: _Optional[str] = ..., eval_uri: _Optional[str] = ...) -> None: ...
 
 class GetGateDecisionsRequest(_message.Message):
     __slots__ = ("name",)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64riftline/v1/training.proto\x12\x0c\x64riftline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe9\x02\n\x0fTrainingRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0e\n\x06stream\x18\x03 \x01(\t\x12\x30\n\x0cwindow_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x39\n\x06params\x18\x07 \x03(\x0b\x32).driftline.v1.TrainingRequest.ParamsEntry\x12\x10\n\x08min_rows\x18\x08 \x01(\x03\x12\x30\n\x0crequested_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8d\x03\n\x0eTrainingResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x33\n\x06status\x18\x03 \x01(\x0e\x32#.driftline.v1.TrainingResult.Status\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x12\n\ndataset_id\x18\x05 \x01(\t\x12:\n\x07metrics\x18\x06 \x03(\x0b\x32).driftline.v1.TrainingResult.MetricsEntry\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x10\n\x08promoted\x18\x08 \x01(\x08\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\";\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSUCCEEDED\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64riftline/v1/training.proto\x12\x0c\x64riftline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x04\n\x0fTrainingRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0e\n\x06stream\x18\x03 \x01(\t\x12\x30\n\x0cwindow_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x39\n\x06params\x18\x07 \x03(\x0b\x32).driftline.v1.TrainingRequest.ParamsEntry\x12\x10\n\x08min_rows\x18\x08 \x01(\x03\x12\x30\n\x0crequested_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x07trigger\x18\n \x01(\x0e\x32%.driftline.v1.TrainingRequest.Trigger\x12\x18\n\x10reuse_candidates\x18\x0b \x01(\x05\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x07Trigger\x12\x17\n\x13TRIGGER_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x46IRST_MODEL\x10\x01\x12\t\n\x05\x44RIFT\x10\x02\x12\x0b\n\x07REFRESH\x10\x03\"\x9d\x03\n\x0eTrainingResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x33\n\x06status\x18\x03 \x01(\x0e\x32#.driftline.v1.TrainingResult.Status\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x12\n\ndataset_id\x18\x05 \x01(\t\x12:\n\x07metrics\x18\x06 \x03(\x0b\x32).driftline.v1.TrainingResult.MetricsEntry\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x10\n\x08promoted\x18\x08 \x01(\x08\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reused\x18\n \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\";\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSUCCEEDED\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,13 +37,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGRESULT_METRICSENTRY']._loaded_options = None
   _globals['_TRAININGRESULT_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_TRAININGREQUEST']._serialized_start=79
-  _globals['_TRAININGREQUEST']._serialized_end=440
-  _globals['_TRAININGREQUEST_PARAMSENTRY']._serialized_start=395
-  _globals['_TRAININGREQUEST_PARAMSENTRY']._serialized_end=440
-  _globals['_TRAININGRESULT']._serialized_start=443
-  _globals['_TRAININGRESULT']._serialized_end=840
-  _globals['_TRAININGRESULT_METRICSENTRY']._serialized_start=733
-  _globals['_TRAININGRESULT_METRICSENTRY']._serialized_end=779
-  _globals['_TRAININGRESULT_STATUS']._serialized_start=781
-  _globals['_TRAININGRESULT_STATUS']._serialized_end=840
+  _globals['_TRAININGREQUEST']._serialized_end=599
+  _globals['_TRAININGREQUEST_PARAMSENTRY']._serialized_start=477
+  _globals['_TRAININGREQUEST_PARAMSENTRY']._serialized_end=522
+  _globals['_TRAININGREQUEST_TRIGGER']._serialized_start=524
+  _globals['_TRAININGREQUEST_TRIGGER']._serialized_end=599
+  _globals['_TRAININGRESULT']._serialized_start=602
+  _globals['_TRAININGRESULT']._serialized_end=1015
+  _globals['_TRAININGRESULT_METRICSENTRY']._serialized_start=908
+  _globals['_TRAININGRESULT_METRICSENTRY']._serialized_end=954
+  _globals['_TRAININGRESULT_STATUS']._serialized_start=956
+  _globals['_TRAININGRESULT_STATUS']._serialized_end=1015
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,17 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TrainingRequest(_message.Message):
-    __slots__ = ("request_id", "model_name", "stream", "window_start", "window_end", "reason", "params", "min_rows", "requested_at")
+    __slots__ = ("request_id", "model_name", "stream", "window_start", "window_end", "reason", "params", "min_rows", "requested_at", "trigger", "reuse_candidates")
+    class Trigger(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        TRIGGER_UNSPECIFIED: _ClassVar[TrainingRequest.Trigger]
+        FIRST_MODEL: _ClassVar[TrainingRequest.Trigger]
+        DRIFT: _ClassVar[TrainingRequest.Trigger]
+        REFRESH: _ClassVar[TrainingRequest.Trigger]
+    TRIGGER_UNSPECIFIED: TrainingRequest.Trigger
+    FIRST_MODEL: TrainingRequest.Trigger
+    DRIFT: TrainingRequest.Trigger
+    REFRESH: TrainingRequest.Trigger
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +38,8 @@ class TrainingRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     MIN_ROWS_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    REUSE_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model_name: str
     stream: str
@@ -37,10 +49,12 @@ class TrainingRequest(_message.Message):
     params: _containers.ScalarMap[str, str]
     min_rows: int
     requested_at: _timestamp_pb2.Timestamp
-    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., stream: _Optional[str] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., min_rows: _Optional[int] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    trigger: TrainingRequest.Trigger
+    reuse_candidates: int
+    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., stream: _Optional[str] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., min_rows: _Optional[int] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trigger: _Optional[_Union[TrainingRequest.Trigger, str]] = ..., reuse_candidates: _Optional[int] = ...) -> None: ...
 
 class TrainingResult(_message.Message):
-    __slots__ = ("request_id", "model_name", "status", "version", "dataset_id", "metrics", "error", "promoted", "finished_at")
+    __slots__ = ("request_id", "model_name", "status", "version", "dataset_id", "metrics", "error", "promoted", "finished_at", "reused")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATUS_UNSPECIFIED: _ClassVar[TrainingResult.Status]
@@ -65,6 +79,7 @@ class TrainingResult(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PROMOTED_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model_name: str
     status: TrainingResult.Status
@@ -74,4 +89,5 @@ class TrainingResult(_message.Message):
     error: str
     promoted: bool
     finished_at: _timestamp_pb2.Timestamp
-    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., status: _Optional[_Union[TrainingResult.Status, str]] = ..., version: _Optional[int] = ..., dataset_id: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., promoted: _Optional[bool] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    reused: bool
+    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., status: _Optional[_Union[TrainingResult.Status, str]] = ..., version: _Optional[int] = ..., dataset_id: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., promoted: _Optional[bool] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reused: _Optional[bool] = ...) -> None: ...

@@ -1,9 +1,10 @@
 """The promotion gate: a candidate takes an alias only if it is better on fresh data.
 
 The rule: promote when the alias points nowhere; otherwise score the candidate
-and the alias's current target on the same rows, the candidate's eval slice
-(the most recent labelled data), in onnxruntime, and promote only when the
-candidate's accuracy is higher. Artifacts are read with sha256 verification,
+and the alias's current target on the same rows, in onnxruntime, and promote only
+when the candidate's accuracy is higher. The rows are the candidate's eval slice
+(the most recent labelled data of its window), or the slice the caller names: an
+earlier version promoted again is judged on rows newer than all it trained on. Artifacts are read with sha256 verification,
 so a tampered or truncated model is refused, never scored.
 
 A model that cannot be scored (bad artifact, missing feature columns, an eval
@@ -44,10 +45,11 @@ class Gate:
         self.min_improvement = min_improvement
 
     def decide(self, candidate: registry_pb2.ModelVersion, baseline: registry_pb2.ModelVersion | None,
-               alias: str) -> registry_pb2.GateDecision:
+               alias: str, eval_uri: str = "") -> registry_pb2.GateDecision:
+        """The decision on `eval_uri`'s rows, or (empty) the candidate's own eval slice."""
         decision = registry_pb2.GateDecision(
             model_name=candidate.name, alias=alias, candidate_version=candidate.version,
-            baseline_version=baseline.version if baseline else 0, eval_uri=candidate.eval_uri)
+            baseline_version=baseline.version if baseline else 0, eval_uri=eval_uri or candidate.eval_uri)
         decision.decided_at.FromMilliseconds(events.now_ms())
         promoted, reason = self._judge(candidate, baseline, alias, decision)
         decision.promoted = promoted
@@ -63,7 +65,7 @@ class Gate:
         cand, base = f"candidate v{candidate.version}", f"baseline v{decision.baseline_version}"
         if baseline is not None and baseline.version == candidate.version:
             return True, f"v{candidate.version} already is {alias!r}"
-        if not candidate.eval_uri:
+        if not decision.eval_uri:
             if baseline is None:
                 try:
                     self._load_model(candidate)  # never hand serving an artifact that does not load
@@ -73,7 +75,7 @@ class Gate:
             return False, f"{cand} has no eval slice, so it cannot be compared with {base}"
 
         try:
-            rows = self._load_eval_slice(candidate.eval_uri)
+            rows = self._load_eval_slice(decision.eval_uri)
             decision.eval_rows = rows.num_rows
             decision.candidate_accuracy = accuracy(self._load_model(candidate), rows, candidate.feature_names)
         except Unscorable as exc:

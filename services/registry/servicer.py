@@ -104,10 +104,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         _check_version(request.version)
         alias = request.alias or DEFAULT_ALIAS
         _check_name(alias, "alias")
+        if request.eval_uri:
+            _check_uri(request.eval_uri, "eval_uri")
         async with self._promotions:
             try:
                 decision, decided = await asyncio.to_thread(self._promote, request.name, request.version, alias,
-                                                            request.idempotency_key, _caller(request.reason))
+                                                            request.idempotency_key, _caller(request.reason),
+                                                            request.eval_uri)
             except (S3Error, urllib3.exceptions.HTTPError) as exc:  # the gate could not read an object
                 raise Unavailable(f"object store: {exc}") from exc
         if decided:
@@ -116,7 +119,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         return decision
 
     def _promote(self, name: str, version: int, alias: str, key: str,
-                 caller: Caller) -> tuple[registry_pb2.GateDecision, bool]:
+                 caller: Caller, eval_uri: str = "") -> tuple[registry_pb2.GateDecision, bool]:
         """The decision, and whether it was made now (False: a retry of a promotion already decided)."""
         candidate = self.store.get_version(name, version)
         earlier = self.store.decision_by_key(name, key) if key else None
@@ -127,7 +130,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             return earlier, False
         baseline_version = self.store.resolve_alias(name, alias)
         baseline = self.store.get_version(name, baseline_version) if baseline_version else None
-        decision = self.gate.decide(candidate, baseline, alias)
+        decision = self.gate.decide(candidate, baseline, alias, eval_uri)
         decision.idempotency_key = key
         # Raises AliasChanged if a SetAlias moved the alias while the gate was scoring.
         self.store.record_decision(decision, caller)

@@ -18,6 +18,7 @@ class TrainerSettings(CommonSettings):
     hidden: int = 64
     learning_rate: float = 3e-3
     seed: int = 0
+    train_min_steps: int = 400
     # A tiny MLP trains fastest on one thread; more only adds synchronisation.
     torch_threads: int = 1
     promote_alias: str = "production"

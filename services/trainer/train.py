@@ -29,6 +29,9 @@ class TrainParams:
     hidden: int = 64
     learning_rate: float = 3e-3
     seed: int = 0
+    # The fewest optimiser steps: a window of a few hundred rows (the first retrain after a
+    # change) is a handful of batches an epoch, and 20 epochs of it stop far short of a fit.
+    min_steps: int = 400
 
     def with_overrides(self, overrides: Mapping[str, str]) -> "TrainParams":
         """Applies a request's params map (strings); an unknown name or a bad value raises InvalidParams."""
@@ -44,7 +47,8 @@ class TrainParams:
             except ValueError:
                 raise InvalidParams(f"training param {name}={text!r} must be {kind.__name__}") from None
         params = replace(self, **parsed)
-        if params.epochs < 1 or params.batch_size < 1 or params.hidden < 1 or params.learning_rate <= 0:
+        if (params.epochs < 1 or params.batch_size < 1 or params.hidden < 1 or params.learning_rate <= 0
+                or params.min_steps < 0):
             raise InvalidParams(f"training params out of range: {params}")
         return params
 
@@ -69,7 +73,7 @@ def train(x: np.ndarray, y: np.ndarray, n_classes: int, params: TrainParams) -> 
     shuffle = torch.Generator().manual_seed(params.seed)
     model.train()
     final_loss = float("nan")
-    for _ in range(params.epochs):
+    for _ in range(epochs_for(len(features), params)):
         for batch in torch.randperm(len(features), generator=shuffle).split(params.batch_size):
             optimiser.zero_grad()
             loss = loss_fn(model.logits(features[batch]), labels[batch])
@@ -80,3 +84,13 @@ def train(x: np.ndarray, y: np.ndarray, n_classes: int, params: TrainParams) -> 
     seconds = time.perf_counter() - started
     log.info("trained", extra={"rows": len(x), "seconds": round(seconds, 3), "loss": round(final_loss, 4)})
     return Trained(model, seconds, final_loss)
+
+
+def epochs_for(rows: int, params: TrainParams) -> int:
+    """`params.epochs`, or more where that many would take fewer than `params.min_steps` steps.
+
+    >>> epochs_for(240, TrainParams()), epochs_for(8000, TrainParams())
+    (100, 20)
+    """
+    batches = max(1, -(-rows // params.batch_size))
+    return max(params.epochs, -(-params.min_steps // batches))

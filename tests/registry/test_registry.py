@@ -178,6 +178,7 @@ def test_unknown_things_are_not_found_and_bad_requests_say_what_is_wrong(registr
         "alias is required": lambda: stub.SetAlias(r.SetAliasRequest(name=name, version=1)),
         "reason is required": lambda: stub.SetAlias(r.SetAliasRequest(name=name, alias="production", version=1)),
         "name": lambda: stub.ListModelVersions(r.ListModelVersionsRequest(name="a/b")),
+        "eval_uri": lambda: stub.Promote(r.PromoteRequest(name=name, version=1, eval_uri="/tmp/rows.parquet")),
     }
     for message, call in invalid.items():
         code, details = status_of(call)
@@ -218,6 +219,25 @@ def test_the_gate_refuses_a_worse_model_and_records_why(registry, models):
                                                   for e in es))
     refused = [e for e in events if e.kind == Kind.GATE_DECIDED and not e.decision.promoted]
     assert refused[0].decision == decision and refused[0].model_version.version == 2
+
+
+def test_a_promotion_on_named_rows_scores_both_versions_on_them(registry, models):
+    """An earlier version promoted again (concept reuse) is judged on the rows the caller names,
+    not on its own old eval slice: here a slice the worse model was not given."""
+    name = model_name()
+    good = register(registry, name, models.good_uri, models.good_sha, "")  # no eval slice of its own
+    worse = register(registry, name, models.bad_uri, models.bad_sha, models.eval_uri, dataset_id="shuffled")
+    registry.stub.SetAlias(registry_pb2.SetAliasRequest(name=name, alias="production", version=worse.version,
+                                                        reason="test: start from the worse one"))
+    refused = registry.stub.Promote(registry_pb2.PromoteRequest(name=name, version=good.version))
+    assert not refused.promoted and "no eval slice" in refused.reason
+
+    decision = registry.stub.Promote(registry_pb2.PromoteRequest(name=name, version=good.version,
+                                                                 eval_uri=models.eval_uri))
+    assert decision.promoted and decision.eval_uri == models.eval_uri and decision.eval_rows == 500
+    assert decision.candidate_accuracy == pytest.approx(models.good_accuracy, abs=1e-6)
+    assert decision.baseline_accuracy == pytest.approx(models.bad_accuracy, abs=1e-6)
+    assert registry.stub.GetAlias(registry_pb2.GetAliasRequest(name=name, alias="production")).version == good.version
 
 
 def test_a_better_model_replaces_a_worse_one(registry, models):

@@ -241,6 +241,49 @@ def test_retraining_after_a_concept_change_is_promoted_over_the_old_model(loop):
     assert manifest["rows"] == 1500 and manifest["window_end_ms"] == T0_MS + 2999 * STEP_MS
 
 
+def test_a_concept_that_returns_is_served_again_by_the_version_that_learnt_it(loop):
+    """A → B → A: the drift request back to A scores the earlier versions on the new window's
+    held-out rows; v1 (trained on A) beats a fresh candidate, goes through the gate on those rows
+    and takes production again, and no version is registered for the request. A concept never
+    seen before (C) is trained as usual."""
+    model, stream = names()
+    rows = (agrawal_rows(1500, function=0, seed=21) + agrawal_rows(1500, function=1, seed=22, start=1500)
+            + agrawal_rows(300, function=0, seed=23, start=3000) + agrawal_rows(300, function=4, seed=24, start=3300))
+    write_segments(loop.store, stream, rows)
+    at = [T0_MS + n * STEP_MS for n in (0, 1500, 3000, 3300, 3600)]
+
+    results = []
+    for (start, end), reuse in zip(zip(at, at[1:]), (0, 0, 3, 3)):
+        request = training_request(model, stream, start_ms=start, end_ms=end - 1, min_rows=min(end - start, 300))
+        request.reuse_candidates = reuse
+        loop.request(request)
+        (result,) = loop.results_for(request.request_id)
+        assert result.status == SUCCEEDED, result.error
+        results.append((request, result))
+    (_, a), (_, b), (back_request, back), (_, c) = results
+    assert (a.version, a.promoted, b.version, b.promoted) == (1, True, 2, True)
+
+    assert back.reused and back.version == 1 and back.promoted, dict(back.metrics)
+    decision = next(d for d in loop.registry.GetGateDecisions(registry_pb2.GetGateDecisionsRequest(name=model)).decisions
+                    if d.idempotency_key == back_request.request_id)
+    assert decision.candidate_version == 1 and decision.baseline_version == 2
+    assert decision.eval_uri != a.metrics.get("eval_uri") and decision.eval_uri.endswith(".parquet")
+    assert decision.candidate_accuracy > decision.baseline_accuracy + 0.2, decision
+    # The slice the decision is on is the new window's, rows v1 never trained on.
+    eval_rows = pq.read_table(io.BytesIO(loop.store.get_bytes(split_uri(decision.eval_uri)[1])))
+    assert eval_rows.column("event_time_ms").to_pylist()[0] >= at[2]
+    with pytest.raises(grpc.RpcError) as none_registered:
+        loop.registry.GetModelVersion(registry_pb2.GetModelVersionRequest(
+            name=model, idempotency_key=back_request.request_id))
+    assert none_registered.value.code() == grpc.StatusCode.NOT_FOUND
+
+    assert not c.reused and c.version == 3, dict(c.metrics)
+    # The same request once more (redelivered after a crash) is answered from the recorded decision.
+    loop.request(back_request)
+    again = loop.results_for(back_request.request_id, count=2)[-1]
+    assert (again.version, again.reused, again.promoted) == (1, True, True)
+
+
 def test_a_trainer_stopped_while_waiting_leaves_the_request_to_the_next_one(loop, kafka_bootstrap, tmp_path):
     # Its own topics (and so its own consumer group), so the module's trainer does not take the request.
     topics = Topics(unique_prefix())

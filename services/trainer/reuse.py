@@ -1,0 +1,53 @@
+"""Earlier versions scored on a new window's held-out rows, for concept reuse.
+
+A concept that returns (a season, a regime, a product line switched back on) was learnt
+before: the registry holds the version trained on it. A drift request names how many recent
+versions to try (`TrainingRequest.reuse_candidates`); each is scored in onnxruntime on the
+rows the fresh candidate is evaluated on, and the best of them is sent through the gate
+instead of the fresh one when it scores as well, within the slice's standard error. None of them trained on these
+rows (they are newer than every version), so the gate's decision stays one on unseen rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from driftline.v1 import registry_pb2
+from services.common.objectstore import IntegrityError, ObjectNotFound, ObjectStore, split_uri
+
+from .export import predict_proba, session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scored:
+    version: registry_pb2.ModelVersion
+    accuracy: float
+
+
+def score_earlier(versions: Iterable[registry_pb2.ModelVersion], limit: int, store: ObjectStore,
+                  feature_names: list[str], x: np.ndarray, y: np.ndarray) -> Scored | None:
+    """The best of the `limit` newest `versions` on (x, y), or None when none can be scored; a
+    version with other features, or whose artifact is gone or not a model, is passed over."""
+    newest = sorted(versions, key=lambda v: v.version, reverse=True)[:limit]
+    best = None
+    for version in newest:
+        if list(version.feature_names) != feature_names:
+            continue
+        try:
+            bucket, key = split_uri(version.artifact_uri)
+            if bucket != store.bucket:
+                continue
+            model = session(store.get_bytes(key, expected_sha256=version.artifact_sha256))
+            accuracy = float(np.mean(np.argmax(predict_proba(model, x), axis=1) == y))
+        except (ObjectNotFound, IntegrityError, ValueError, RuntimeError) as exc:
+            log.warning("earlier version not scored", extra={"version": version.version, "error": str(exc)})
+            continue
+        if best is None or accuracy > best.accuracy:
+            best = Scored(version, accuracy)
+    return best
