@@ -72,6 +72,8 @@ RECOVERY_WINDOW = 500     # a system has recovered once this many events in a ro
 RECOVERY_MARGIN = 0.02
 SETTLE = 5000             # events after a drift's end that still count as the drift's stretch
 SETTLED = 2000            # the last events of a stretch, where "the best any system reaches" is read
+WINDOW = 5000             # the drift-free check compares the loop with the static model window by window
+STATIC_MARGIN = 0.005     # ... and allows it this much under the static model in any window
 NO_PREDICTION = -1
 
 
@@ -212,11 +214,15 @@ class LoopBench:
                     value.ParseFromString(msg.value())
                     at = {"t": round(self.now(), 2), "event": self.sent}
                     if isinstance(value, training_pb2.TrainingRequest):
-                        self.trace.requests.append({**at, "request_id": value.request_id, "reason": value.reason,
-                                                    "first_model": not self.trace.promotions})
+                        self.trace.requests.append({
+                            **at, "request_id": value.request_id, "reason": value.reason,
+                            "trigger": training_pb2.TrainingRequest.Trigger.Name(value.trigger).lower(),
+                            "min_rows": value.min_rows, "first_model": not self.trace.promotions})
                     elif isinstance(value, training_pb2.TrainingResult):
                         self.trace.results.append({**at, "request_id": value.request_id, "version": value.version,
-                                                   "ok": value.status == training_pb2.TrainingResult.SUCCEEDED})
+                                                   "ok": value.status == training_pb2.TrainingResult.SUCCEEDED,
+                                                   "reused": value.reused, "promoted": value.promoted,
+                                                   "error": value.error[:120]})
                     elif value.kind == R.GATE_DECIDED:
                         d = value.decision
                         self.trace.gates.append({**at, "candidate": d.candidate_version, "promoted": d.promoted,
@@ -427,6 +433,8 @@ def score_all(stream: AdaptationStream, labels: np.ndarray, systems: dict[str, d
             "after_drift_accuracy": after, "recovery_target": targets,
             "recovery_events": recover_events, "recovery_s": recover_s,
             "retrainings": s["retrainings"], "requests_drift_free": s["drift_free"], "cpu_s": s["cpu_s"],
+            "window_accuracy": [accuracy(p, labels, lo, min(lo + WINDOW, stream.n))
+                                for lo in range(hold, stream.n, WINDOW)],
             **s.get("extra", {}),
         })
     return records
@@ -434,13 +442,20 @@ def score_all(stream: AdaptationStream, labels: np.ndarray, systems: dict[str, d
 
 def loop_system(stream: AdaptationStream, trace: LoopTrace) -> tuple[dict, dict | None]:
     later = [r for r in trace.requests if not r["first_model"]]
+    alarms = [r for r in later if r["trigger"] == "drift"]  # the alarm-driven ones; the rest are refreshes
+    trained = [r for r in trace.results if r["ok"] and not r["reused"]]
     loop = {"predicted": trace.predicted, "cpu_s": trace.cpu_s,
-            "retrainings": sum(1 for r in trace.results if r["ok"]) - (1 if trace.first_version else 0),
-            "drift_free": sum(1 for r in later if not in_drift(stream, r["event"])),
-            "extra": {"training_requests": len(later), "promotions": max(0, len(trace.promotions) - 1),
+            "retrainings": len(trained) - (1 if trace.first_version else 0),
+            "drift_free": sum(1 for r in alarms if not in_drift(stream, r["event"])),
+            "extra": {"training_requests": len(later), "alarm_requests": len(alarms),
+                      "refresh_requests": len(later) - len(alarms),
+                      "reused": sum(1 for r in trace.results if r["reused"] and r["promoted"]),
+                      "superseded": sum(1 for r in trace.results if "Superseded" in r["error"]),
+                      "promotions": max(0, len(trace.promotions) - 1),
                       "gate_refusals": sum(1 for g in trace.gates if not g["promoted"]),
                       "first_version": trace.first_version, "failures": trace.failures,
-                      "timeline": {"requests": later, "gates": trace.gates, "promotions": trace.promotions}}}
+                      "timeline": {"requests": later, "results": trace.results, "gates": trace.gates,
+                                   "promotions": trace.promotions}}}
     static = None
     if trace.static_predicted is not None:
         static = {"predicted": trace.static_predicted, "cpu_s": None, "retrainings": 0, "drift_free": 0}
@@ -521,7 +536,8 @@ def print_table(records: list[dict]) -> list[dict]:
                   f"{r['retrainings']:>7} {r['requests_drift_free']:>6} {_fmt(r['cpu_s'], '.1f'):>7}")
         by = {r["system"]: r for r in rows}
         river = [r for n, r in by.items() if n.startswith("river-") and r["prequential_accuracy"] is not None]
-        if "loop" in by and river and by["loop"]["prequential_accuracy"] is not None:
+        if ("loop" in by and river and by["loop"]["prequential_accuracy"] is not None
+                and stream not in adaptation_streams.STATIONARY):
             best = max(river, key=lambda r: r["prequential_accuracy"])
             gap = round(by["loop"]["prequential_accuracy"] - best["prequential_accuracy"], 4)
             verdicts.append({"bench": "adaptation", "acceptance": "loop_vs_best_river", "stream": stream,
@@ -530,18 +546,48 @@ def print_table(records: list[dict]) -> list[dict]:
                              "within_1_point": gap >= -0.01})
     print("(preq: prequential accuracy from --hold on; after drift: the 2,000 events after each drift; recover: events "
           "and seconds until 500 events in a row score within 2 points of the best system on the settled stretch; "
-          "df req: training requests or resets on drift-free stretches)")
+          "df req: alarm-driven training requests (the loop) or resets (river) on drift-free stretches)")
     for v in verdicts:
         print(f"acceptance {v['stream']:<16}: loop {v['loop']} vs best river {v['best_river']} {v['best_accuracy']} "
               f"({v['gap']:+.4f}) -> {'at or above' if v['at_or_above'] else 'within 1 point' if v['within_1_point'] else 'BELOW'}")
-    if verdicts:
-        above = sum(v["at_or_above"] for v in verdicts)
-        met = above >= len(verdicts) - 1 and all(v["within_1_point"] for v in verdicts)
+    verdicts += drift_free_verdict(records)
+    verdicts = [v for v in verdicts if v]
+    drifting = [v for v in verdicts if v["acceptance"] == "loop_vs_best_river"]
+    if drifting:
+        above = sum(v["at_or_above"] for v in drifting)
+        met = above >= len(drifting) - 1 and all(v["within_1_point"] for v in drifting)
         verdicts.append({"bench": "adaptation", "acceptance": "loop_at_or_above_best_river", "at_or_above": above,
-                         "of": len(verdicts), "met": met})
-        print(f"acceptance: loop at or above the best river learner on {above} of {len(verdicts) - 1} streams, the "
+                         "of": len(drifting), "met": met})
+        print(f"acceptance: loop at or above the best river learner on {above} of {len(drifting)} streams, the "
               f"rest within 1 point: {'met' if met else 'NOT met'}")
     return verdicts
+
+
+def drift_free_verdict(records: list[dict]) -> list[dict]:
+    """On the drift-free streams: the loop's alarm-driven training requests in total (at most one),
+    and in every 5,000-event window its accuracy at most STATIC_MARGIN under the static model's."""
+    streams = [s for s in dict.fromkeys(r["stream"] for r in records) if s in adaptation_streams.STATIONARY]
+    out = []
+    for stream in streams:
+        by = {r["system"]: r for r in records if r["stream"] == stream}
+        if "loop" not in by or "static" not in by:
+            continue
+        gaps = [round(a - b, 4) for a, b in zip(by["loop"]["window_accuracy"], by["static"]["window_accuracy"])
+                if a is not None and b is not None]
+        out.append({"bench": "adaptation", "acceptance": "drift_free", "stream": stream,
+                    "alarm_requests": by["loop"].get("alarm_requests"), "refreshes": by["loop"].get("refresh_requests"),
+                    "worst_window_gap_vs_static": min(gaps) if gaps else None,
+                    "within_margin": bool(gaps) and min(gaps) >= -STATIC_MARGIN})
+        print(f"drift-free {stream:<22}: {out[-1]['alarm_requests']} alarm-driven requests, worst "
+              f"{WINDOW:,}-event window vs static {out[-1]['worst_window_gap_vs_static']:+.4f}")
+    if out:
+        alarms = sum(v["alarm_requests"] or 0 for v in out)
+        met = alarms <= 1 and all(v["within_margin"] for v in out)
+        out.append({"bench": "adaptation", "acceptance": "drift_free_all", "streams": len(out),
+                    "alarm_requests": alarms, "met": met})
+        print(f"acceptance: {alarms} alarm-driven requests on {len(out) - 1} drift-free streams, every window within "
+              f"{STATIC_MARGIN:.3f} of the static model: {'met' if met else 'NOT met'}")
+    return out
 
 
 def spread(records: list[dict]) -> list[dict]:
@@ -571,11 +617,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a loop run may take past its stream")
     parser.add_argument("--no-loop", action="store_true", help="river's learners only (no services)")
+    parser.add_argument("--drift-free", action="store_true",
+                        help=f"the drift-free streams instead: {', '.join(adaptation_streams.STATIONARY)}")
     parser.add_argument("--max-rate", action="store_true", help="also step the rate to find what the loop sustains")
     parser.add_argument("--rates", default="400,800,1200,1600,2400,3200")
     parser.add_argument("--step-s", type=float, default=20.0)
     parser.add_argument("--out", default="", help="JSON lines file (default bench/results/adaptation[-quick].jsonl)")
     args = parser.parse_args()
+    if args.drift_free:
+        args.streams = ",".join(adaptation_streams.STATIONARY)
     if args.quick:
         args.streams, args.events = ",".join(adaptation_streams.QUICK), 16_000
     stop_on_sigterm()

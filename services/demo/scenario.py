@@ -39,7 +39,7 @@ class Options:
     drift_at: int = 8000            # stream position of the abrupt drift
     seed: int = 42
     bootstrap_rows: int = 2000      # labelled rows the platform's first model waits for (the monitor's first_model_min_rows)
-    retrain_rows: int = 2000        # post-drift rows a retrained model needs
+    retrain_rows: int = 600         # post-drift rows the first retrain asks for (refreshes train on more)
     recovery_rows: int = 1000       # rows scored by the new model before the run ends
     timeout_s: float = 300.0
     model_name: str = "driftline-model"
@@ -146,6 +146,7 @@ class LoopObserver:
         self.post_drift_requests: set[str] = set()
         self.first_model_requests: list[str] = []  # the platform's requests while nothing was in production
         self.recovery_versions: set[int] = set()
+        self.drift_window_ms: int | None = None  # where the retrain after the drift starts its window
         self.drift_injected_ms: int | None = None  # wall clock, as the monitor stamps its requests
         self.lock = threading.Lock()
 
@@ -286,7 +287,14 @@ class LoopObserver:
                 return
             if not self.after_drift(message):
                 return
+            if message.trigger == training_pb2.TrainingRequest.REFRESH:
+                # A refresh trains the new concept only if it refreshes the retrain the drift asked for.
+                if self.drift_window_ms is not None and message.window_start.ToMilliseconds() >= self.drift_window_ms:
+                    self.post_drift_requests.add(message.request_id)
+                return
             self.post_drift_requests.add(message.request_id)
+            if self.drift_window_ms is None:
+                self.drift_window_ms = message.window_start.ToMilliseconds()
             if self.result.detected_s is None:
                 self.result.detected_s = self.now()
                 self.result.detected_event = self.last_scored_event

@@ -196,7 +196,7 @@ class FirstModels:
         again = f"; attempt {state.attempts}, the last one: {state.last_error}" if state.attempts > 1 else ""
         request = training_pb2.TrainingRequest(
             request_id=f"{REQUEST_PREFIX}{self._ids.next(state.model, stream).hex}", model_name=state.model, stream=stream,
-            min_rows=self.min_rows,
+            min_rows=self.min_rows, trigger=training_pb2.TrainingRequest.FIRST_MODEL,
             reason=(f"first model: stream {stream!r} has {state.total:,} labelled rows "
                     f"(first_model_min_rows {self.min_rows:,}) and {state.model!r} has no production version"
                     f"{again}"))

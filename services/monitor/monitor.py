@@ -48,6 +48,7 @@ from .metrics import CHANGES, DEAD_LETTERS, DUPLICATES, PREDICTED_ROWS, PROMOTIO
 from .policy import DriftPolicy
 from .references import RegistryReferences
 from .reporting import Reports, compact
+from .refresh import Refreshes
 from .retraining import RetrainingTrigger
 from .tracker import Position, TrackerConfig, VersionTracker
 
@@ -116,7 +117,8 @@ class DriftMonitor:
                  training_min_rows: int, max_versions_per_model: int = 5,
                  clock: Callable[[], float] = time.monotonic, hub: Hub | None = None,
                  history: int = 2000, streams: StreamCatalog | None = None,
-                 first_model_min_rows: int = 0, dead_letters: DeadLetterQueue | None = None) -> None:
+                 first_model_min_rows: int = 0, dead_letters: DeadLetterQueue | None = None,
+                 refreshes: Refreshes | None = None, reuse_candidates: int = 0) -> None:
         self.topics = topics
         self.producer = producer
         self.dead_letters = dead_letters  # None: an undecodable record is counted and skipped
@@ -127,7 +129,8 @@ class DriftMonitor:
         # Its parts: when alerts become training requests, when a stream asks for its first model,
         # and what is reported where.
         self.streams = streams
-        self.retraining = RetrainingTrigger(policy, stream, training_min_rows, stream_of=self._stream_of)
+        self.retraining = RetrainingTrigger(policy, stream, training_min_rows, stream_of=self._stream_of,
+                                            refreshes=refreshes, reuse_candidates=reuse_candidates)
         self.first_models = (FirstModels(streams, first_model_min_rows)
                              if streams is not None and first_model_min_rows > 0 else None)
         self.reporting = Reports(join, every_samples=report_every_samples, every_s=report_every_s, hub=hub,
@@ -484,9 +487,9 @@ class DriftMonitor:
                        when)
 
     def _on_training_result(self, result: training_pb2.TrainingResult, at: Position) -> None:
-        if self.first_models is not None and self.first_models.on_result(result):
-            return  # the answer to a first-model request
-        self.retraining.on_result(result)
+        self.retraining.on_result(result)  # also a first model's: its refreshes follow from it
+        if self.first_models is not None:
+            self.first_models.on_result(result)
 
     def _on_outcome(self, joined: Joined, at: Position) -> None:
         tracker = self._tracker(joined.prediction.model_name, joined.prediction.model_version)
@@ -496,6 +499,7 @@ class DriftMonitor:
         if counter is None:  # `.labels()` per labelled row cost more than the rest of this method
             counter = self._samples[tracker.model_name] = SAMPLES.labels(tracker.model_name)
         counter.inc()
+        self.retraining.refreshes.count(tracker.model_name, joined.label.event_time_ms or joined.prediction.served_at_ms)
         if change is not None:
             direction = "worse" if change.worse else "better"
             CHANGES.labels(tracker.model_name, direction).inc()
@@ -521,6 +525,8 @@ class DriftMonitor:
                 alert, request = asked
                 self._request_training(request, tracker.version, signal=alert.signal)
                 self._publish_report(tracker, training_request_id=request.request_id)
+        for request in self.retraining.refreshes_due():
+            self._request_training(request, self._production.get(request.model_name, 0), signal="refresh")
 
     def _housekeeping(self) -> None:
         self.join.expire()
@@ -531,6 +537,7 @@ class DriftMonitor:
             self.first_models.refresh()
             for request in self.first_models.due():
                 self._request_training(request, 0, signal="first_model", stream=request.stream)
+                self.retraining.refreshes.follow(request, counted=request.min_rows)
 
     def _request_training(self, request: training_pb2.TrainingRequest, version: int, **extra) -> None:
         """A training request out, and on the timeline (`version`: the one that asked; 0 for a first model)."""

@@ -1,8 +1,10 @@
 """The decision to ask for training: a version's active alerts, the policy's rules
 (`policy.DriftPolicy`) and the TrainingRequest that names the alert and starts its window
-at the change. The monitor publishes what `consider` returns; `on_result` hands the
-trainer's answer back to the rules (a promoted retrain ends the cooldown, one that failed
-or was not promoted re-arms the version)."""
+at the change. The monitor publishes what `consider` and `refreshes_due` return; `on_result`
+hands the trainer's answer back to the rules (a promoted retrain ends the cooldown) and to
+the progression the request belongs to (refresh.py: its refreshes on more rows since the
+change are the retry of a retrain the gate refused; a retrain that failed re-arms the version
+after `retry_s`)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from driftline.v1 import training_pb2
 
 from .metrics import POLICY_BLOCKED, TRAINING_REQUESTS
 from .policy import DriftPolicy
+from .refresh import DRIFT, Refreshes
 from .tracker import CONCEPT, Alert, VersionTracker
 
 log = logging.getLogger(__name__)
@@ -24,14 +27,18 @@ Key = tuple[str, int]  # (model name, version)
 
 class RetrainingTrigger:
     def __init__(self, policy: DriftPolicy, stream: str, min_rows: int,
-                 stream_of: Callable[[str], str | None] = lambda model: None) -> None:
+                 stream_of: Callable[[str], str | None] = lambda model: None,
+                 refreshes: Refreshes | None = None, reuse_candidates: int = 0) -> None:
         self.policy = policy
+        self.refreshes = refreshes or Refreshes(max_rows=0, until_rows=0, max_refusals=1)  # until_rows 0: none
+        self.reuse_candidates = reuse_candidates  # recent versions the trainer may promote again instead
         self.stream = stream  # for a model whose stream `stream_of` does not know
         self.stream_of = stream_of  # model → its stream (the catalogue's), so a request trains on the model's own data
         self.min_rows = min_rows  # the fewest labelled rows a request asks the trainer for
         self._requested_by: dict[str, Key] = {}  # training request id → the version that asked
         self._blocked_by: dict[Key, str] = {}  # the policy rule that last said "not yet"
         self._ids = RequestIds()  # a decision replayed after a restart asks under the same id
+        self.refreshes._ids = self._ids
 
     def consider(self, tracker: VersionTracker) -> tuple[Alert, training_pb2.TrainingRequest] | None:
         """The alert that asks for training now and its request, if the policy allows one: the
@@ -63,7 +70,7 @@ class RetrainingTrigger:
         request = training_pb2.TrainingRequest(
             request_id=str(self._ids.next(*key)), model_name=tracker.model_name,
             stream=self.stream_of(tracker.model_name) or self.stream,
-            min_rows=self.min_rows,
+            min_rows=self.min_rows, trigger=DRIFT, reuse_candidates=self.reuse_candidates,
             reason=(f"{alert.signal.replace('_', ' ')}{features} [alert {alert.alert_id}] in {tracker.model_name} v{tracker.version}: "
                     f"{alert.statistic_text()}; {where} "
                     f"(event time {_iso(start_ms)}, offset {alert.change_at.offset} of {alert.change_at.topic or '-'}"
@@ -75,20 +82,28 @@ class RetrainingTrigger:
         request.requested_at.GetCurrentTime()
         self.policy.requested(tracker.model_name, tracker.version)
         self._requested_by[request.request_id] = key
+        self.refreshes.follow(request, counted=tracker.samples - drift.sample if drift is not None else 0)
         alert.requested(request.request_id)
         TRAINING_REQUESTS.labels(tracker.model_name).inc()
         log.warning("drift confirmed; training requested", extra={
             "model": key[0], "version": key[1], "request_id": request.request_id, "reason": request.reason})
         return alert, request
 
+    def refreshes_due(self) -> list[training_pb2.TrainingRequest]:
+        return self.refreshes.due()
+
     def on_result(self, result: training_pb2.TrainingResult) -> None:
-        # A promoted retrain ends the model's cooldown (its new version starts its own count); one
-        # that failed or was not promoted leaves the drifted version serving: it may ask again soon.
+        # A promoted retrain ends the model's cooldown (its new version starts its own count). One
+        # the gate refused leaves the drifted version serving; its progression asks again on twice
+        # the rows (refresh.py), and only a retrain that failed re-arms the version on a timer.
+        progressing = self.refreshes.on_result(result)
         key = self._requested_by.get(result.request_id)
-        if key and result.status == training_pb2.TrainingResult.SUCCEEDED and result.promoted:
-            self.policy.landed(key[0])
-        elif key:
+        succeeded = result.status == training_pb2.TrainingResult.SUCCEEDED
+        if succeeded and result.promoted:
+            self.policy.landed(result.model_name)
+        elif key and not (succeeded and progressing):
             self.policy.rearm(*key)
+            self.refreshes.end(key[0])  # the version asks again, and that request starts its own
             log.info("re-armed after an unsuccessful retrain", extra={
                 "model": key[0], "version": key[1], "request_id": result.request_id,
                 "status": training_pb2.TrainingResult.Status.Name(result.status), "error": result.error})

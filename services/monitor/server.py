@@ -22,6 +22,7 @@ from .hub import Hub
 from .joiner import LabelJoin
 from .monitor import DriftMonitor
 from .policy import DriftPolicy
+from .refresh import Refreshes
 from .references import RegistryReferences
 from .settings import STATE_SETTINGS, MonitorSettings
 
@@ -134,7 +135,10 @@ def drift_monitor(settings: MonitorSettings, producer: Producer, references: Reg
         report_every_samples=settings.report_every_samples, report_every_s=settings.report_every_s,
         training_min_rows=settings.monitor_retrain_min_rows,
         max_versions_per_model=settings.max_versions_per_model, hub=Hub(), history=settings.history,
-        streams=StreamCatalog.from_settings(settings), first_model_min_rows=settings.first_model_min_rows)
+        streams=StreamCatalog.from_settings(settings), first_model_min_rows=settings.first_model_min_rows,
+        refreshes=Refreshes(settings.policy_refresh_max_rows, settings.policy_refresh_until_rows,
+                            settings.policy_refresh_refusals),
+        reuse_candidates=settings.policy_reuse_candidates)
 
 
 def state_settings(settings: MonitorSettings) -> dict[str, object]:

@@ -109,16 +109,27 @@ class MonitorSettings(CommonSettings, TrackerConfig):
     policy_signals: Annotated[list[str], NoDecode] = ["concept_drift:cusum"]
     policy_min_samples: int = 500
     policy_cooldown_s: float = 600.0
-    # After a retrain that failed or was not promoted, the version may ask again this much later.
+    # After a retrain that failed, the version may ask again this much later (one the gate refused
+    # is retried by its refreshes, on more rows: refresh.py).
     policy_retry_s: float = 15.0
+    # Progressive retraining (refresh.py): after a first model or a drift retrain, a refresh each
+    # time the labelled rows since the change double, on the latest policy_refresh_max_rows of
+    # them; they end at policy_refresh_until_rows rows (0: no refreshes) or after
+    # policy_refresh_refusals refused in a row.
+    policy_refresh_max_rows: int = Field(8000, ge=1)
+    policy_refresh_until_rows: int = Field(32000, ge=0)
+    policy_refresh_refusals: int = Field(3, ge=1)
+    # Recent versions a drift retrain scores beside its fresh candidate (concept reuse; 0: none).
+    policy_reuse_candidates: int = Field(5, ge=0)
 
     # The ops dashboard (HTTP, server-sent events); 0 = off. Binds dashboard_host.
     dashboard_port: int = 8055
     dashboard_host: str = "127.0.0.1"
     history: int = 2000
-    # The fewest labelled rows a training request asks the trainer for
-    # (DRIFTLINE_MONITOR_RETRAIN_MIN_ROWS, the name the demo sets).
-    monitor_retrain_min_rows: int = 1000
+    # The labelled rows since the change a drift retrain asks the trainer for
+    # (DRIFTLINE_MONITOR_RETRAIN_MIN_ROWS, the name the demo sets): few, so that a model of the new
+    # concept serves within seconds; the refreshes then train on more.
+    monitor_retrain_min_rows: int = 300
     # The platform starts itself (first_model.py): a stream of the catalogue (DRIFTLINE_STREAMS_DIR)
     # whose model has no `production` version asks for its first model once it has counted this
     # many labelled feature records (DRIFTLINE_FIRST_MODEL_MIN_ROWS; 0 = never), and again after as
@@ -157,6 +168,7 @@ class MonitorSettings(CommonSettings, TrackerConfig):
 # The settings a monitor's state is built under (checkpoint.py: a snapshot taken under others is
 # not restored): the statistics', the policy's, the join's, the reports' and the first models'.
 STATE_SETTINGS = (*TrackerConfig.model_fields, "stream", "policy_signals", "policy_min_samples",
-                  "policy_cooldown_s", "policy_retry_s", "join_ttl_s", "join_max_pending",
+                  "policy_cooldown_s", "policy_retry_s", "policy_refresh_max_rows", "policy_refresh_until_rows",
+                  "policy_refresh_refusals", "policy_reuse_candidates", "join_ttl_s", "join_max_pending",
                   "max_versions_per_model", "report_every_samples", "report_every_s", "history",
                   "monitor_retrain_min_rows", "first_model_min_rows")

@@ -20,6 +20,7 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,10 @@ class WindowNotFilled(RuntimeError):
 
 class Cancelled(RuntimeError):
     """The service is stopping; the request is left for redelivery."""
+
+
+class Superseded(RuntimeError):
+    """A newer request of the model made this one pointless; it stopped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,8 +244,10 @@ def first_per_event(table: pa.Table) -> pa.Table:
 
 
 def wait_for_rows(reader: SegmentReader, window: Window, min_rows: int, *, timeout_s: float,
-                  poll_s: float, cancelled: threading.Event) -> Dataset:
-    """Polls the segments until the window holds `min_rows` labelled rows.
+                  poll_s: float, cancelled: threading.Event,
+                  superseded: Callable[[], bool] = lambda: False) -> Dataset:
+    """Polls the segments until the window holds `min_rows` labelled rows (Superseded once
+    `superseded()` says so).
 
     Sidecar row counts are an upper bound (a segment may straddle the window's
     edges), so segments are read only once that bound reaches `min_rows`.
@@ -260,3 +267,5 @@ def wait_for_rows(reader: SegmentReader, window: Window, min_rows: int, *, timeo
                 f"{have} labelled rows after waiting {timeout_s:g}s; {min_rows} needed")
         if cancelled.wait(poll_s):
             raise Cancelled("trainer stopping while waiting for rows")
+        if superseded():
+            raise Superseded(f"a newer request of the model came while {min_rows} rows were awaited ({have} so far)")

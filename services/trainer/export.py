@@ -3,8 +3,9 @@ before it is trusted.
 
 One self-contained file (initializers inside it: a side `.onnx.data` file would not survive
 being stored and loaded as bytes), input "features" float32 [N, F] with a dynamic batch, output
-"probabilities" float32 [N, C]. The graph is the model's own: Sub(mean), Div(std), three Gemm
-with two Relu between, Softmax. torch.onnx's dynamo exporter traced the same graph in 4-8 s on a
+"probabilities" float32 [N, C]. The graph is the model's own: Sub(mean), Div(std), beside them
+the steps over the thresholds (Unsqueeze, Greater, Cast, Reshape, Concat), three Gemm with two
+Relu between, Softmax. torch.onnx's dynamo exporter traced the same graph in 4-8 s on a
 loaded 2-core machine, most of a retrain's time after a drift; writing it takes milliseconds,
 and `check_matches_torch` still compares it with torch on the eval rows.
 """
@@ -33,8 +34,16 @@ def export_onnx(model: MLPClassifier, n_features: int) -> bytes:
     transB), softmax over the classes."""
     tensors = {"mean": model.mean, "std": model.std}
     nodes = [helper.make_node("Sub", [INPUT_NAME, "mean"], ["centred"]),
-             helper.make_node("Div", ["centred", "std"], ["h0"])]
-    current, layer = "h0", 0
+             helper.make_node("Div", ["centred", "std"], ["standardised"])]
+    current, layer = "standardised", 0
+    if model.thresholds.shape[1]:
+        tensors.update(thresholds=model.thresholds, last_axis=torch.tensor([2]), flat=torch.tensor([0, -1]))
+        nodes += [helper.make_node("Unsqueeze", [INPUT_NAME, "last_axis"], ["column"]),
+                  helper.make_node("Greater", ["column", "thresholds"], ["above"]),
+                  helper.make_node("Cast", ["above"], ["above_f"], to=TensorProto.FLOAT),
+                  helper.make_node("Reshape", ["above_f", "flat"], ["steps"]),
+                  helper.make_node("Concat", ["standardised", "steps"], ["h0"], axis=1)]
+        current = "h0"
     for module in model.net:
         if isinstance(module, torch.nn.Linear):
             layer += 1
@@ -53,12 +62,17 @@ def export_onnx(model: MLPClassifier, n_features: int) -> bytes:
         nodes, "mlp_classifier",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", n_features])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", n_classes])],
-        initializer=[numpy_helper.from_array(t.detach().numpy().astype(np.float32), name)
-                     for name, t in tensors.items()])
+        initializer=[numpy_helper.from_array(_constant(t), name) for name, t in tensors.items()])
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                    producer_name="driftline-trainer")
     onnx_model.ir_version = 10  # what onnxruntime 1.2x reads; helper's default follows the onnx package
     return onnx_model.SerializeToString()
+
+
+def _constant(tensor: torch.Tensor) -> np.ndarray:
+    """float32 for weights and thresholds; int64 for the shapes and axes ONNX wants as int64."""
+    array = tensor.detach().numpy()
+    return array.astype(np.int64 if np.issubdtype(array.dtype, np.integer) else np.float32)
 
 
 def session(onnx_bytes: bytes) -> ort.InferenceSession:

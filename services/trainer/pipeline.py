@@ -19,6 +19,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -79,10 +80,14 @@ class TrainingPipeline:
         self.cancelled = cancelled
         self.defaults = TrainParams(epochs=settings.epochs, batch_size=settings.batch_size, hidden=settings.hidden,
                                     learning_rate=settings.learning_rate, seed=settings.seed,
-                                    min_steps=settings.train_min_steps)
+                                    min_steps=settings.train_min_steps, max_steps=settings.train_max_steps,
+                                    quantiles=settings.train_quantiles)
         torch.set_num_threads(settings.torch_threads)
 
-    def run(self, request: training_pb2.TrainingRequest) -> training_pb2.TrainingResult:
+    def run(self, request: training_pb2.TrainingRequest,
+            superseded: Callable[[], bool] = lambda: False) -> training_pb2.TrainingResult:
+        """Trains, registers and promotes the request's version; `superseded` (asked after the wait
+        for rows and after every epoch) cancels it with Superseded."""
         s = self.settings
         name = request.model_name or s.model_name
         stream = request.stream or s.stream
@@ -95,7 +100,7 @@ class TrainingPipeline:
             log.info("decision already recorded for this request: not training again",
                      extra={"request_id": request.request_id, "version": version.version})
         elif version is None:
-            version, eval_uri = self._train_and_register(request, name, stream, params)
+            version, eval_uri = self._train_and_register(request, name, stream, params, superseded)
         else:
             log.info("version already registered for this request: not training again",
                      extra={"request_id": request.request_id, "version": version.version})
@@ -103,7 +108,7 @@ class TrainingPipeline:
         if decision is None:
             if not reused:  # an earlier version was installed when it was registered
                 self._install(version)
-            log.info("promoting", extra={"request_id": request.request_id, "version": version.version,
+            log.info("registered; promoting", extra={"request_id": request.request_id, "version": version.version,
                                          "reused": reused})
             decision = self._call("Promote", registry_pb2.PromoteRequest(
                 name=name, version=version.version, alias=s.promote_alias, idempotency_key=request.request_id,
@@ -143,7 +148,7 @@ class TrainingPipeline:
             raise
 
     def _train_and_register(self, request: training_pb2.TrainingRequest, name: str, stream: str,
-                            params: TrainParams) -> tuple[registry_pb2.ModelVersion, str]:
+                            params: TrainParams, superseded: Callable[[], bool]) -> tuple[registry_pb2.ModelVersion, str]:
         """The version to promote and, when it is an earlier one that scored best, the eval slice
         to judge it on ("" for the version trained now: the gate takes its own slice)."""
         s = self.settings
@@ -151,10 +156,11 @@ class TrainingPipeline:
                         request.window_end.ToMilliseconds() if request.HasField("window_end") else None)
         min_rows = max(request.min_rows or s.default_min_rows, MIN_TRAINABLE_ROWS)
         dataset = wait_for_rows(SegmentReader(self.store, stream), window, min_rows,
-                                timeout_s=s.wait_timeout_s, poll_s=s.poll_interval_s, cancelled=self.cancelled)
+                                timeout_s=s.wait_timeout_s, poll_s=s.poll_interval_s, cancelled=self.cancelled,
+                                superseded=superseded)
         train_rows, eval_rows = dataset.time_split(s.holdout_fraction)
         data_id, eval_uri = self._store_dataset(dataset, eval_rows, stream)
-        candidate = self._train(train_rows, eval_rows, dataset.feature_names, params)
+        candidate = self._train(train_rows, eval_rows, dataset.feature_names, params, superseded)
         earlier = self._best_earlier(request, name, dataset.feature_names, eval_rows)
         if earlier is not None and earlier.accuracy >= candidate.metrics["accuracy"] - standard_error(
                 candidate.metrics["accuracy"], eval_rows.num_rows):
@@ -180,11 +186,11 @@ class TrainingPipeline:
         return data_id, self.store.put_bytes(eval_key(stream, data_id), to_parquet(eval_rows)).uri
 
     def _train(self, train_rows: pa.Table, eval_rows: pa.Table, feature_names: list[str],
-               params: TrainParams) -> Candidate:
+               params: TrainParams, superseded: Callable[[], bool] = lambda: False) -> Candidate:
         x_train, y_train = features_and_labels(train_rows, feature_names)
         x_eval, y_eval = features_and_labels(eval_rows, feature_names)
         n_classes = max(2, int(max(y_train.max(), y_eval.max())) + 1)
-        trained = train(x_train, y_train, n_classes, params)
+        trained = train(x_train, y_train, n_classes, params, superseded)
 
         started = time.perf_counter()
         onnx_bytes = export_onnx(trained.model, len(feature_names))

@@ -1,4 +1,5 @@
-"""Wires the trainer process: request consumer, pipeline, registry client, result producer."""
+"""Wires the trainer process: its two lanes (request consumer and pipeline each), registry client,
+result producer."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from services.common.runtime import ServiceProcess
 from .lineage import code_version
 from .pipeline import TrainingPipeline
 from .settings import TrainerSettings
-from .worker import RequestDeadLetters, TrainerWorker, TrainingRequestHandler
+from .worker import Regimes, RequestDeadLetters, TrainerWorker, TrainingRequestHandler
 
 # Headroom past the longest wait for rows: a request being trained must not get the
 # consumer evicted from its group (the broker's max.poll.interval.ms).
@@ -25,18 +26,22 @@ def build(settings: TrainerSettings) -> ServiceProcess:
     ensure_topics(settings.kafka_bootstrap, [topics.training_requests, topics.training_results, dead_letter_topic],
                   partitions=settings.topic_partitions, replication=settings.topic_replication,
                   client_config=settings.kafka_client_config())
-    store = MinioObjectStore.from_settings(settings)
     registry = RegistryClient(settings.registry_address, settings.registry_timeout_s, settings)
     cancelled = threading.Event()
-    pipeline = TrainingPipeline(settings, store, registry.stub,
-                                code_version(settings.code_version), cancelled)
     producer = Producer(settings.kafka_bootstrap, config=settings.kafka_client_config())
     dead_letters = RequestDeadLetters(producer, dead_letter_topic, topics.training_results, settings.model_name)
-    handler = TrainingRequestHandler(store, pipeline, producer, topics.training_results, settings.model_name,
-                                     dead_letters)
-    consumer = Consumer(
-        settings.kafka_bootstrap, f"{settings.topic_prefix}{settings.consumer_group}", [topics.training_requests],
-        instance_id=settings.instance_id, session_timeout_ms=settings.kafka_session_timeout_ms,
-        config={**settings.kafka_client_config(), "max.poll.interval.ms": int((settings.wait_timeout_s + TRAINING_HEADROOM_S) * 1000)})
-    worker = TrainerWorker(consumer, handler, cancelled, max_attempts=settings.max_attempts)
-    return ServiceProcess("trainer", settings, workers=[worker], on_stop=[producer.close, registry.close])
+    regimes = Regimes()
+    workers = []
+    for refreshes, lane in ((False, ""), (True, "-refreshes")):  # worker.py: the two lanes
+        store = MinioObjectStore.from_settings(settings)
+        pipeline = TrainingPipeline(settings, store, registry.stub, code_version(settings.code_version), cancelled)
+        handler = TrainingRequestHandler(store, pipeline, producer, topics.training_results, settings.model_name,
+                                         dead_letters, regimes, refreshes=refreshes)
+        consumer = Consumer(
+            settings.kafka_bootstrap, f"{settings.topic_prefix}{settings.consumer_group}{lane}",
+            [topics.training_requests], instance_id=settings.instance_id and f"{settings.instance_id}{lane}",
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            config={**settings.kafka_client_config(),
+                    "max.poll.interval.ms": int((settings.wait_timeout_s + TRAINING_HEADROOM_S) * 1000)})
+        workers.append(TrainerWorker(consumer, handler, cancelled, max_attempts=settings.max_attempts))
+    return ServiceProcess("trainer", settings, workers=workers, on_stop=[producer.close, registry.close])

@@ -19,6 +19,8 @@ class TrainerSettings(CommonSettings):
     learning_rate: float = 3e-3
     seed: int = 0
     train_min_steps: int = 400
+    train_max_steps: int = 1500
+    train_quantiles: int = 32
     # A tiny MLP trains fastest on one thread; more only adds synchronisation.
     torch_threads: int = 1
     promote_alias: str = "production"

@@ -12,13 +12,19 @@ requester is not left waiting, and the requests behind it are trained. A
 record that is no TrainingRequest goes to the dead-letter topic at once (it
 has no request id to answer). A stop in the middle of a request leaves it
 uncommitted, for the next trainer to pick up.
+
+Two lanes read the requests, each in its own consumer group: one trains the
+requests that start a regime (a first model, a drift retrain), the other the
+refreshes of a regime on more rows. A drift retrain thus never queues behind
+a refresh, and a refresh whose model has a newer regime is cancelled (answered
+FAILED, superseded): it was asked for a concept that has gone.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import urllib3
 from confluent_kafka import Message
@@ -31,7 +37,7 @@ from services.common.kafka import Consumer, DecodeFailure, DeliveryError, Produc
 from services.common.objectstore import ObjectStore
 from services.common.runtime import ConsumerWorker
 
-from .dataset import Cancelled, WindowNotFilled
+from .dataset import Cancelled, Superseded, WindowNotFilled
 from .pipeline import RegistryCallFailed, TrainingPipeline
 from .train import InvalidParams
 
@@ -39,7 +45,8 @@ log = logging.getLogger(__name__)
 
 Status = training_pb2.TrainingResult.Status
 # Failures the request or its surroundings explain; anything else is logged with its traceback.
-EXPLAINED_FAILURES = (WindowNotFilled, InvalidParams, RegistryCallFailed)
+EXPLAINED_FAILURES = (WindowNotFilled, InvalidParams, RegistryCallFailed, Superseded)
+REFRESH = training_pb2.TrainingRequest.REFRESH
 # The object store or the broker out of reach: raised to the worker, which tries the request again.
 TRANSIENT_FAILURES = (urllib3.exceptions.HTTPError, DeliveryError)
 REQUESTS = Counter("driftline_trainer_requests_total", "Training requests handled, by outcome.", ["outcome"])
@@ -78,15 +85,40 @@ class RequestDeadLetters(DeadLetterQueue):
         super().send(message, reason, stage=stage, field=field)  # flushes the result with it
 
 
+class Regimes:
+    """Per model, when the newest request that starts a regime was asked for (its requested_at,
+    ms), as the regime lane has seen them; shared by the two lanes of one process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latest: dict[str, int] = {}
+
+    def started(self, request: training_pb2.TrainingRequest) -> None:
+        with self._lock:
+            asked = request.requested_at.ToMilliseconds()
+            self._latest[request.model_name] = max(self._latest.get(request.model_name, 0), asked)
+
+    def supersedes(self, request: training_pb2.TrainingRequest) -> bool:
+        """Whether a regime of the refresh's model was asked for after the refresh was."""
+        with self._lock:
+            return self._latest.get(request.model_name, 0) > request.requested_at.ToMilliseconds()
+
+
 class TrainingRequestHandler:
+    """Answers the requests of one lane (`refreshes`: the REFRESH requests, else all others) and
+    passes over the other lane's."""
+
     def __init__(self, store: ObjectStore, pipeline: TrainingPipeline, producer: Producer, results_topic: str,
-                 default_model_name: str, dead_letters: DeadLetterQueue) -> None:
+                 default_model_name: str, dead_letters: DeadLetterQueue, regimes: Regimes | None = None,
+                 refreshes: bool = False) -> None:
         self.store = store
         self.pipeline = pipeline
         self.producer = producer
         self.results_topic = results_topic
         self.default_model_name = default_model_name
         self.dead_letters = dead_letters
+        self.regimes = regimes or Regimes()
+        self.refreshes = refreshes
 
     def handle_batch(self, messages: Sequence[Message]) -> None:
         for message in messages:
@@ -97,8 +129,13 @@ class TrainingRequestHandler:
             request = decode(message.value(), training_pb2.TrainingRequest)
         except DecodeFailure as exc:
             REQUESTS.labels("undecodable").inc()
-            self.dead_letters.send(message, str(exc), stage=DECODE)  # no request id to answer to
+            if not self.refreshes:  # one lane dead-letters it
+                self.dead_letters.send(message, str(exc), stage=DECODE)  # no request id to answer to
             return
+        if (request.trigger == REFRESH) != self.refreshes:
+            return  # the other lane's
+        if not self.refreshes:
+            self.regimes.started(request)
         result = self._answer(request)
         self.producer.produce(self.results_topic, result, key=result.model_name)
         self.producer.flush()  # before the worker commits the request
@@ -114,8 +151,9 @@ class TrainingRequestHandler:
             return json_format.ParseDict(self.store.get_json(key), training_pb2.TrainingResult())
         log.info("training", extra={"request_id": request.request_id, "model": request.model_name,
                                     "reason": request.reason, "min_rows": request.min_rows})
+        superseded: Callable[[], bool] = (lambda: self.regimes.supersedes(request)) if self.refreshes else _never
         try:
-            result = self.pipeline.run(request)
+            result = self.pipeline.run(request, superseded)
         except Cancelled:
             raise  # not answered: the batch stays uncommitted and is redelivered
         except TRANSIENT_FAILURES:
@@ -135,13 +173,18 @@ class TrainingRequestHandler:
         return failed_result(request, error, self.default_model_name)
 
 
+def _never() -> bool:
+    return False
+
+
 class TrainerWorker(ConsumerWorker):
     """A ConsumerWorker whose stop also interrupts a request waiting for rows."""
 
     def __init__(self, consumer: Consumer, handler: TrainingRequestHandler, cancelled: threading.Event, *,
                  max_attempts: int) -> None:
         # One request per poll: each takes seconds, and its offset is committed as soon as it is answered.
-        super().__init__("trainer", consumer, handler.handle_batch, max_records=1,
+        super().__init__("trainer-refreshes" if handler.refreshes else "trainer", consumer, handler.handle_batch,
+                         max_records=1,
                          dead_letters=handler.dead_letters, max_attempts=max_attempts)
         self.cancelled = cancelled
 

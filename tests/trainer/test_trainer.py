@@ -284,6 +284,25 @@ def test_a_concept_that_returns_is_served_again_by_the_version_that_learnt_it(lo
     assert (again.version, again.reused, again.promoted) == (1, True, True)
 
 
+def test_a_drift_retrain_does_not_wait_behind_a_refresh_which_it_supersedes(loop):
+    """The refresh lane waits for rows that are not there yet; the drift request asked after it is
+    trained at once by the other lane, and the refresh is answered FAILED, superseded."""
+    model, stream = names()
+    write_segments(loop.store, stream, agrawal_rows(600, function=0, seed=31))
+    refresh = training_request(model, stream, start_ms=T0_MS, min_rows=5000)  # never fills in the test
+    refresh.trigger = training_pb2.TrainingRequest.REFRESH
+    loop.request(refresh)
+    drift = training_request(model, stream, start_ms=T0_MS, min_rows=600)
+    drift.trigger = training_pb2.TrainingRequest.DRIFT
+    drift.requested_at.FromMilliseconds(refresh.requested_at.ToMilliseconds() + 1)
+    loop.request(drift)
+
+    (trained,) = loop.results_for(drift.request_id)
+    assert trained.status == SUCCEEDED and trained.promoted, trained.error
+    (cancelled,) = loop.results_for(refresh.request_id)
+    assert cancelled.status == FAILED and "Superseded" in cancelled.error, cancelled
+
+
 def test_a_trainer_stopped_while_waiting_leaves_the_request_to_the_next_one(loop, kafka_bootstrap, tmp_path):
     # Its own topics (and so its own consumer group), so the module's trainer does not take the request.
     topics = Topics(unique_prefix())
