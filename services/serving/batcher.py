@@ -115,6 +115,8 @@ class Batcher:
         self._queue_delay = QUEUE_DELAY.labels(model_name)
         self.batches_run = 0
         self.batches_inline = 0
+        self.waits_skipped = 0  # lone requests cut at once, without waiting for company
+        self.waits_timed_out = 0  # batches cut because their oldest request had waited the delay
 
     @property
     def queued(self) -> int:
@@ -171,6 +173,8 @@ class Batcher:
             return  # a cut is due already, or one runs when a worker frees up
         if (self.max_queue_delay_s <= 0.0 or self._full()
                 or (not self._company and len(self._waiting) == 1 and not self._running)):
+            if self.max_queue_delay_s > 0.0 and not self._full():
+                self.waits_skipped += 1
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -204,6 +208,7 @@ class Batcher:
             return
         batch = self._take()
         if batch:
+            self.waits_timed_out += by_timer
             if by_timer and len(batch) == 1:
                 self._company = False  # waited the whole delay and nobody came
             self._start(batch)
