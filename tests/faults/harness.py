@@ -58,6 +58,8 @@ ALL_FAULTS = (*SERVICE_FAULTS, "kill:feature+monitor", "stop:feature", "kill:bro
 class Config:
     events: int = 3000              # the stream's length at least; it goes on while faults are left
     rate: float = 60.0              # events per second
+    warmup_rate: float | None = None  # events per second until the first model serves (None: `rate`); no fault
+                                      # strikes before it, so only the time to the first model changes
     drift_at: float = 0.5           # the abrupt drift's position, as a fraction of `events`
     late_every: int = 10            # every n-th event's label comes late on driftline.labels…
     late_s: float = 30.0            # …this long after the event
@@ -65,7 +67,9 @@ class Config:
     first_model_rows: int = 800     # DRIFTLINE_FIRST_MODEL_MIN_ROWS
     retrain_rows: int = 800         # DRIFTLINE_MONITOR_RETRAIN_MIN_ROWS
     seed: int = 42
-    settle_s: float = 8.0           # steady stream before each fault: its lag is the baseline
+    settle_s: float = 8.0           # steady stream before the first fault: its lag is the baseline
+    resettle_s: float | None = None  # before each later fault: this long of lag within the baseline's limits
+                                     # (polled, at most settle_s); None: a fixed settle_s pause
     recover_timeout_s: float = 90.0
     stop_s: float = 15.0            # SIGSTOP this long: past the 10 s session timeout
     s3_outage_s: float = 20.0
@@ -206,8 +210,9 @@ def _gone(pid: int, timeout: float = 30.0) -> None:
 
 
 class LabelledStream(threading.Thread):
-    """Raw JSON events at a steady rate; the drift is held until the first model serves, so that
-    model is trained on the concept before it and the drift asks for a retraining."""
+    """Raw JSON events at a steady rate (`warmup_rate` until the first model serves, if set); the drift
+    is held until the first model serves, so that model is trained on the concept before it and the
+    drift asks for a retraining."""
 
     def __init__(self, platform: PrivatePlatform, config: Config, first_served: threading.Event,
                  more: threading.Event, stop: threading.Event) -> None:
@@ -236,7 +241,7 @@ class LabelledStream(threading.Thread):
         # Never before the first model's rows are in: the drift waits for that model to serve.
         drift_at = max(int(c.events * c.drift_at), int(c.first_model_rows * 1.5))
         pending: collections.deque[tuple[float, events_pb2.Label]] = collections.deque()
-        interval, next_at = 1.0 / c.rate, _now()
+        next_at = _now()
         for i, event in enumerate(DriftingStream(drift_at, c.seed).take()):
             if self.stop.is_set() or (i >= c.events and not self.more.is_set()):
                 break
@@ -261,7 +266,8 @@ class LabelledStream(threading.Thread):
             producer.produce_raw(topics.events_raw, json.dumps(event).encode(), event["entity_id"],
                                  [("content-type", b"application/json")])
             self._send_due(producer, pending)
-            next_at += interval
+            warming = c.warmup_rate and not self.first_served.is_set()
+            next_at += 1.0 / (c.warmup_rate if warming else c.rate)
             if (delay := next_at - _now()) > 0:
                 time.sleep(delay)
         while pending and not self.stop.is_set():
@@ -403,6 +409,26 @@ class LagSampler(threading.Thread):
         with self.lock:
             return self.samples[-1][1] if self.samples else None
 
+    def segments_written(self) -> bool:
+        """Whether the feature service's segment writers hold no row unwritten, by the latest sample: a
+        writer commits only below its first buffered row, so its group is at the end of its topic —
+        on driftline.features but for the commit marker a transaction ends with, on driftline.labels
+        (a plain producer's, the stream's) exactly."""
+        latest, topics = self.latest(), self.platform.topics
+        if not latest:
+            return False
+        app = f"{self.platform.prefix}driftline-feature"
+        ends = {(f"{app}-segments", topics.features): 1, (f"{app}-labels", topics.labels): 0}
+        seen = set()
+        for key, lag in latest.items():
+            group, _, partition = key.partition(" ")
+            most = ends.get((group, partition.rsplit("[", 1)[0]))
+            if most is not None:
+                seen.add(group)
+                if lag > most:
+                    return False
+        return len(seen) == len(ends)
+
 
 def _quiet_logger():
     import logging
@@ -441,11 +467,20 @@ def recovered_at(samples: list[tuple[float, dict[str, int] | None]], limits: dic
     for t, sample in samples:
         if t < after:
             continue
-        ok = sample is not None and all(lag <= limits.get(group, default_limit) for group, lag in sample.items())
-        run = run + [t] if ok else []
+        run = run + [t] if within(sample, limits, default_limit) else []
         if len(run) == 2:
             return run[0]
     return None
+
+
+def within(sample: dict[str, int] | None, limits: dict[str, float], default_limit: float) -> bool:
+    """Whether every partition of a lag sample is within its steady limit (a group not seen before the
+    fault: `default_limit`); a failed sample (None) is not.
+
+    >>> within({"a": 90, "new": 50}, {"a": 90}, 50), within({"a": 91}, {"a": 90}, 50), within(None, {}, 50)
+    (True, False, False)
+    """
+    return sample is not None and all(lag <= limits.get(group, default_limit) for group, lag in sample.items())
 
 
 # -- the faults ----------------------------------------------------------------------------------
@@ -480,12 +515,14 @@ class Faults:
 
     def run(self, plan: list[str]) -> None:
         for fault in plan:
-            if self.stop.wait(self.config.settle_s):
-                return
             if self.limits is None:
+                if self.stop.wait(self.config.settle_s):
+                    return
                 # The steady level is the one before the first fault: a fault that leaves the pipeline
                 # behind must not make the next one's "steady" its own backlog.
                 self.limits = steady_limits(self.lag.window(_now() - self.config.settle_s, _now()), self.config.rate)
+            elif not self._settled(self.limits):
+                return
             limits = self.limits
             strike = self.strike(fault)
             self.strikes.append(strike)
@@ -494,6 +531,21 @@ class Faults:
                 if strike.healthy_at is not None:
                     strike.recovered_at = recovered_at(self.lag.window(strike.at, _now() + 1), limits,
                                                        strike.healthy_at, self.config.rate)
+
+    def _settled(self, limits: dict[str, float]) -> bool:
+        """Waits for a steady stretch before a later fault: `resettle_s` of lag samples (two at least),
+        every one within the steady limits, or at most `settle_s` (a fault that never recovered);
+        with no `resettle_s`, a fixed `settle_s` pause. False when the run is stopping."""
+        c = self.config
+        if c.resettle_s is None:
+            return not self.stop.wait(c.settle_s)
+        give_up = _now() + c.settle_s
+        while not self.stop.is_set():
+            window = self.lag.window(_now() - c.resettle_s, _now())
+            if _now() >= give_up or (len(window) >= 2 and all(within(s, limits, c.rate) for _, s in window)):
+                return True
+            self.stop.wait(0.2)
+        return False
 
     def strike(self, fault: str) -> Strike:
         kind, _, what = fault.partition(":")
@@ -843,10 +895,13 @@ class FaultRun:
         if not drained:
             failures.append(f"the pipeline did not drain within {c.drain_timeout_s:g}s: lag {lag.latest()}"
                             + (f" ({lag.error})" if lag.latest() is None else ""))
-        time.sleep(5)  # the feature service writes a segment at most feature_segment_seconds after its last row
+        # The feature service writes a segment at most feature_segment_seconds (2 s) after its last row.
+        if drained and not self._wait(lag.segments_written, 15.0, every=0.2):
+            self.log(f"segment writers not at the end after 15 s: lag {lag.latest()}")
         final = self._final_training(failures)
         self.log("reading everything back…")
         verdicts = self._judge(stream, client, faults, final, failures)
+        self.log(f"judged: {sum(not v.ok for v in verdicts)} of {len(verdicts)} invariants failed")
         self.stop.set()
         for actor in (lag, client, stream):
             actor.join(20)
@@ -858,12 +913,12 @@ class FaultRun:
                           "unavailable_attempts": len(client.unavailable_at), "versions": dict(client.versions)},
                          len(stream.valid) + len(stream.invalid), failures)
 
-    def _wait(self, condition, timeout: float) -> bool:
+    def _wait(self, condition, timeout: float, every: float = 1.0) -> bool:
         deadline = _now() + timeout
         while _now() < deadline and not self.stop.is_set():
             if condition():
                 return True
-            time.sleep(1.0)
+            time.sleep(every)
         return False
 
     def _final_training(self, failures: list[str]) -> str:
