@@ -14,6 +14,7 @@ crash). Memory is the server's resident set read from /proc: its growth over a r
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections import Counter
@@ -52,6 +53,19 @@ PLAUSIBLE = [MODEL, "production", "canary", "shadow", "default", "features", "FP
 
 # Big enough to be several copies of trouble, small enough to pass gRPC's default 4 MiB limit.
 HUGE = 3 << 20
+
+EXAMPLES_ENV = "DRIFTLINE_FUZZ_EXAMPLES"
+
+
+def examples(default: int) -> int:
+    """max_examples of a per-input target of tests/fuzz (each gRPC method, each ingest parser form):
+    `default` in `make test`, or DRIFTLINE_FUZZ_EXAMPLES for every such target (the long run)."""
+    value = os.environ.get(EXAMPLES_ENV, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{EXAMPLES_ENV}={value!r}: a number of examples, at least 1")
+    return int(value)
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,17 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from fuzzkit import FINE, MODEL, Prober, bodies, call, memory, methods, reset_peak, targeted
+from fuzzkit import FINE, MODEL, Prober, bodies, call, examples, memory, methods, reset_peak, targeted
 
 METHODS = methods()
 INPUTS = [m.input for m in METHODS]
-# The make-test form: reproducible (derandomized, no example database), bounded; bench/fuzz.py runs longer.
-EXAMPLES = 100
+# The make-test form: reproducible (derandomized, no example database), bounded: 50 per method after
+# the targeted cases (a streaming call that is accepted waits out its 0.5 s deadline, so Monitor.
+# WatchDriftStats costs about 0.3 s an input); DRIFTLINE_FUZZ_EXAMPLES=N for more, bench/fuzz.py
+# for randomized rounds.
+EXAMPLES = examples(50)
 # A claimed gigabyte that allocated would show as ≥ 1 GiB of peak growth. Below it: the allocator's
-# retained buffers of a hundred messages of up to 9 MiB (serving takes up to 129 MiB), seen up to
+# retained buffers of the run's messages of up to 9 MiB (serving takes up to 129 MiB), seen up to
 # 234 MiB (ModelInfer). test_a_claimed_shape_allocates_nothing_before_it_is_checked is the precise check.
 PEAK_LIMIT = 512 << 20
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from driftline.v1 import events_pb2
-from fuzzkit import CONTENT_TYPES, deep_json, message_of
+from fuzzkit import CONTENT_TYPES, EXAMPLES_ENV, deep_json, examples, message_of
 from services.common.streams import StreamCatalog
 from services.ingest.validation import MAX_JSON_DEPTH, ValidationError, parse_record, route, validate_parsed
 
@@ -23,7 +24,8 @@ SCHEMA = CATALOG.get("default")
 FIELDS = [SCHEMA.id_field, SCHEMA.entity_field, SCHEMA.time_field, SCHEMA.label_field,
           *(spec.name for spec in SCHEMA.fields)]
 
-PURE = settings(max_examples=400, deadline=None, derandomize=True, database=None,
+# Pure functions, so cheap (about 5 s for the three): 400 each, or DRIFTLINE_FUZZ_EXAMPLES.
+PURE = settings(max_examples=examples(400), deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=10**300, max_value=10**310),
@@ -71,3 +73,14 @@ def test_deep_json_is_refused_when_parsed():
     assert outcome(deep_json(100_000), None) == "parse"
     assert outcome(deep_json(MAX_JSON_DEPTH), None) == "parse"  # the record object is one level itself
     assert outcome(deep_json(MAX_JSON_DEPTH - 2), None) == "validate"  # deep enough to pass, and no event
+
+
+def test_a_targets_examples_are_its_own_unless_the_environment_names_a_number(monkeypatch):
+    monkeypatch.delenv(EXAMPLES_ENV, raising=False)
+    assert examples(400) == 400
+    monkeypatch.setenv(EXAMPLES_ENV, "2000")
+    assert examples(400) == 2000
+    for wrong in ("0", "-5", "many"):
+        monkeypatch.setenv(EXAMPLES_ENV, wrong)
+        with pytest.raises(ValueError, match=EXAMPLES_ENV):
+            examples(400)
