@@ -474,7 +474,7 @@ def bench_stream(name: str, args) -> list[dict]:
         systems["loop"] = loop
         if static:
             systems["static"] = static
-    for baseline in (*BASELINES, "oracle"):
+    for baseline in () if args.no_river else (*BASELINES, "oracle"):
         t = time.perf_counter()
         r = run_river(baseline, samples, stream)
         systems[baseline] = {"predicted": r["predicted"], "cpu_s": r["cpu_s"], "retrainings": len(r["resets"]),
@@ -617,6 +617,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a loop run may take past its stream")
     parser.add_argument("--no-loop", action="store_true", help="river's learners only (no services)")
+    parser.add_argument("--no-river", action="store_true", help="the loop and its static model only")
     parser.add_argument("--drift-free", action="store_true",
                         help=f"the drift-free streams instead: {', '.join(adaptation_streams.STATIONARY)}")
     parser.add_argument("--max-rate", action="store_true", help="also step the rate to find what the loop sustains")
