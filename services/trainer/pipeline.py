@@ -8,9 +8,11 @@ no second version and no second decision: a request whose version is
 registered already is not trained again but taken up where it stopped, and one
 whose decision is recorded already is answered from it.
 
-A request with `reuse_candidates` scores that many recent versions beside the fresh
-candidate on the candidate's eval slice (reuse.py); when one of them does at least as
-well, it is promoted through the gate on that slice instead, and nothing is registered.
+A request with `reuse_candidates` scores that many recent versions on the window's first
+`reuse_rows` rows, and promotes (through the gate, on those rows) one that does there what
+it did on its own held-out rows; else it scores them beside the fresh candidate on the
+candidate's eval slice (reuse.py), and one that does as well is promoted on that slice
+instead. A reused version registers nothing.
 """
 
 from __future__ import annotations
@@ -155,6 +157,9 @@ class TrainingPipeline:
         window = Window(request.window_start.ToMilliseconds() if request.HasField("window_start") else 0,
                         request.window_end.ToMilliseconds() if request.HasField("window_end") else None)
         min_rows = max(request.min_rows or s.default_min_rows, MIN_TRAINABLE_ROWS)
+        early = self._reused_early(request, name, stream, window, min_rows, superseded)
+        if early is not None:
+            return early
         dataset = wait_for_rows(SegmentReader(self.store, stream), window, min_rows,
                                 timeout_s=s.wait_timeout_s, poll_s=s.poll_interval_s, cancelled=self.cancelled,
                                 superseded=superseded)
@@ -169,6 +174,25 @@ class TrainingPipeline:
                 "accuracy": round(earlier.accuracy, 4), "candidate_accuracy": round(candidate.metrics["accuracy"], 4)})
             return earlier.version, eval_uri
         return self._register(request, name, stream, dataset, data_id, params, candidate, eval_uri), ""
+
+    def _reused_early(self, request: training_pb2.TrainingRequest, name: str, stream: str, window: Window,
+                      min_rows: int, superseded: Callable[[], bool]) -> tuple[registry_pb2.ModelVersion, str] | None:
+        """An earlier version that scores on the window's first `reuse_rows` rows what it scored on its
+        own held-out rows (within two standard errors), with the slice of those rows to judge it on:
+        the concept it learnt is back, and it need not wait for the rows a fresh model needs."""
+        s = self.settings
+        if request.reuse_candidates <= 0 or not 0 < s.reuse_rows < min_rows:
+            return None
+        dataset = wait_for_rows(SegmentReader(self.store, stream), window, s.reuse_rows, timeout_s=s.wait_timeout_s,
+                                poll_s=s.poll_interval_s, cancelled=self.cancelled, superseded=superseded)
+        earlier = self._best_earlier(request, name, dataset.feature_names, dataset.table)
+        own = earlier.version.metrics.get("accuracy") if earlier is not None else None
+        if own is None or earlier.accuracy < own - 2 * standard_error(own, dataset.rows):
+            return None
+        log.info("an earlier version scores on the change's first rows as it did on its own: reusing it", extra={
+            "request_id": request.request_id, "version": earlier.version.version, "rows": dataset.rows,
+            "accuracy": round(earlier.accuracy, 4), "its_own_accuracy": round(own, 4)})
+        return earlier.version, self._store_dataset(dataset, dataset.table, stream)[1]
 
     def _best_earlier(self, request: training_pb2.TrainingRequest, name: str, feature_names: list[str],
                       eval_rows: pa.Table) -> Scored | None:

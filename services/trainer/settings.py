@@ -21,6 +21,9 @@ class TrainerSettings(CommonSettings):
     train_min_steps: int = 400
     train_max_steps: int = 1500
     train_quantiles: int = 32
+    # Rows after a change on which a drift request's earlier versions are scored first (reuse.py);
+    # 0: only beside the fresh candidate, once it is trained.
+    reuse_rows: int = 100
     # A tiny MLP trains fastest on one thread; more only adds synchronisation.
     torch_threads: int = 1
     promote_alias: str = "production"

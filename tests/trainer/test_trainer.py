@@ -269,6 +269,9 @@ def test_a_concept_that_returns_is_served_again_by_the_version_that_learnt_it(lo
     assert decision.candidate_version == 1 and decision.baseline_version == 2
     assert decision.eval_uri != a.metrics.get("eval_uri") and decision.eval_uri.endswith(".parquet")
     assert decision.candidate_accuracy > decision.baseline_accuracy + 0.2, decision
+    # Decided on every row of the window (v1 scored on them what it did on its own held-out rows),
+    # not on the 20 % a fresh candidate would have been evaluated on: nothing was trained for it.
+    assert decision.eval_rows == 300, decision
     # The slice the decision is on is the new window's, rows v1 never trained on.
     eval_rows = pq.read_table(io.BytesIO(loop.store.get_bytes(split_uri(decision.eval_uri)[1])))
     assert eval_rows.column("event_time_ms").to_pylist()[0] >= at[2]
