@@ -24,7 +24,9 @@ alike (3 and 4 before); the whole run stays within a few minutes.
 
 Per detector and stream kind: mean detection delay (events from the drift's start;
 `delay_penalised` counts a miss as the horizon), missed-detection ratio (no alarm within
-`--horizon` events), false alarms per 100k events, updates per second. One JSON line per
+`--horizon` events), false alarms per 100k events, updates per second; delay* and false alarms
+also per round (round r: the abrupt and gradual streams of seed r and the drift-free one of seed
+50 + r) with their standard deviation over the rounds (`±sd`). One JSON line per
 result, then a table and the acceptance lines; results also in bench/results/drift.jsonl. The verdict per
 stream: Driftline's delay* no worse than the fastest baseline whose measured false alarms are
 within the target (1e5 / ERT per 100k; a baseline over it does not set the bar), and Driftline's
@@ -318,6 +320,7 @@ def main() -> int:
             "missed_ratio": round(1 - len(found) / len(delays), 3) if delays else None,
             "false_alarms_per_100k": round(false_alarms / max(monitored, 1) * 1e5, 1),
             "updates_per_s": round(updates / seconds) if seconds > 0 else None,
+            **spread(runs, args),
         }
         emit(record)
         table.append(record)
@@ -336,6 +339,27 @@ def main() -> int:
     return 0
 
 
+def spread(runs, args) -> dict:
+    """Delay* and false alarms per round (round r: the abrupt and gradual streams of seed r and the
+    drift-free one of seed 50 + r): their standard deviation over the rounds, and each round's value.
+    False alarms are small counts that cluster (a detector whose reference came out low fires
+    again and again), so one seed set can sit far from another's."""
+    rounds: dict[int, list] = defaultdict(list)
+    for s, alarms, _ in runs:
+        rounds[s.seed - 50 if s.variant == "none" else s.seed].append(score(alarms, s, args.reference, args.horizon))
+    delays, rates = [], []
+    for r in sorted(rounds):
+        found = [sc["delay"] if sc["delay"] is not None else args.horizon for sc in rounds[r] if "delay" in sc]
+        delays.append(float(np.mean(found)) if found else float("nan"))
+        rates.append(sum(sc["false_alarms"] for sc in rounds[r]) / max(sum(sc["monitored"] for sc in rounds[r]), 1) * 1e5)
+
+    def sd(values):
+        return round(float(np.std(values, ddof=1)), 1) if len(values) > 1 else None
+    return {"rounds": len(rounds), "delay_penalised_sd": sd(delays), "false_alarms_per_100k_sd": sd(rates),
+            "delay_penalised_rounds": [round(v, 1) for v in delays],
+            "false_alarms_per_100k_rounds": [round(v, 1) for v in rates]}
+
+
 def _mean(delays: list) -> float | None:
     found = [d for d in delays if d is not None]
     return round(float(np.mean(found)), 1) if found else None
@@ -343,15 +367,16 @@ def _mean(delays: list) -> float | None:
 
 def print_table(table: list[dict], kinds: list[str], args) -> list[dict]:
     print()
-    print(f"{'stream':<11} {'detector':<18} {'delay':>7} {'abrupt':>7} {'gradual':>7} {'delay*':>7} {'missed':>7} "
-          f"{'FA/100k':>8} {'upd/s':>10}  setting")
+    print(f"{'stream':<11} {'detector':<18} {'delay':>7} {'abrupt':>7} {'gradual':>7} {'delay*':>7} {'±sd':>6} "
+          f"{'missed':>7} {'FA/100k':>8} {'±sd':>6} {'upd/s':>10}  setting")
     for kind in kinds:
         for r in sorted((r for r in table if r["stream"] == kind), key=lambda r: r["delay_penalised"]):
             print(f"{kind:<11} {r['detector']:<18} {str(r['mean_delay']):>7} {str(r['delay_abrupt']):>7} "
-                  f"{str(r['delay_gradual']):>7} {r['delay_penalised']:>7} "
-                  f"{str(r['missed_ratio']):>7} {r['false_alarms_per_100k']:>8} {str(r['updates_per_s']):>10}  {r['setting']}")
+                  f"{str(r['delay_gradual']):>7} {r['delay_penalised']:>7} {str(r['delay_penalised_sd']):>6} "
+                  f"{str(r['missed_ratio']):>7} {r['false_alarms_per_100k']:>8} {str(r['false_alarms_per_100k_sd']):>6} "
+                  f"{str(r['updates_per_s']):>10}  {r['setting']}")
     print("(delay*: a miss counts as the horizon; FA/100k measured on drift-free evaluation streams and before each drift;"
-          f" target {1e5 / args.ert:.0f}/100k)")
+          f" target {1e5 / args.ert:.0f}/100k; ±sd: over the rounds, one seed each)")
     out = []
     wins = 0
     concept = [k for k in kinds if is_concept(k)]

@@ -63,7 +63,7 @@ OVERSHOOT = 1.166  # Siegmund's correction for the overshoot of the threshold, i
 # A refined reference (ErrorCusum.refined): p0 follows the in-control sample whenever it has grown
 # by this factor (the estimate's standard error then falls ~6 %, a fraction of itself, per step;
 # geometric, so a long stream costs a few dozen cheap updates); the level is bootstrapped again
-# each time the count doubles (the bootstrap costs tens of milliseconds).
+# each time the count doubles (the bootstrap costs a few hundred milliseconds).
 CUSUM_REFRESH = 1.125
 CUSUM_GUARD = 500  # the latest samples kept out of the in-control estimate
 
