@@ -147,6 +147,10 @@ class LoopObserver:
         self.first_model_requests: list[str] = []  # the platform's requests while nothing was in production
         self.recovery_versions: set[int] = set()
         self.drift_window_ms: int | None = None  # where the retrain after the drift starts its window
+        # Per recovery version, its dataset and the gate's decision that promoted it: the summary
+        # names those of the version that recovered (the first to answer), not of later refreshes.
+        self.datasets: dict[int, str] = {}
+        self.gates: dict[int, dict] = {}
         self.drift_injected_ms: int | None = None  # wall clock, as the monitor stamps its requests
         self.lock = threading.Lock()
 
@@ -306,7 +310,9 @@ class LoopObserver:
                 metrics = ", ".join(f"{k}={v:.3f}" for k, v in sorted(message.metrics.items()))
                 self.mark(f"trainer: v{message.version} trained on dataset {message.dataset_id[:12]} ({metrics})")
                 if message.request_id in self.post_drift_requests:
-                    self.result.new_dataset = message.dataset_id
+                    self.datasets[message.version] = message.dataset_id
+                    if message.promoted and message.reused:  # an earlier version, registered for another request
+                        self.recovery_versions.add(message.version)
             else:
                 self.mark(f"trainer: request {message.request_id[:8]} failed: {message.error}")
         elif isinstance(message, R):
@@ -320,7 +326,7 @@ class LoopObserver:
                 self.mark(f"gate: {verdict} v{d.candidate_version} (accuracy {d.candidate_accuracy:.3f} vs "
                           f"production {baseline} on {d.eval_rows} recent rows) — {d.reason}")
                 if d.candidate_version in self.recovery_versions and d.promoted:
-                    self.result.gate = {"candidate_version": d.candidate_version,
+                    self.gates[d.candidate_version] = {"candidate_version": d.candidate_version,
                                         "candidate_accuracy": round(d.candidate_accuracy, 4),
                                         "baseline_version": d.baseline_version,
                                         "baseline_accuracy": round(d.baseline_accuracy, 4),
@@ -358,6 +364,8 @@ class LoopObserver:
             for actor in actors:
                 actor.join(15)
         self.result.events_sent = self.sent
+        self.result.new_dataset = self.datasets.get(self.result.new_version)
+        self.result.gate = self.gates.get(self.result.new_version)
         for phase in ("before", "after_drift", "recovered"):
             buckets = [s for (p, _), s in self.scores.items() if p == phase]
             total = sum(s.total for s in buckets)

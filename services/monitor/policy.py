@@ -43,6 +43,8 @@ class DriftPolicy:
     True
     >>> policy.requested("m", 1); policy.decide("m", 1, samples=200).why
     'v1 already asked for retraining'
+    >>> policy.decide("m", 1, samples=200, new_change=True).retrain  # a later change than the one it asked for
+    True
     >>> now[0] = 30.0; policy.decide("m", 2, samples=500).why
     'cooling down: last request 30s ago, cooldown 60s'
     >>> now[0] = 61.0; policy.decide("m", 2, samples=500).retrain
@@ -60,9 +62,13 @@ class DriftPolicy:
         self._last_request: dict[str, float] = {}  # model → when it last asked
         self._asked: set[tuple[str, int]] = set()  # versions that asked and were not re-armed
 
-    def decide(self, model_name: str, version: int, samples: int) -> Decision:
+    def decide(self, model_name: str, version: int, samples: int, new_change: bool = False) -> Decision:
+        """`new_change`: the alert located a second change after the one this version asked for
+        (tracker: a second rise), which neither "once per version" nor the cooldown holds back."""
         if samples < self.min_samples:
             return Decision(False, "min_samples", f"only {samples} of {self.min_samples} samples since v{version} started")
+        if new_change:
+            return Decision(True, "confirmed", "a second change since this version asked")
         if (model_name, version) in self._asked:
             return Decision(False, "once_per_version", f"v{version} already asked for retraining")
         last = self._last_request.get(model_name)

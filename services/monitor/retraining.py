@@ -37,6 +37,7 @@ class RetrainingTrigger:
         self.min_rows = min_rows  # the fewest labelled rows a request asks the trainer for
         self._requested_by: dict[str, Key] = {}  # training request id → the version that asked
         self._blocked_by: dict[Key, str] = {}  # the policy rule that last said "not yet"
+        self._asked_from: dict[Key, int] = {}  # the change (event time) each version last asked from
         self._ids = RequestIds()  # a decision replayed after a restart asks under the same id
         self.refreshes._ids = self._ids
 
@@ -50,7 +51,11 @@ class RetrainingTrigger:
             return None
         alert = min(candidates, key=lambda a: (a.signal != CONCEPT, a.change_time_ms or 1 << 62))
         count = tracker.rows_for(alert.signal)  # labelled samples, or the rows of the window that alarmed
-        decision = self.policy.decide(tracker.model_name, tracker.version, count)
+        # A concept alert moved to a later change since this version asked (a second rise) is a new change.
+        asked_from = self._asked_from.get(key)
+        new_change = (alert.signal == CONCEPT and asked_from is not None and alert.change_time_ms > asked_from
+                      and alert.training_request_id != "")
+        decision = self.policy.decide(tracker.model_name, tracker.version, count, new_change=new_change)
         if not decision.retrain:
             if self._blocked_by.get(key) != decision.rule:  # once per rule, not once per sample
                 POLICY_BLOCKED.labels(key[0], decision.rule).inc()
@@ -82,6 +87,7 @@ class RetrainingTrigger:
         request.requested_at.GetCurrentTime()
         self.policy.requested(tracker.model_name, tracker.version)
         self._requested_by[request.request_id] = key
+        self._asked_from[key] = alert.change_time_ms  # compared with the alert's own, never re-asked for the same
         self.refreshes.follow(request, counted=tracker.samples - drift.sample if drift is not None else 0)
         alert.requested(request.request_id)
         TRAINING_REQUESTS.labels(tracker.model_name).inc()
@@ -111,6 +117,7 @@ class RetrainingTrigger:
     def forget(self, key: Key) -> None:
         """A version no longer tracked."""
         self._blocked_by.pop(key, None)
+        self._asked_from.pop(key, None)
 
 
 class RequestIds:

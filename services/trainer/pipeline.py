@@ -199,8 +199,19 @@ class TrainingPipeline:
         if request.reuse_candidates <= 0:
             return None
         versions = self._call("ListModelVersions", registry_pb2.ListModelVersionsRequest(name=name)).model_versions
+        serving = self._alias_version(name)  # the version the change is measured against is no candidate
         x, y = features_and_labels(eval_rows, feature_names)
-        return score_earlier(versions, request.reuse_candidates, self.store, feature_names, x, y)
+        return score_earlier([v for v in versions if v.version != serving], request.reuse_candidates, self.store,
+                             feature_names, x, y)
+
+    def _alias_version(self, name: str) -> int:
+        """The version the promotion alias points at, 0 for none."""
+        try:
+            return self._call("GetAlias", registry_pb2.GetAliasRequest(name=name, alias=self.settings.promote_alias)).version
+        except RegistryCallFailed as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                return 0
+            raise
 
     def _store_dataset(self, dataset: Dataset, eval_rows: pa.Table, stream: str) -> tuple[str, str]:
         """Writes the manifest and the eval slice; returns (dataset id, eval slice URI)."""
