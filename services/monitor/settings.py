@@ -121,7 +121,7 @@ class MonitorSettings(CommonSettings, TrackerConfig):
     # (8: the refreshes of a gradual drift's transition are refused while production still does well
     # on its mixture; 3 ended them there in bench/adaptation.py, leaving the drifted version serving.)
     policy_refresh_refusals: int = Field(8, ge=1)
-    # Recent versions a drift retrain scores beside its fresh candidate (concept reuse; 0: none).
+    # The latest versions that served a drift retrain has tried again (concept reuse; 0: none).
     policy_reuse_candidates: int = Field(5, ge=0)
 
     # The ops dashboard (HTTP, server-sent events); 0 = off. Binds dashboard_host.

@@ -199,9 +199,12 @@ class TrainingPipeline:
         if request.reuse_candidates <= 0:
             return None
         versions = self._call("ListModelVersions", registry_pb2.ListModelVersionsRequest(name=name)).model_versions
-        serving = self._alias_version(name)  # the version the change is measured against is no candidate
+        # Versions that served once (a refused refresh learnt nothing production did not know better),
+        # not the one serving now (the change is measured against it).
+        decisions = self._call("GetGateDecisions", registry_pb2.GetGateDecisionsRequest(name=name)).decisions
+        served = {d.candidate_version for d in decisions if d.promoted} - {self._alias_version(name)}
         x, y = features_and_labels(eval_rows, feature_names)
-        return score_earlier([v for v in versions if v.version != serving], request.reuse_candidates, self.store,
+        return score_earlier([v for v in versions if v.version in served], request.reuse_candidates, self.store,
                              feature_names, x, y)
 
     def _alias_version(self, name: str) -> int:
