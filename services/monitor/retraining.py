@@ -103,7 +103,7 @@ class RetrainingTrigger:
         # the gate refused leaves the drifted version serving; its progression asks again on twice
         # the rows (refresh.py), and only a retrain that failed re-arms the version on a timer.
         progressing = self.refreshes.on_result(result)
-        key = self._requested_by.get(result.request_id)
+        key = self._requested_by.pop(result.request_id, None)  # a copy of the answer (re-published) changes nothing
         succeeded = result.status == training_pb2.TrainingResult.SUCCEEDED
         if succeeded and result.promoted:
             self.policy.landed(result.model_name)

@@ -54,8 +54,8 @@ def test_a_late_label_is_in_the_next_dataset_covering_its_event(fault_report):
     check(fault_report, "a label sent")
 
 
-def test_every_training_request_gets_exactly_one_result(fault_report):
-    check(fault_report, "every training request gets exactly one result")
+def test_every_training_request_gets_one_result_and_only_identical_copies(fault_report):
+    check(fault_report, "every training request gets one result, identical copies aside")
 
 
 def test_at_most_one_registered_version_per_request(fault_report):
