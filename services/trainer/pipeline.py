@@ -157,7 +157,8 @@ class TrainingPipeline:
         window = Window(request.window_start.ToMilliseconds() if request.HasField("window_start") else 0,
                         request.window_end.ToMilliseconds() if request.HasField("window_end") else None)
         min_rows = max(request.min_rows or s.default_min_rows, MIN_TRAINABLE_ROWS)
-        early = self._reused_early(request, name, stream, window, min_rows, superseded)
+        earlier_versions = self._reuse_candidates(request, name)  # asked once, scored on both slices
+        early = self._reused_early(request, earlier_versions, stream, window, min_rows, superseded)
         if early is not None:
             return early
         dataset = wait_for_rows(SegmentReader(self.store, stream), window, min_rows,
@@ -166,7 +167,7 @@ class TrainingPipeline:
         train_rows, eval_rows = dataset.time_split(s.holdout_fraction)
         data_id, eval_uri = self._store_dataset(dataset, eval_rows, stream)
         candidate = self._train(train_rows, eval_rows, dataset.feature_names, params, superseded)
-        earlier = self._best_earlier(request, name, dataset.feature_names, eval_rows)
+        earlier = self._best_earlier(request, earlier_versions, dataset.feature_names, eval_rows)
         if earlier is not None and earlier.accuracy >= candidate.metrics["accuracy"] - standard_error(
                 candidate.metrics["accuracy"], eval_rows.num_rows):
             log.info("an earlier version scores at least as well as the new candidate: reusing it", extra={
@@ -175,17 +176,17 @@ class TrainingPipeline:
             return earlier.version, eval_uri
         return self._register(request, name, stream, dataset, data_id, params, candidate, eval_uri), ""
 
-    def _reused_early(self, request: training_pb2.TrainingRequest, name: str, stream: str, window: Window,
-                      min_rows: int, superseded: Callable[[], bool]) -> tuple[registry_pb2.ModelVersion, str] | None:
+    def _reused_early(self, request: training_pb2.TrainingRequest, versions: list[registry_pb2.ModelVersion],
+                      stream: str, window: Window, min_rows: int, superseded: Callable[[], bool]) -> tuple[registry_pb2.ModelVersion, str] | None:
         """An earlier version that scores on the window's first `reuse_rows` rows what it scored on its
         own held-out rows (within two standard errors), with the slice of those rows to judge it on:
         the concept it learnt is back, and it need not wait for the rows a fresh model needs."""
         s = self.settings
-        if request.reuse_candidates <= 0 or not 0 < s.reuse_rows < min_rows:
+        if not versions or not 0 < s.reuse_rows < min_rows:
             return None
         dataset = wait_for_rows(SegmentReader(self.store, stream), window, s.reuse_rows, timeout_s=s.wait_timeout_s,
                                 poll_s=s.poll_interval_s, cancelled=self.cancelled, superseded=superseded)
-        earlier = self._best_earlier(request, name, dataset.feature_names, dataset.table)
+        earlier = self._best_earlier(request, versions, dataset.feature_names, dataset.table)
         own = earlier.version.metrics.get("accuracy") if earlier is not None else None
         if own is None or earlier.accuracy < own - 2 * standard_error(own, dataset.rows):
             return None
@@ -194,18 +195,22 @@ class TrainingPipeline:
             "accuracy": round(earlier.accuracy, 4), "its_own_accuracy": round(own, 4)})
         return earlier.version, self._store_dataset(dataset, dataset.table, stream)[1]
 
-    def _best_earlier(self, request: training_pb2.TrainingRequest, name: str, feature_names: list[str],
-                      eval_rows: pa.Table) -> Scored | None:
+    def _reuse_candidates(self, request: training_pb2.TrainingRequest, name: str) -> list[registry_pb2.ModelVersion]:
+        """The versions a request may reuse: those that served once (a refused refresh learnt nothing
+        production did not know better), not the one serving now (the change is measured against it)."""
         if request.reuse_candidates <= 0:
-            return None
+            return []
         versions = self._call("ListModelVersions", registry_pb2.ListModelVersionsRequest(name=name)).model_versions
-        # Versions that served once (a refused refresh learnt nothing production did not know better),
-        # not the one serving now (the change is measured against it).
         decisions = self._call("GetGateDecisions", registry_pb2.GetGateDecisionsRequest(name=name)).decisions
         served = {d.candidate_version for d in decisions if d.promoted} - {self._alias_version(name)}
-        x, y = features_and_labels(eval_rows, feature_names)
-        return score_earlier([v for v in versions if v.version in served], request.reuse_candidates, self.store,
-                             feature_names, x, y)
+        return [v for v in versions if v.version in served]
+
+    def _best_earlier(self, request: training_pb2.TrainingRequest, versions: list[registry_pb2.ModelVersion],
+                      feature_names: list[str], rows: pa.Table) -> Scored | None:
+        if not versions:
+            return None
+        x, y = features_and_labels(rows, feature_names)
+        return score_earlier(versions, request.reuse_candidates, self.store, feature_names, x, y)
 
     def _alias_version(self, name: str) -> int:
         """The version the promotion alias points at, 0 for none."""
