@@ -32,7 +32,6 @@ not a timer, decides). The state is in memory: a restarted monitor counts afresh
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 

@@ -525,7 +525,7 @@ class DriftMonitor:
                 alert, request = asked
                 self._request_training(request, tracker.version, signal=alert.signal)
                 self._publish_report(tracker, training_request_id=request.request_id)
-        for request in self.retraining.refreshes_due():
+        for request in self.retraining.refreshes.due():
             self._request_training(request, self._production.get(request.model_name, 0), signal="refresh")
 
     def _housekeeping(self) -> None:

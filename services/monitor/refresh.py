@@ -63,13 +63,13 @@ class _Progression:
 
 class Refreshes:
     """The progressions per model (pure state: the monitor feeds it under its lock and publishes
-    what `due` returns); `ids(model, *key)` gives each refresh its request id."""
+    what `due` returns); `ids` (a RequestIds) gives each refresh its request id."""
 
     def __init__(self, max_rows: int, until_rows: int, max_refusals: int, ids=None) -> None:
         self.max_rows = max_rows
         self.until_rows = until_rows
         self.max_refusals = max_refusals
-        self._ids = ids
+        self.ids = ids  # RequestIds: a replayed refresh asks under the same id
         self._models: dict[str, _Progression] = {}
 
     def follow(self, request: training_pb2.TrainingRequest, counted: int) -> None:
@@ -128,7 +128,7 @@ class Refreshes:
         rows = min(p.rows, self.max_rows)
         # The latest max_rows rows: the window starts at the oldest of them once more have come.
         start_ms = p.times[0] if p.rows > self.max_rows and p.times else p.start_ms
-        request_id = (str(self._ids.next(p.model, "refresh", p.start_ms, p.refreshes)) if self._ids is not None
+        request_id = (str(self.ids.next(p.model, "refresh", p.start_ms, p.refreshes)) if self.ids is not None
                       else f"refresh-{p.model}-{p.start_ms}-{p.refreshes}")
         request = training_pb2.TrainingRequest(
             request_id=request_id, model_name=p.model, stream=p.stream, min_rows=rows, trigger=REFRESH,

@@ -1,6 +1,6 @@
 """The decision to ask for training: a version's active alerts, the policy's rules
 (`policy.DriftPolicy`) and the TrainingRequest that names the alert and starts its window
-at the change. The monitor publishes what `consider` and `refreshes_due` return; `on_result`
+at the change. The monitor publishes what `consider` and `refreshes.due` return; `on_result`
 hands the trainer's answer back to the rules (a promoted retrain ends the cooldown) and to
 the progression the request belongs to (refresh.py: its refreshes on more rows since the
 change are the retry of a retrain the gate refused; a retrain that failed re-arms the version
@@ -39,7 +39,7 @@ class RetrainingTrigger:
         self._blocked_by: dict[Key, str] = {}  # the policy rule that last said "not yet"
         self._asked_from: dict[Key, int] = {}  # the change (event time) each version last asked from
         self._ids = RequestIds()  # a decision replayed after a restart asks under the same id
-        self.refreshes._ids = self._ids
+        self.refreshes.ids = self._ids  # one lineage of request ids, snapshotted with this trigger
 
     def consider(self, tracker: VersionTracker) -> tuple[Alert, training_pb2.TrainingRequest] | None:
         """The alert that asks for training now and its request, if the policy allows one: the
@@ -94,9 +94,6 @@ class RetrainingTrigger:
         log.warning("drift confirmed; training requested", extra={
             "model": key[0], "version": key[1], "request_id": request.request_id, "reason": request.reason})
         return alert, request
-
-    def refreshes_due(self) -> list[training_pb2.TrainingRequest]:
-        return self.refreshes.due()
 
     def on_result(self, result: training_pb2.TrainingResult) -> None:
         # A promoted retrain ends the model's cooldown (its new version starts its own count). One

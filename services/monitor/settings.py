@@ -22,7 +22,6 @@ Value error, policy_signals: unknown statistic 'cusm' in 'concept_drift:cusm' (o
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
