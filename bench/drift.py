@@ -16,11 +16,15 @@ sensitive setting with at most one false alarm per `--ert` events — river's by
 parameter, the KS test by its critical value, Driftline by the run length its bootstrap
 (on each stream's reference, as the monitor does) aims at, over a grid about as fine as
 river's (steps of ×1.2); `driftline-nominal` is Driftline with its bootstrap at the target ERT
-untuned, for reference. alibi-detect uses the same ERT natively (its thresholds are its own
-bootstrap). False alarms are then *measured* on drift-free evaluation streams and before each
-drift. They are small counts (~20 per detector and stream kind at the target), so the
-defaults are 6 evaluation seeds per variant and 8 calibration streams for every detector
-alike (3 and 4 before); the whole run stays within a few minutes.
+untuned, for reference; `oracle-cusum` (concept streams) is a bound, not a detector: one Bernoulli
+CUSUM per variant told the true pre-drift error rate and the variant's post-drift one (estimated
+on the drift streams of other seeds, `oracle_rates`), its threshold calibrated likewise on a grid
+of ×1.02, its false alarms those of both CUSUMs on the drift-free streams (each counted once, the
+mean) and each before its own drift; it does not set the verdict's bar. alibi-detect uses the
+same ERT natively (its thresholds are its own bootstrap). False alarms are then *measured* on
+drift-free evaluation streams and before each drift. They are small counts (~20 per detector
+and stream kind at the target), so the defaults are 6 evaluation seeds per variant and 8
+calibration streams for every detector alike (3 and 4 before); the whole run stays within a few minutes.
 
 Per detector and stream kind: mean detection delay (events from the drift's start;
 `delay_penalised` counts a miss as the horizon), missed-detection ratio (no alarm within
@@ -179,6 +183,52 @@ def run_driftline(stream: np.ndarray, reference: int, ert: float, window: int, s
     return sorted(set(alarms))
 
 
+PRE_DRIFT_ERROR = 0.1  # exact by construction for every concept stream (bench/drift_streams.py)
+ORACLE_WINDOW = 250  # events after the drift's start over which `oracle_rates` measures p1
+ORACLE_GRID = [float(h) for h in 1.02 ** np.arange(-35, 130)]  # LLR thresholds, ~0.5 to 13
+
+
+def oracle_rates(streams, window: int = ORACLE_WINDOW) -> float:
+    """The post-drift error rate the oracle is told: the mean over the first `window` events
+    after each drift's start, on drift streams of seeds not evaluated. FriedmanDrift's is
+    constant there (abrupt: the new concept from `position` on; gradual: half its events from
+    the new concept for `width` events), so its oracle is Moustakides-optimal; the others'
+    rates rise over the window and their row is only indicative (never under p0 + 0.01)."""
+    rate = float(np.mean([s.values[s.start:s.start + window].mean() for s in streams]))
+    return max(rate, PRE_DRIFT_ERROR + 0.01)
+
+
+def run_oracle(stream: np.ndarray, reference: int, p1: float, h: float, p0: float = PRE_DRIFT_ERROR,
+               stop: float = np.inf) -> list[int]:
+    """A Bernoulli CUSUM of log(p1/p0) per error and log((1-p1)/(1-p0)) per right answer, from 0
+    at the reference's end; an alarm when it exceeds `h`, then again from 0. Stops after `stop` alarms."""
+    a, b = np.log(p1 / p0), np.log((1 - p1) / (1 - p0))
+    s, alarms = 0.0, []
+    for i, x in enumerate(stream[reference:].tolist()):
+        s = max(0.0, s + (a if x else b))
+        if s > h:
+            alarms.append(reference + i)
+            s = 0.0
+            if len(alarms) > stop:
+                break
+    return alarms
+
+
+def calibrate_oracle(streams, reference: int, ert: float, p1: float) -> float:
+    """The same protocol: the smallest threshold with at most the target's alarms on the
+    drift-free calibration streams."""
+    allowed = sum(len(s.values) - reference for s in streams) / ert
+    for h in ORACLE_GRID:
+        alarms = 0
+        for s in streams:
+            alarms += len(run_oracle(s.values, reference, p1, h, stop=allowed - alarms))
+            if alarms > allowed:
+                break
+        if alarms <= allowed:
+            return h
+    return ORACLE_GRID[-1]
+
+
 # -- scoring ---------------------------------------------------------------------------------
 
 def score(alarms: list[int], s: drift_streams.Stream, reference: int, horizon: int) -> dict:
@@ -294,6 +344,19 @@ def main() -> int:
                 t = time.perf_counter()
                 alarms = run_driftline(s.values, args.reference, args.ert * multiple, args.window, args.step)
                 results[(name, kind)].append((s, alarms, time.perf_counter() - t))
+        if up:  # the bound: a CUSUM per variant, knowing p0 and that variant's p1
+            for variant in ("abrupt", "gradual"):
+                t = time.perf_counter()
+                p1 = oracle_rates([make(kind, variant, 200 + seed) for seed in range(args.calibration_seeds)])
+                h = calibrate_oracle(calibration[kind], args.reference, args.ert, p1)
+                label = settings.get(("oracle-cusum", kind), "BOUND, not a detector: ")
+                settings[("oracle-cusum", kind)] = label + (f"{variant} p0={PRE_DRIFT_ERROR:g} p1={p1:.3f} h={h:.2f} "
+                                                            f"(calibrated in {time.perf_counter() - t:.1f}s); ")
+                for s in evaluation[kind]:
+                    if s.variant in (variant, "none"):  # the drift-free streams once per CUSUM
+                        t = time.perf_counter()
+                        results[("oracle-cusum", kind)].append((s, run_oracle(s.values, args.reference, p1, h),
+                                                                time.perf_counter() - t))
         for s in evaluation[kind]:
             results[("no-detector", kind)].append((s, [], 0.0))
             results[("always-fire", kind)].append((s, list(range(args.reference, len(s.values))), 0.0))
@@ -384,7 +447,7 @@ def print_table(table: list[dict], kinds: list[str], args) -> list[dict]:
         rows = {r["detector"]: r for r in table if r["stream"] == kind}
         mine = rows["driftline"]
         baselines = [r for n, r in rows.items()
-                     if n not in ("driftline", "driftline-nominal", "no-detector", "always-fire")]
+                     if n not in ("driftline", "driftline-nominal", "oracle-cusum", "no-detector", "always-fire")]
         # A baseline over the false-alarm target buys its delay with alarms every detector here is
         # calibrated not to raise: it does not set the bar (alibi-FET at 112/100k did, for Friedman).
         # Driftline itself must be within the target too, and no worse than the fastest baseline that is.
