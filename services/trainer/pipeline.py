@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import numpy as np
@@ -83,7 +83,8 @@ class TrainingPipeline:
         self.defaults = TrainParams(epochs=settings.epochs, batch_size=settings.batch_size, hidden=settings.hidden,
                                     learning_rate=settings.learning_rate, seed=settings.seed,
                                     min_steps=settings.train_min_steps, max_steps=settings.train_max_steps,
-                                    quantiles=settings.train_quantiles)
+                                    quantiles=settings.train_quantiles,
+                                    selection_share=settings.train_selection_share)
         torch.set_num_threads(settings.torch_threads)
 
     def run(self, request: training_pb2.TrainingRequest,
@@ -94,6 +95,8 @@ class TrainingPipeline:
         name = request.model_name or s.model_name
         stream = request.stream or s.stream
         params = self.defaults.with_overrides(request.params)  # bad params fail before any waiting
+        if request.trigger == training_pb2.TrainingRequest.DRIFT and "quantile_steps" not in request.params:
+            params = replace(params, quantile_steps=self._production_net(name))
         version, eval_uri = self._registered(name, request.request_id), ""
         decision = None if version is not None else self._decided(name, request.request_id)
         if decision is not None:
@@ -212,6 +215,16 @@ class TrainingPipeline:
         x, y = features_and_labels(rows, feature_names)
         return score_earlier(versions, request.reuse_candidates, self.store, feature_names, x, y)
 
+    def _production_net(self, name: str) -> int:
+        """The net (train.py's `quantile_steps`) of the version in production: a drift retrain takes
+        it rather than spend its first second choosing; -1 (choose) when none is known."""
+        version = self._alias_version(name)
+        if not version:
+            return -1
+        steps = self._call("GetModelVersion", registry_pb2.GetModelVersionRequest(
+            name=name, version=version)).metrics.get("quantile_steps")
+        return -1 if steps is None else int(steps)
+
     def _alias_version(self, name: str) -> int:
         """The version the promotion alias points at, 0 for none."""
         try:
@@ -250,6 +263,9 @@ class TrainingPipeline:
             "train_seconds": round(trained.seconds, 3),
             "export_seconds": round(export_seconds, 3),
             "final_loss": trained.final_loss,
+            # which net was chosen, and on what (train.py): 1 for the one with quantile steps
+            "quantile_steps": float(trained.steps),
+            **{f"selection_{net}_accuracy": accuracy for net, accuracy in trained.selection.items()},
         }
         return Candidate(onnx_bytes, feature_names, n_classes, metrics,
                          TrainingReference(feature_references(x_train, feature_names),

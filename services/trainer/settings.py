@@ -7,7 +7,7 @@ class TrainerSettings(CommonSettings):
     # How long a request waits for its window to hold min_rows labelled rows, and how often it looks
     # (a drift retrain asks for a few hundred rows, about a second of a stream: 2 s polls were most of its wait).
     wait_timeout_s: float = 300.0
-    poll_interval_s: float = 0.5
+    poll_interval_s: float = 0.25
     # Used when a request leaves min_rows at 0.
     default_min_rows: int = 1000
     # The most recent share of the window (by event time) held out for evaluation and the gate.
@@ -21,6 +21,8 @@ class TrainerSettings(CommonSettings):
     train_min_steps: int = 400
     train_max_steps: int = 1500
     train_quantiles: int = 32
+    # The share of a window's training rows that chooses between the nets with and without the steps.
+    train_selection_share: float = 0.2
     # Rows after a change on which a drift request's earlier versions are scored first (reuse.py);
     # 0: only beside the fresh candidate, once it is trained.
     reuse_rows: int = 100

@@ -226,11 +226,16 @@ def test_retraining_after_a_concept_change_is_promoted_over_the_old_model(loop):
     loop.request(first)
     (old,) = loop.results_for(first.request_id)
     assert old.status == SUCCEEDED and old.promoted, old.error
+    # The first model chose its net on a held-out share (train.py): Agrawal's bands want the steps.
+    assert old.metrics["quantile_steps"] == 1 and "selection_steps_accuracy" in old.metrics, dict(old.metrics)
 
     retrain = training_request(model, stream, start_ms=drift_ms, min_rows=1500)  # open end: up to now
+    retrain.trigger = training_pb2.TrainingRequest.DRIFT
     loop.request(retrain)
     (new,) = loop.results_for(retrain.request_id)
     assert new.status == SUCCEEDED and new.version == 2, new.error
+    # A drift retrain takes production's net instead of choosing one.
+    assert new.metrics["quantile_steps"] == 1 and "selection_steps_accuracy" not in new.metrics, dict(new.metrics)
     assert new.promoted, dict(new.metrics)
     # The gate scored both on the post-drift eval slice; the old model knows only the old concept.
     assert new.metrics["gate_baseline_version"] == 1
