@@ -301,6 +301,11 @@ def record_consumer_lag(group: str, statistics_json: str) -> dict[tuple[str, int
     return found
 
 
+# How long a poll that has its first record waits for more to join its batch: a batch per record
+# would be a transaction per record in ingest and feature, a longer wait is latency at every hop.
+POLL_LINGER_S = 0.05
+
+
 class Consumer:
     """A consumer group member that commits only after processing.
 
@@ -336,10 +341,20 @@ class Consumer:
         """Returns raw messages, skipping end-of-partition events, raising real errors (and ending
         the process on a fatal one: `exit_if_fatal`)."""
         try:
-            return [msg for msg in self.raw.consume(max_records, timeout) if _is_data(msg)]
+            return [msg for msg in self._consume(max_records, timeout) if _is_data(msg)]
         except KafkaException as exc:  # consume() itself raises a fatal error too
             exit_if_fatal(exc)
             raise
+
+    def _consume(self, max_records: int, timeout: float) -> list[_KafkaMessage]:
+        """Up to `max_records` messages: the first to arrive within `timeout`, and those that come
+        within POLL_LINGER_S of it. `consume(n, timeout)` alone waits out the whole timeout for n
+        (librdkafka's batch semantics): at 400 events/s a 0.5 s poll held each record 0.26 s
+        (median; 0.48 s p95) per hop, and a drift reached the monitor ~0.8 s late through three."""
+        first = self.raw.poll(timeout)
+        if first is None:
+            return []
+        return [first, *self.raw.consume(max_records - 1, POLL_LINGER_S)] if max_records > 1 else [first]
 
     def poll_batch(self, message_type: type[M], max_records: int = 500,
                    timeout: float = 1.0) -> list[Record[M]]:
@@ -354,7 +369,7 @@ class Consumer:
         processed and dropped before the next is decoded keeps the allocator's
         memory hot, where a list of a thousand live messages does not.
         """
-        for msg in self.raw.consume(max_records, timeout):
+        for msg in self._consume(max_records, timeout):
             if msg.error() is not None and not _is_data(msg):
                 continue
             value = message_type()

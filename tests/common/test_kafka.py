@@ -143,3 +143,19 @@ def test_a_consumer_reports_its_lag_per_partition_from_its_commits(kafka_bootstr
         assert lag_becomes(0) == 0
     finally:
         consumer.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_poll_returns_the_records_there_without_waiting_out_its_timeout(kafka_bootstrap):
+    # A poll's timeout bounds the wait for a *first* record. Were it spent filling the batch
+    # (librdkafka's consume(n, timeout)), this poll would block for 600 s and the test time out.
+    topic, _ = _topic_with_events(kafka_bootstrap, 3)
+    consumer = Consumer(kafka_bootstrap, f"g-{uuid.uuid4().hex[:8]}", [topic])
+    try:
+        got = []
+        while len(got) < 3:
+            got += consumer.poll_batch(events_pb2.Event, max_records=500, timeout=600)
+        assert [r.value.event_id for r in got] == ["e-0", "e-1", "e-2"]
+        assert consumer.poll_batch(events_pb2.Event, max_records=2, timeout=0.5) == []
+    finally:
+        consumer.close()
