@@ -5,7 +5,8 @@ own adaptive learners on the same events in the same order.
     python bench/adaptation.py [--streams sea,stagger] [--events 60000] [--rate 400] [--max-rate]
 
 The loop is the six services over Kafka as `make demo` starts them (services/demo/runner.py's
-environment and LoopProcesses, the demo's monitor settings), one fresh loop per stream with that
+environment and LoopProcesses, the demo's monitor settings but a drift retrain's rows, which are the
+monitor's default, `--retrain-rows`), one fresh loop per stream with that
 stream's schema (bench/adaptation_streams.py). The bench replays the stream at `--rate` events/s
 (holding it at `--hold` until the platform's first model serves, as the demo holds its drift),
 calls Predict on every labelled feature record the feature service publishes, as the demo's
@@ -65,6 +66,7 @@ from services.common.settings import Topics  # noqa: E402
 from services.demo.runner import loop_env, service_env, stop_on_sigterm, stopped_components  # noqa: E402
 from services.demo.scenario import Options  # noqa: E402
 from services.devstack.secure import settings_of  # noqa: E402
+from services.monitor.settings import MonitorSettings  # noqa: E402
 from services.devstack.supervisor import LoopProcesses  # noqa: E402
 
 AFTER_DRIFT = 2000        # events scored "after each drift"
@@ -268,8 +270,9 @@ class LoopBench:
 
 
 def run_loop(stream: AdaptationStream, samples, schedule: Callable[[int], float], hold: int,
-             timeout_s: float) -> LoopTrace:
-    """One fresh loop (its own topics, bucket and registry) for this stream, as the demo starts it."""
+             timeout_s: float, retrain_rows: int) -> LoopTrace:
+    """One fresh loop (its own topics, bucket and registry) for this stream, as the demo starts it,
+    its drift retrains asking for `retrain_rows`."""
     run_id = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
     root = Path(os.environ.get("DRIFTLINE_STATE_DIR", ROOT / ".devstack"))
     state = root / "runs" / run_id
@@ -277,7 +280,7 @@ def run_loop(stream: AdaptationStream, samples, schedule: Callable[[int], float]
     streams_dir.mkdir(parents=True)
     schema = stream.schema()
     (streams_dir / f"{stream.name}.json").write_text(json.dumps(schema, indent=1))
-    options = Options(model_name=schema["model"], stream=stream.name)
+    options = Options(model_name=schema["model"], stream=stream.name, retrain_rows=retrain_rows)
     to_stop = stopped_components()
     endpoints = devstack.up(quiet=True)
     env = {**loop_env(run_id, endpoints, state, options), "DRIFTLINE_STREAMS_DIR": str(streams_dir)}
@@ -469,8 +472,10 @@ def bench_stream(name: str, args) -> list[dict]:
     systems: dict[str, dict] = {}
     trace = None
     if not args.no_loop:
-        trace = run_loop(stream, samples, lambda i: args.rate, args.hold, args.timeout + stream.n / args.rate)
+        trace = run_loop(stream, samples, lambda i: args.rate, args.hold, args.timeout + stream.n / args.rate,
+                         args.retrain_rows)
         loop, static = loop_system(stream, trace)
+        loop.setdefault("extra", {})["retrain_rows"] = args.retrain_rows
         systems["loop"] = loop
         if static:
             systems["static"] = static
@@ -495,7 +500,7 @@ def max_rate(args) -> dict:
     def schedule(i: int) -> float:
         return args.rate if i < args.hold else rates[min(int(np.searchsorted(bounds, i, "right")) - 1, len(rates) - 1)]
 
-    trace = run_loop(stream, samples, schedule, args.hold, args.timeout + bounds[-1] / min(rates))
+    trace = run_loop(stream, samples, schedule, args.hold, args.timeout + bounds[-1] / min(rates), args.retrain_rows)
     steps, sustained = [], None
     for rate, lo, hi in zip(rates, bounds, bounds[1:]):
         sent = trace.sent_s[lo:hi]
@@ -614,6 +619,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=400.0)
     parser.add_argument("--hold", type=int, default=3000, help="events before the first model must serve")
     parser.add_argument("--rounds", type=int, default=1, help="seeds per stream")
+    # The platform's own default, not the demo's 600 (tuned for its one summary of a recovery).
+    parser.add_argument("--retrain-rows", type=int, default=MonitorSettings.model_fields["monitor_retrain_min_rows"].default,
+                        help="rows a drift retrain asks for (the monitor's monitor_retrain_min_rows)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a loop run may take past its stream")
     parser.add_argument("--no-loop", action="store_true", help="river's learners only (no services)")
