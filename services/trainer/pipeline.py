@@ -80,6 +80,8 @@ class TrainingPipeline:
         self.registry = registry
         self.code_version = code_version
         self.cancelled = cancelled
+        self._readers: dict[str, SegmentReader] = {}
+        self._readers_lock = threading.Lock()
         self.defaults = TrainParams(epochs=settings.epochs, batch_size=settings.batch_size, hidden=settings.hidden,
                                     learning_rate=settings.learning_rate, seed=settings.seed,
                                     min_steps=settings.train_min_steps, max_steps=settings.train_max_steps,
@@ -160,13 +162,16 @@ class TrainingPipeline:
         window = Window(request.window_start.ToMilliseconds() if request.HasField("window_start") else 0,
                         request.window_end.ToMilliseconds() if request.HasField("window_end") else None)
         min_rows = max(request.min_rows or s.default_min_rows, MIN_TRAINABLE_ROWS)
+        started = time.perf_counter()
         earlier_versions = self._reuse_candidates(request, name)  # asked once, scored on both slices
         early = self._reused_early(request, earlier_versions, stream, window, min_rows, superseded)
         if early is not None:
             return early
-        dataset = wait_for_rows(SegmentReader(self.store, stream), window, min_rows,
+        dataset = wait_for_rows(self._reader(stream), window, min_rows,
                                 timeout_s=s.wait_timeout_s, poll_s=s.poll_interval_s, cancelled=self.cancelled,
                                 superseded=superseded)
+        log.info("rows ready", extra={"request_id": request.request_id, "rows": dataset.rows,
+                                      "seconds": round(time.perf_counter() - started, 3)})
         train_rows, eval_rows = dataset.time_split(s.holdout_fraction)
         data_id, eval_uri = self._store_dataset(dataset, eval_rows, stream)
         candidate = self._train(train_rows, eval_rows, dataset.feature_names, params, superseded)
@@ -187,9 +192,13 @@ class TrainingPipeline:
         s = self.settings
         if not versions or not 0 < s.reuse_rows < min_rows:
             return None
-        dataset = wait_for_rows(SegmentReader(self.store, stream), window, s.reuse_rows, timeout_s=s.wait_timeout_s,
+        dataset = wait_for_rows(self._reader(stream), window, s.reuse_rows, timeout_s=s.wait_timeout_s,
                                 poll_s=s.poll_interval_s, cancelled=self.cancelled, superseded=superseded)
+        started = time.perf_counter()
         earlier = self._best_earlier(request, versions, dataset.feature_names, dataset.table)
+        log.info("earlier versions scored on the change's first rows", extra={
+            "request_id": request.request_id, "versions": len(versions), "rows": dataset.rows,
+            "seconds": round(time.perf_counter() - started, 3)})
         own = earlier.version.metrics.get("accuracy") if earlier is not None else None
         if own is None or earlier.accuracy < own - 2 * standard_error(own, dataset.rows):
             return None
@@ -214,6 +223,13 @@ class TrainingPipeline:
             return None
         x, y = features_and_labels(rows, feature_names)
         return score_earlier(versions, request.reuse_candidates, self.store, feature_names, x, y)
+
+    def _reader(self, stream: str) -> SegmentReader:
+        """The stream's segment reader, kept across requests (its sidecars are fetched once)."""
+        with self._readers_lock:
+            if stream not in self._readers:
+                self._readers[stream] = SegmentReader(self.store, stream)
+            return self._readers[stream]
 
     def _production_net(self, name: str) -> int:
         """The net (train.py's `quantile_steps`) of the version in production: a drift retrain takes
