@@ -64,8 +64,8 @@ def service_env(state: Path, options: Options) -> dict[str, dict[str, str]]:
         "registry": {"DRIFTLINE_REGISTRY_DB": str(state / "registry.db"),
                      # Alias moves reach serving through the outbox relay: poll it often.
                      "DRIFTLINE_RELAY_INTERVAL_S": "0.2"},
-        # Segments every half second: a retrain after the drift waits for its rows to be in one.
-        "feature": {"DRIFTLINE_FEATURE_SEGMENT_SECONDS": "0.5"},
+        # Segments every quarter second: a retrain after the drift waits for its rows to be in one.
+        "feature": {"DRIFTLINE_FEATURE_SEGMENT_SECONDS": "0.25"},
         # The monitor asks for the first model itself, once the stream has this many labelled rows.
         "monitor": {"DRIFTLINE_MONITOR_RETRAIN_MIN_ROWS": str(options.retrain_rows),
                     "DRIFTLINE_FIRST_MODEL_MIN_ROWS": str(options.bootstrap_rows)},
