@@ -11,14 +11,13 @@ whose decision is recorded already is answered from it.
 A request with `reuse_candidates` scores that many recent versions on the window's first
 `reuse_rows` rows, and promotes (through the gate, on those rows) one that does there what
 it did on its own held-out rows; else it scores them beside the fresh candidate on the
-candidate's eval slice (reuse.py), and one that does as well is promoted on that slice
-instead. A reused version registers nothing.
+candidate's eval slice (reuse.py), and one whose concept is back there too and that does as
+well is promoted on that slice instead. A reused version registers nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from services.common.threads import Backoff
 from .dataset import Cancelled, Dataset, SegmentReader, Window, features_and_labels, to_parquet, wait_for_rows
 from .export import INPUT_NAME, OUTPUT_NAME, check_matches_torch, export_onnx, predict_proba, session
 from .reference import feature_references
-from .reuse import Scored, score_earlier
+from .reuse import Scored, concept_is_back, score_earlier, standard_error
 from .settings import TrainerSettings
 from .train import TrainParams, train
 
@@ -176,8 +175,8 @@ class TrainingPipeline:
         data_id, eval_uri = self._store_dataset(dataset, eval_rows, stream)
         candidate = self._train(train_rows, eval_rows, dataset.feature_names, params, superseded)
         earlier = self._best_earlier(request, earlier_versions, dataset.feature_names, eval_rows)
-        if earlier is not None and earlier.accuracy >= candidate.metrics["accuracy"] - standard_error(
-                candidate.metrics["accuracy"], eval_rows.num_rows):
+        if earlier is not None and concept_is_back(earlier, eval_rows.num_rows) and earlier.accuracy >= (
+                candidate.metrics["accuracy"] - standard_error(candidate.metrics["accuracy"], eval_rows.num_rows)):
             log.info("an earlier version scores at least as well as the new candidate: reusing it", extra={
                 "request_id": request.request_id, "version": earlier.version.version,
                 "accuracy": round(earlier.accuracy, 4), "candidate_accuracy": round(candidate.metrics["accuracy"], 4)})
@@ -199,9 +198,9 @@ class TrainingPipeline:
         log.info("earlier versions scored on the change's first rows", extra={
             "request_id": request.request_id, "versions": len(versions), "rows": dataset.rows,
             "seconds": round(time.perf_counter() - started, 3)})
-        own = earlier.version.metrics.get("accuracy") if earlier is not None else None
-        if own is None or earlier.accuracy < own - 2 * standard_error(own, dataset.rows):
+        if earlier is None or not concept_is_back(earlier, dataset.rows):
             return None
+        own = earlier.version.metrics["accuracy"]
         log.info("an earlier version scores on the change's first rows as it did on its own: reusing it", extra={
             "request_id": request.request_id, "version": earlier.version.version, "rows": dataset.rows,
             "accuracy": round(earlier.accuracy, 4), "its_own_accuracy": round(own, 4)})
@@ -365,17 +364,6 @@ class RegistryCallFailed(RuntimeError):
     def __init__(self, method: str, code: grpc.StatusCode, details: str | None) -> None:
         super().__init__(f"registry {method}: {code.name}: {details}")
         self.code = code
-
-
-def standard_error(accuracy: float, rows: int) -> float:
-    """The standard error of an accuracy measured on `rows` rows. An earlier version within it of
-    a fresh candidate is preferred: the two are a tie on this slice, and the earlier one learnt
-    from many more rows than the few hundred the first retrain after a change has.
-
-    >>> round(standard_error(0.9, 100), 3)
-    0.03
-    """
-    return math.sqrt(accuracy * (1 - accuracy) / max(rows, 1))
 
 
 def _accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:

@@ -4,13 +4,15 @@ A concept that returns (a season, a regime, a product line switched back on) was
 before: the registry holds the version trained on it. A drift request names how many recent
 versions to try (`TrainingRequest.reuse_candidates`); each is scored in onnxruntime on the
 rows the fresh candidate is evaluated on, and the best of them is sent through the gate
-instead of the fresh one when it scores as well, within the slice's standard error. None of them trained on these
-rows (they are newer than every version), so the gate's decision stays one on unseen rows.
+instead of the fresh one when its concept is back (`concept_is_back`) and it scores as well,
+within the slice's standard error. None of them trained on these rows (they are newer than every
+version), so the gate's decision stays one on unseen rows.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -51,3 +53,28 @@ def score_earlier(versions: Iterable[registry_pb2.ModelVersion], limit: int, sto
         if best is None or accuracy > best.accuracy:
             best = Scored(version, accuracy)
     return best
+
+
+def standard_error(accuracy: float, rows: int) -> float:
+    """The standard error of an accuracy measured on `rows` rows. An earlier version within it of
+    a fresh candidate is preferred: the two are a tie on this slice, and the earlier one learnt
+    from many more rows than the few hundred the first retrain after a change has.
+
+    >>> round(standard_error(0.9, 100), 3)
+    0.03
+    """
+    return math.sqrt(accuracy * (1 - accuracy) / max(rows, 1))
+
+
+def concept_is_back(scored: Scored, rows: int) -> bool:
+    """Whether the version scores on these `rows` what it scored on its own held-out rows, within
+    two standard errors: the concept it learnt is back. A tie with a fresh candidate is not enough
+    on its own: on the 60 held-out rows of a 300-row retrain a version of the old concept (0.82)
+    tied a fresh one (0.85) after an abrupt Agrawal drift, and served the drift on.
+
+    >>> v = registry_pb2.ModelVersion(version=3, metrics={"accuracy": 0.97})
+    >>> concept_is_back(Scored(v, 0.95), 100), concept_is_back(Scored(v, 0.82), 60)
+    (True, False)
+    """
+    own = scored.version.metrics.get("accuracy")
+    return own is not None and scored.accuracy >= own - 2 * standard_error(own, rows)
