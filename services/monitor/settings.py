@@ -130,7 +130,7 @@ class MonitorSettings(CommonSettings, TrackerConfig):
     # The labelled rows since the change a drift retrain asks the trainer for
     # (DRIFTLINE_MONITOR_RETRAIN_MIN_ROWS, the name the demo sets): few, so that a model of the new
     # concept serves within seconds; the refreshes then train on more.
-    monitor_retrain_min_rows: int = 300
+    monitor_retrain_min_rows: int = 150
     # The platform starts itself (first_model.py): a stream of the catalogue (DRIFTLINE_STREAMS_DIR)
     # whose model has no `production` version asks for its first model once it has counted this
     # many labelled feature records (DRIFTLINE_FIRST_MODEL_MIN_ROWS; 0 = never), and again after as

@@ -167,7 +167,7 @@ class TrainingPipeline:
         if early is not None:
             return early
         dataset = wait_for_rows(self._reader(stream), window, min_rows,
-                                timeout_s=s.wait_timeout_s, poll_s=s.poll_interval_s, cancelled=self.cancelled,
+                                timeout_s=s.wait_timeout_s, poll_s=self._poll_s(request), cancelled=self.cancelled,
                                 superseded=superseded)
         log.info("rows ready", extra={"request_id": request.request_id, "rows": dataset.rows,
                                       "seconds": round(time.perf_counter() - started, 3)})
@@ -192,7 +192,7 @@ class TrainingPipeline:
         if not versions or not 0 < s.reuse_rows < min_rows:
             return None
         dataset = wait_for_rows(self._reader(stream), window, s.reuse_rows, timeout_s=s.wait_timeout_s,
-                                poll_s=s.poll_interval_s, cancelled=self.cancelled, superseded=superseded)
+                                poll_s=self._poll_s(request), cancelled=self.cancelled, superseded=superseded)
         started = time.perf_counter()
         earlier = self._best_earlier(request, versions, dataset.feature_names, dataset.table)
         log.info("earlier versions scored on the change's first rows", extra={
@@ -222,6 +222,11 @@ class TrainingPipeline:
             return None
         x, y = features_and_labels(rows, feature_names)
         return score_earlier(versions, request.reuse_candidates, self.store, feature_names, x, y)
+
+    def _poll_s(self, request: training_pb2.TrainingRequest) -> float:
+        """How often a request's wait lists the segments: a change's first answer often, a refresh seldom."""
+        refresh = request.trigger == training_pb2.TrainingRequest.REFRESH
+        return self.settings.refresh_poll_interval_s if refresh else self.settings.poll_interval_s
 
     def _reader(self, stream: str) -> SegmentReader:
         """The stream's segment reader, kept across requests (its sidecars are fetched once)."""

@@ -7,7 +7,9 @@ class TrainerSettings(CommonSettings):
     # How long a request waits for its window to hold min_rows labelled rows, and how often it looks
     # (a drift retrain asks for a few hundred rows, about a second of a stream: 2 s polls were most of its wait).
     wait_timeout_s: float = 300.0
-    poll_interval_s: float = 0.25
+    poll_interval_s: float = 0.1
+    # A refresh waits for thousands of rows, and nobody waits on it: a listing a second is enough.
+    refresh_poll_interval_s: float = 1.0
     # Used when a request leaves min_rows at 0.
     default_min_rows: int = 1000
     # The most recent share of the window (by event time) held out for evaluation and the gate.
