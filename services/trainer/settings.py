@@ -20,7 +20,7 @@ class TrainerSettings(CommonSettings):
     hidden: int = 64
     learning_rate: float = 3e-3
     seed: int = 0
-    train_min_steps: int = 250
+    train_min_steps: int = 400
     train_max_steps: int = 1500
     train_quantiles: int = 32
     # The share of a window's training rows that chooses between the nets with and without the steps.

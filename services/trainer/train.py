@@ -47,7 +47,7 @@ class TrainParams:
     seed: int = 0
     # The fewest optimiser steps: a window of a few hundred rows (the first retrain after a
     # change) is a handful of batches an epoch, and 20 epochs of it stop far short of a fit.
-    min_steps: int = 250
+    min_steps: int = 400
     # The most optimiser steps: a refresh on thousands of rows needs fewer epochs, not a minute.
     max_steps: int = 1500
     # Quantiles per feature whose thresholds the steps net sees as 0/1 steps (model.py); 0 or 1: no
@@ -169,7 +169,7 @@ def epochs_for(rows: int, params: TrainParams) -> int:
     or fewer (one at least) where they would take more than `params.max_steps`.
 
     >>> epochs_for(240, TrainParams()), epochs_for(2000, TrainParams()), epochs_for(8000, TrainParams())
-    (63, 20, 12)
+    (100, 20, 12)
     """
     batches = max(1, -(-rows // params.batch_size))
     epochs = max(params.epochs, -(-params.min_steps // batches))
