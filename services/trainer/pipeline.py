@@ -238,20 +238,22 @@ class TrainingPipeline:
     def _production_net(self, name: str) -> int:
         """The net (train.py's `quantile_steps`) of the version in production: a drift retrain takes
         it rather than spend its first second choosing; -1 (choose) when none is known."""
-        version = self._alias_version(name)
-        if not version:
-            return -1
-        steps = self._call("GetModelVersion", registry_pb2.GetModelVersionRequest(
-            name=name, version=version)).metrics.get("quantile_steps")
+        production = self._production(name)
+        steps = production.metrics.get("quantile_steps") if production is not None else None
         return -1 if steps is None else int(steps)
 
     def _alias_version(self, name: str) -> int:
         """The version the promotion alias points at, 0 for none."""
+        production = self._production(name)
+        return production.version if production is not None else 0
+
+    def _production(self, name: str) -> registry_pb2.ModelVersion | None:
+        """The version the promotion alias points at (GetAlias answers the version itself), or None."""
         try:
-            return self._call("GetAlias", registry_pb2.GetAliasRequest(name=name, alias=self.settings.promote_alias)).version
+            return self._call("GetAlias", registry_pb2.GetAliasRequest(name=name, alias=self.settings.promote_alias))
         except RegistryCallFailed as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND:
-                return 0
+                return None
             raise
 
     def _store_dataset(self, dataset: Dataset, eval_rows: pa.Table, stream: str) -> tuple[str, str]:
