@@ -66,8 +66,8 @@ from services.common.settings import Topics  # noqa: E402
 from services.demo.runner import loop_env, service_env, stop_on_sigterm, stopped_components  # noqa: E402
 from services.demo.scenario import Options  # noqa: E402
 from services.devstack.secure import settings_of  # noqa: E402
-from services.monitor.settings import MonitorSettings  # noqa: E402
 from services.devstack.supervisor import LoopProcesses  # noqa: E402
+from services.monitor.settings import MonitorSettings  # noqa: E402
 
 AFTER_DRIFT = 2000        # events scored "after each drift"
 RECOVERY_WINDOW = 500     # a system has recovered once this many events in a row score near the best
