@@ -347,14 +347,20 @@ class Consumer:
             raise
 
     def _consume(self, max_records: int, timeout: float) -> list[_KafkaMessage]:
-        """Up to `max_records` messages: the first to arrive within `timeout`, and those that come
-        within POLL_LINGER_S of it. `consume(n, timeout)` alone waits out the whole timeout for n
-        (librdkafka's batch semantics): at 400 events/s a 0.5 s poll held each record 0.26 s
-        (median; 0.48 s p95) per hop, and a drift reached the monitor ~0.8 s late through three."""
-        first = self.raw.poll(timeout)
-        if first is None:
-            return []
-        return [first, *self.raw.consume(max_records - 1, POLL_LINGER_S)] if max_records > 1 else [first]
+        """Up to `max_records` messages from one `consume` call: the first call, within
+        `timeout`, of at most POLL_LINGER_S that returns any. One call, not a poll and then a
+        consume: a rebalance served by a second call leaves the first call's record unrevoked in
+        the batch, and a transaction under the new generation would publish a record that
+        another member publishes too (librdkafka drops a revoked partition's records only
+        within one call). And not `consume(n, timeout)`: it waits out the whole timeout for n
+        (librdkafka's batch semantics), which at 400 events/s held each record 0.26 s (median;
+        0.48 s p95) per hop."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            batch = self.raw.consume(max_records, max(0.0, min(POLL_LINGER_S, remaining)))
+            if batch or remaining <= POLL_LINGER_S:
+                return batch
 
     def poll_batch(self, message_type: type[M], max_records: int = 500,
                    timeout: float = 1.0) -> list[Record[M]]:

@@ -1,5 +1,6 @@
 """services.common.kafka against a real broker."""
 
+import time
 import uuid
 
 import pytest
@@ -7,7 +8,7 @@ from confluent_kafka.admin import AdminClient
 
 from driftline.v1 import events_pb2
 from services.common.kafka import (
-    PROTOBUF, Consumer, DecodeFailure, DeliveryError, Producer, decode, ensure_topics, header,
+    POLL_LINGER_S, PROTOBUF, Consumer, DecodeFailure, DeliveryError, Producer, decode, ensure_topics, header,
 )
 
 
@@ -159,3 +160,31 @@ def test_a_poll_returns_the_records_there_without_waiting_out_its_timeout(kafka_
         assert consumer.poll_batch(events_pb2.Event, max_records=2, timeout=0.5) == []
     finally:
         consumer.close()
+
+
+class _ScriptedRaw:
+    """A librdkafka consumer stand-in that answers each `consume` call from a script."""
+
+    def __init__(self, answers: list[list[str]]) -> None:
+        self.answers, self.calls = answers, []
+
+    def consume(self, max_records: int, timeout: float) -> list[str]:
+        self.calls.append((max_records, timeout))
+        if self.answers:
+            return self.answers.pop(0)
+        time.sleep(timeout)  # as librdkafka does when nothing comes
+        return []
+
+
+def test_a_batch_is_the_records_of_one_consume_call():
+    # librdkafka purges a revoked partition's records only from the call serving the rebalance,
+    # so records of two calls in one batch could carry a revoked one into a transaction.
+    consumer = Consumer.__new__(Consumer)
+    consumer.raw = _ScriptedRaw([[], [], ["a", "b"], ["c"]])
+    assert consumer._consume(500, timeout=10) == ["a", "b"]
+    assert consumer.raw.calls == [(500, POLL_LINGER_S)] * 3
+    assert consumer._consume(500, timeout=10) == ["c"]
+    consumer.raw = _ScriptedRaw([])
+    assert consumer._consume(500, timeout=0.12) == []
+    waits = [timeout for _, timeout in consumer.raw.calls]
+    assert len(waits) >= 2 and max(waits) <= POLL_LINGER_S and sum(waits) <= 0.12
