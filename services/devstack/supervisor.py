@@ -12,6 +12,7 @@ touching the others.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -36,10 +37,42 @@ SERVICES = ("registry", "ingest", "feature", "serving", "monitor", "trainer")
 WITH_GRPC = {"registry", "ingest", "feature", "serving", "monitor"}
 
 
+# Ports are picked below the kernel's ephemeral range, where every outgoing connection on the
+# machine takes its local port: a port found by binding 0 is in that range, and a Kafka client's
+# connection once took one in the seconds before the service it was picked for bound it.
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PICKED = 10000
+_handed_out: set[int] = set()
+_pick_lock = threading.Lock()
+
+
 def free_port() -> int:
+    """A port free now, outside the ephemeral range where it can be, and not handed out before by
+    this process (a port handed out but not yet bound would look free again)."""
+    try:
+        ephemeral_low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 0
+    with _pick_lock:
+        for _ in range(200 if ephemeral_low > _LOWEST_PICKED + 1000 else 0):
+            port = random.randrange(_LOWEST_PICKED, ephemeral_low)
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        _handed_out.add(port)
+        return port
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port_pair() -> int:
