@@ -65,7 +65,9 @@ class ObjectStore(ABC):
         """Returns the verified bytes; raises ObjectNotFound or IntegrityError."""
 
     @abstractmethod
-    def list_keys(self, prefix: str) -> list[str]: ...
+    def list_keys(self, prefix: str, start_after: str = "") -> list[str]:
+        """The keys under `prefix` in order, those after `start_after` only when it is given (a
+        reader of keys that only grow lists what is new, not everything again)."""
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -156,8 +158,9 @@ class MinioObjectStore(ObjectStore):
                     f"s3://{self.bucket}/{key}: sha256 {actual} does not match the {label} {wanted}")
         return data
 
-    def list_keys(self, prefix: str) -> list[str]:
-        return sorted(o.object_name for o in self.client.list_objects(self.bucket, prefix, recursive=True))
+    def list_keys(self, prefix: str, start_after: str = "") -> list[str]:
+        return sorted(o.object_name for o in self.client.list_objects(self.bucket, prefix, recursive=True,
+                                                                      start_after=start_after or None))
 
     def exists(self, key: str) -> bool:
         try:

@@ -63,8 +63,9 @@ def service_env(state: Path, options: Options) -> dict[str, dict[str, str]]:
     return {
         "registry": {"DRIFTLINE_REGISTRY_DB": str(state / "registry.db"),
                      # Alias moves reach serving through the outbox relay: poll it often.
-                     "DRIFTLINE_RELAY_INTERVAL_S": "0.2"},
-        # Segments every quarter second: a retrain after the drift waits for its rows to be in one.
+                     "DRIFTLINE_RELAY_INTERVAL_S": "0.05"},
+        # Segments every quarter second: a retrain after the drift waits for its rows to be in one
+        # (every tenth, the feature service fell behind on this machine: rows came 0.85-1.2 s late).
         "feature": {"DRIFTLINE_FEATURE_SEGMENT_SECONDS": "0.25"},
         # The monitor asks for the first model itself, once the stream has this many labelled rows.
         "monitor": {"DRIFTLINE_MONITOR_RETRAIN_MIN_ROWS": str(options.retrain_rows),

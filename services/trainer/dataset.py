@@ -145,36 +145,67 @@ def to_parquet(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
+class SidecarListing:
+    """The sidecars under one prefix, by key, kept current by listing what is new.
+
+    Segment names start with their partition (`p000-`, then offsets, zero-padded), so each
+    partition's new segments sort after its last one: a listing per partition that starts after
+    that key returns only them. Listing everything took 70-150 ms at 400 segments, on every
+    poll of a drift retrain's wait. A full listing every FULL_EVERY_S finds new partitions, a
+    segment that a replay named below the last one, and the segments retention removed.
+    """
+
+    FULL_EVERY_S = 10.0
+
+    def __init__(self, store: ObjectStore, prefix: str, parse: Callable[[dict], object]) -> None:
+        self.store, self.prefix, self.parse = store, prefix, parse
+        self._sidecars: dict[str, object] = {}
+        self._last_per_partition: dict[str, str] = {}
+        self._full_at = float("-inf")
+        self._lock = threading.Lock()  # the trainer's two lanes share a reader
+
+    def current(self) -> list:
+        """Every sidecar listed now, by key."""
+        with self._lock:
+            if time.monotonic() - self._full_at >= self.FULL_EVERY_S:
+                self._full_at = time.monotonic()
+                keys = self.store.list_keys(self.prefix)
+                self._sidecars = {key: self._sidecars[key] for key in keys if key in self._sidecars}
+                self._last_per_partition = {}
+            else:
+                keys = [key for partition, last in self._last_per_partition.items()
+                        for key in self.store.list_keys(f"{self.prefix}{partition}-", start_after=last)]
+            for key in keys:
+                if key.endswith(".json"):
+                    if key not in self._sidecars:
+                        self._sidecars[key] = self.parse(self.store.get_json(key))
+                    partition = key[len(self.prefix):].split("-", 1)[0]
+                    self._last_per_partition[partition] = max(key, self._last_per_partition.get(partition, key))
+            return sorted(self._sidecars.values(), key=lambda sidecar: sidecar.key)
+
+
 class SegmentReader:
     """Lists and reads a stream's feature and label segments. All are immutable, so a reader is
     kept for the trainer's life: a fresh one fetched every sidecar of the stream again (0.46 s for
-    400 segments), twice per drift request. The sidecars cached are those still listed (retention
-    removes the others); the tables, the newest TABLES_CACHED read."""
+    400 segments), twice per drift request. The sidecars are listed incrementally
+    (`SidecarListing`); the tables cached are the newest TABLES_CACHED read."""
 
     TABLES_CACHED = 1024
 
     def __init__(self, store: ObjectStore, stream: str) -> None:
         self.store = store
         self.stream = stream
-        self._sidecars: dict[str, Segment] = {}
-        self._label_sidecars: dict[str, LabelSegment] = {}
+        self._segments = SidecarListing(store, segments_prefix(stream), Segment.from_sidecar)
+        self._label_segments = SidecarListing(store, labels_prefix(stream), LabelSegment.from_sidecar)
         self._tables: OrderedDict[str, pa.Table] = OrderedDict()
-        self._lock = threading.Lock()  # the trainer's two lanes share a reader
+        self._lock = threading.Lock()
 
     def segments(self) -> list[Segment]:
-        self._sidecars = self._listed(segments_prefix(self.stream), self._sidecars, Segment.from_sidecar)
-        return list(self._sidecars.values())
+        return self._segments.current()
 
     def label_segments(self) -> list[LabelSegment]:
         """Every label segment written so far, by key (a sidecar names a complete segment)."""
-        self._label_sidecars = self._listed(labels_prefix(self.stream), self._label_sidecars,
-                                            LabelSegment.from_sidecar)
-        return sorted(self._label_sidecars.values(), key=lambda s: s.key)
-
-    def _listed(self, prefix: str, cached: dict, parse: Callable[[dict], object]) -> dict:
-        """The sidecars listed under `prefix` now, by key: the cached ones, the others fetched."""
-        return {key: cached[key] if key in cached else parse(self.store.get_json(key))
-                for key in self.store.list_keys(prefix) if key.endswith(".json")}
+        return self._label_segments.current()
 
     def table(self, segment: Segment | LabelSegment) -> pa.Table:
         with self._lock:

@@ -83,7 +83,9 @@ class TrainingPipeline:
         self._readers_lock = threading.Lock()
         self.defaults = TrainParams(epochs=settings.epochs, batch_size=settings.batch_size, hidden=settings.hidden,
                                     learning_rate=settings.learning_rate, seed=settings.seed,
-                                    min_steps=settings.train_min_steps, max_steps=settings.train_max_steps,
+                                    min_steps=settings.train_min_steps,
+                                    min_steps_max_epochs=settings.train_min_steps_max_epochs,
+                                    max_steps=settings.train_max_steps,
                                     quantiles=settings.train_quantiles,
                                     selection_share=settings.train_selection_share)
         torch.set_num_threads(settings.torch_threads)

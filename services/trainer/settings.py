@@ -5,9 +5,10 @@ class TrainerSettings(CommonSettings):
     # Prefixed with topic_prefix, so isolated loops on one broker do not share a group.
     consumer_group: str = "driftline-trainer"
     # How long a request waits for its window to hold min_rows labelled rows, and how often it looks
-    # (a drift retrain asks for a few hundred rows, about a second of a stream: 2 s polls were most of its wait).
+    # (a drift retrain asks for a few hundred rows, about a second of a stream: 2 s polls were most of its wait;
+    # a poll lists only each partition's new segments, one small S3 request).
     wait_timeout_s: float = 300.0
-    poll_interval_s: float = 0.1
+    poll_interval_s: float = 0.05
     # A refresh waits for thousands of rows, and nobody waits on it: a listing a second is enough.
     refresh_poll_interval_s: float = 1.0
     # Used when a request leaves min_rows at 0.
@@ -21,6 +22,7 @@ class TrainerSettings(CommonSettings):
     learning_rate: float = 3e-3
     seed: int = 0
     train_min_steps: int = 400
+    train_min_steps_max_epochs: int = 60
     train_max_steps: int = 1500
     train_quantiles: int = 32
     # The share of a window's training rows that chooses between the nets with and without the steps.

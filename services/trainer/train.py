@@ -48,6 +48,9 @@ class TrainParams:
     # The fewest optimiser steps: a window of a few hundred rows (the first retrain after a
     # change) is a handful of batches an epoch, and 20 epochs of it stop far short of a fit.
     min_steps: int = 400
+    # But no more epochs than this for it: 400 steps of a 150-row window are 134 epochs, which
+    # overfit it (SEA, Hyperplane) no better than 60 and delay the change's first answer 2.5x as long.
+    min_steps_max_epochs: int = 60
     # The most optimiser steps: a refresh on thousands of rows needs fewer epochs, not a minute.
     max_steps: int = 1500
     # Quantiles per feature whose thresholds the steps net sees as 0/1 steps (model.py); 0 or 1: no
@@ -73,7 +76,8 @@ class TrainParams:
                 raise InvalidParams(f"training param {name}={text!r} must be {kind.__name__}") from None
         params = replace(self, **parsed)
         if (params.epochs < 1 or params.batch_size < 1 or params.hidden < 1 or params.learning_rate <= 0
-                or params.min_steps < 0 or params.max_steps < 1 or params.quantiles < 0
+                or params.min_steps < 0 or params.min_steps_max_epochs < 1 or params.max_steps < 1
+                or params.quantiles < 0
                 or params.quantile_steps not in (-1, 0, 1) or not 0 <= params.selection_share < 1):
             raise InvalidParams(f"training params out of range: {params}")
         return params
@@ -165,12 +169,13 @@ def _fit(x: np.ndarray, y: np.ndarray, n_classes: int, params: TrainParams, step
 
 
 def epochs_for(rows: int, params: TrainParams) -> int:
-    """`params.epochs`, or more where that many would take fewer than `params.min_steps` steps,
-    or fewer (one at least) where they would take more than `params.max_steps`.
+    """`params.epochs`, or more where that many would take fewer than `params.min_steps` steps (up
+    to `params.min_steps_max_epochs`), or fewer (one at least) where they would take more than
+    `params.max_steps`.
 
-    >>> epochs_for(240, TrainParams()), epochs_for(2000, TrainParams()), epochs_for(8000, TrainParams())
-    (100, 20, 12)
+    >>> [epochs_for(rows, TrainParams()) for rows in (150, 600, 2000, 8000)]
+    [60, 40, 20, 12]
     """
     batches = max(1, -(-rows // params.batch_size))
-    epochs = max(params.epochs, -(-params.min_steps // batches))
+    epochs = max(params.epochs, min(-(-params.min_steps // batches), params.min_steps_max_epochs))
     return max(1, min(epochs, params.max_steps // batches))

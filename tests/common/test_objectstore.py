@@ -31,6 +31,15 @@ def test_put_and_get_verify_the_sha256(store, tmp_path):
     assert store.exists("blobs/in.bin") and not store.exists("blobs/other")
 
 
+def test_a_listing_can_start_after_a_key(store):
+    for key in ("s/p000-02", "s/p000-01", "s/p001-01", "s/p000-03", "t/p000-04"):
+        store.put_bytes(key, b"")
+    assert store.list_keys("s/") == ["s/p000-01", "s/p000-02", "s/p000-03", "s/p001-01"]
+    assert store.list_keys("s/p000-", start_after="s/p000-01") == ["s/p000-02", "s/p000-03"]
+    assert store.list_keys("s/p000-", start_after="s/p000-03") == []
+    assert store.list_keys("s/", start_after="s/p000-025") == ["s/p000-03", "s/p001-01"]
+
+
 def test_a_tampered_object_is_refused(store):
     ref = store.put_bytes("models/m/1/model.onnx", b"weights")
     # Rewrite the bytes behind the store's back, keeping the recorded hash.

@@ -218,8 +218,8 @@ class FailingFor(ObjectStore):
     def get_bytes(self, key: str, expected_sha256: str | None = None) -> bytes:
         return self.store.get_bytes(key, expected_sha256)
 
-    def list_keys(self, prefix: str) -> list[str]:
-        return self.store.list_keys(prefix)
+    def list_keys(self, prefix: str, start_after: str = "") -> list[str]:
+        return self.store.list_keys(prefix, start_after)
 
     def exists(self, key: str) -> bool:
         return self.store.exists(key)

@@ -111,3 +111,23 @@ def test_labels_of_events_outside_the_window_are_not_used(store, stream):
     write_label_segment(store, stream, delayed(rows[10:]))
     dataset = cut(store, stream, end_ms=rows[9]["event_time_ms"])
     assert dataset is None  # the window's rows have no label yet; the labelled ones lie after it
+
+
+def test_a_kept_reader_lists_each_partitions_new_segments_and_now_and_then_everything(store, stream):
+    rows = agrawal_rows(400, seed=26)
+    reader = SegmentReader(store, stream)
+    listing = reader._segments
+    first = write_segments(store, stream, rows[:100], per_segment=50)
+    assert [s.key for s in reader.segments()] == [s["key"] for s in first]  # the first listing is full
+
+    listing.FULL_EVERY_S = float("inf")  # from here on, only what is new after each partition's last
+    newer = write_segments(store, stream, rows[100:200], per_segment=50, first_offset=100)
+    other = write_segments(store, stream, rows[200:300], per_segment=100, partition=1)
+    store.client.remove_object(store.bucket, first[0]["key"].replace(".parquet", ".json"))
+    assert [s.key for s in reader.segments()] == [s["key"] for s in first + newer]
+
+    listing.FULL_EVERY_S = 0.0  # a full listing finds the new partition and the removed segment
+    assert [s.key for s in reader.segments()] == [s["key"] for s in first[1:] + newer + other]
+    listing.FULL_EVERY_S = float("inf")
+    later = write_segments(store, stream, rows[300:], per_segment=100, partition=1, first_offset=100)
+    assert [s.key for s in reader.segments()] == [s["key"] for s in first[1:] + newer + other + later]
