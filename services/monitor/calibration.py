@@ -149,8 +149,10 @@ def cusum_bootstrap_level(p0: float, samples: int, ert: float, shifts: Sequence[
     hi = float(cusum_level(tops, resampled, shifts).max()) + 1e-6  # over every maximum: no alarm at all
     if rate(lo) <= target:
         return lo
-    while hi - lo > 1e-3:  # the rate only falls as the level rises
-        mid = 0.5 * (lo + hi)
+    for _ in range(100):  # bounded: a bisection from a non-finite `hi` never ended (a monitor hung so)
+        if hi - lo <= 1e-3:
+            break
+        mid = 0.5 * (lo + hi)  # the rate only falls as the level rises
         if rate(mid) <= target:
             hi = mid
         else:

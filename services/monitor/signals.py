@@ -84,6 +84,9 @@ def _kl_and_overshoot(p0, shifts: Sequence[float]):
     return -(p * a + (1 - p) * b), OVERSHOOT * np.sqrt(p * (1 - p)) * (a - b)
 
 
+_LOG_EXACT_BELOW = 30.0
+
+
 def cusum_level(s, p0, shifts: Sequence[float]) -> np.ndarray:
     """CUSUM values `s` (..., J) on a scale common to the bank: log ARL0(s), the log of the
     in-control average run length of the member whose threshold is s. Siegmund's
@@ -98,7 +101,10 @@ def cusum_level(s, p0, shifts: Sequence[float]) -> np.ndarray:
     """
     kl, overshoot = _kl_and_overshoot(p0, shifts)
     h = np.asarray(s, dtype=np.float64) + overshoot
-    return np.log(np.expm1(h) - h) - np.log(kl)
+    # log(e^h - h - 1) is h to within e^-30 beyond h = 30, where e^h would overflow at 710: a
+    # CUSUM on a reference rate estimated from a few samples climbs that far in 3,000.
+    small = np.minimum(h, _LOG_EXACT_BELOW)
+    return np.where(h > _LOG_EXACT_BELOW, h, np.log(np.expm1(small) - small)) - np.log(kl)
 
 
 def cusum_thresholds(p0, shifts: Sequence[float], level: float) -> np.ndarray:
@@ -109,10 +115,12 @@ def cusum_thresholds(p0, shifts: Sequence[float], level: float) -> np.ndarray:
     [1.13, 3.1, 5.84]
     """
     kl, overshoot = _kl_and_overshoot(p0, shifts)
-    y = kl * math.exp(level)
+    log_y = np.log(kl) + level
+    y = np.exp(np.minimum(log_y, _LOG_EXACT_BELOW))
     u = np.log1p(y) + 1.0  # e^u − u − 1 >= y here
     for _ in range(60):
         u = u - (np.expm1(u) - u - y) / np.expm1(u)
+    u = np.where(log_y > _LOG_EXACT_BELOW, log_y, u)  # there u = log y to within e^-30 (cusum_level)
     return np.maximum(u - overshoot, 1e-9)
 
 

@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from services.monitor.calibration import (calibrate_adwin, calibrate_cusum, calibrate_windows, no_alarm_quantile,
+from services.monitor.calibration import (calibrate_adwin, calibrate_cusum, calibrate_windows, cusum_bootstrap_level,
+                                         no_alarm_quantile,
                                          refined_cusum)
 from services.monitor.joiner import Joined, Label, LabelJoin, Predicted
 from services.monitor.policy import DriftPolicy
@@ -148,6 +149,18 @@ def test_a_refined_reference_holds_its_expected_run_length_too():
             found = sum(len(detector.update(chunk)) for chunk in np.array_split(stream, 40))
             fixed, refined = (fixed + found, refined) if detector.bootstrap is None else (fixed, refined + found)
     assert refined <= 60_000 / ert * 2 < 60_000 / ert * 4 <= fixed, (refined, fixed)  # 12 expected
+
+
+@pytest.mark.timeout(60)
+def test_a_level_from_a_handful_of_samples_is_found_and_far_up():
+    # A rate estimated from 5 samples climbs the CUSUMs of its bootstrap streams past e^710:
+    # the bisection's upper end overflowed to inf and the monitor's consumer thread spun for ever.
+    levels = [cusum_bootstrap_level(p0, n, 200_000) for p0, n in ((0.5, 5), (0.3, 3), (0.1, 500))]
+    assert all(math.isfinite(level) for level in levels)
+    assert levels[0] > levels[2] and levels[1] > levels[2]
+    h = cusum_thresholds(np.array([0.5, 0.01]), [0.01, 0.4], levels[0])
+    assert np.isfinite(h).all()
+    assert np.allclose(cusum_level(h, np.array([0.5, 0.01]), [0.01, 0.4]), levels[0], rtol=1e-6)
 
 
 def test_thresholds_follow_the_target_and_the_data_not_constants():
