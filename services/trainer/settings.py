@@ -22,7 +22,7 @@ class TrainerSettings(CommonSettings):
     learning_rate: float = 3e-3
     seed: int = 0
     train_min_steps: int = 400
-    train_min_steps_max_epochs: int = 60
+    train_min_steps_max_epochs: int = 40
     train_max_steps: int = 1500
     train_quantiles: int = 32
     # The share of a window's training rows that chooses between the nets with and without the steps.

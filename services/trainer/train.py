@@ -49,8 +49,8 @@ class TrainParams:
     # change) is a handful of batches an epoch, and 20 epochs of it stop far short of a fit.
     min_steps: int = 400
     # But no more epochs than this for it: 400 steps of a 150-row window are 134 epochs, which
-    # overfit it (SEA, Hyperplane) no better than 60 and delay the change's first answer 2.5x as long.
-    min_steps_max_epochs: int = 60
+    # overfit it (SEA, Hyperplane: 40 score better) and delay the change's first answer 3x as long.
+    min_steps_max_epochs: int = 40
     # The most optimiser steps: a refresh on thousands of rows needs fewer epochs, not a minute.
     max_steps: int = 1500
     # Quantiles per feature whose thresholds the steps net sees as 0/1 steps (model.py); 0 or 1: no
@@ -174,7 +174,7 @@ def epochs_for(rows: int, params: TrainParams) -> int:
     `params.max_steps`.
 
     >>> [epochs_for(rows, TrainParams()) for rows in (150, 600, 2000, 8000)]
-    [60, 40, 20, 12]
+    [40, 40, 20, 12]
     """
     batches = max(1, -(-rows // params.batch_size))
     epochs = max(params.epochs, min(-(-params.min_steps // batches), params.min_steps_max_epochs))
