@@ -72,8 +72,23 @@ def labels_prefix(stream: str) -> str:
 
 
 def segment_name(partition: int, first_offset: int, last_offset: int) -> str:
-    """A segment's file name: its source partition and offset range, so a name never repeats."""
-    return f"p{partition:03d}-{first_offset:012d}-{last_offset:012d}"
+    """A segment's file name: its source partition and offset range, so a name never repeats.
+    Names of one partition sort by offset after a common start (`partition_part`).
+
+    >>> segment_name(2, 0, 99), partition_part_of(segment_name(2, 0, 99)) == partition_part(2)
+    ('p002-000000000000-000000000099', True)
+    """
+    return f"{partition_part(partition)}{first_offset:012d}-{last_offset:012d}"
+
+
+def partition_part(partition: int) -> str:
+    """What the name of every segment of `partition` starts with."""
+    return f"p{partition:03d}-"
+
+
+def partition_part_of(name: str) -> str:
+    """The `partition_part` a segment name starts with."""
+    return name[:name.index("-") + 1]
 
 
 def label_segment_key(stream: str, partition: int, first_offset: int, last_offset: int) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.common.datasets import LABEL_COLUMNS, labels_prefix, segment_name, segments_prefix
+from services.common.datasets import LABEL_COLUMNS, labels_prefix, partition_part, segment_name, segments_prefix
 from services.common.objectstore import ObjectStore
 
 _SEGMENT_NAME = re.compile(r"p(\d{3,})-(\d{12,})-(\d{12,})\.json$")
@@ -127,7 +127,7 @@ def covered_offset(store: ObjectStore, prefix: str, partition: int) -> int:
     replayed records up to here are skipped instead of written twice.
     """
     last = -1
-    for key in store.list_keys(f"{prefix}p{partition:03d}-"):
+    for key in store.list_keys(f"{prefix}{partition_part(partition)}"):
         if match := _SEGMENT_NAME.search(key):
             last = max(last, int(match.group(3)))
     return last

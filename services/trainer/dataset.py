@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from services.common.datasets import labels_prefix, segments_prefix
+from services.common.datasets import labels_prefix, partition_part_of, segments_prefix
 from services.common.objectstore import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class SidecarListing:
     def __init__(self, store: ObjectStore, prefix: str, parse: Callable[[dict], object]) -> None:
         self.store, self.prefix, self.parse = store, prefix, parse
         self._sidecars: dict[str, object] = {}
-        self._last_per_partition: dict[str, str] = {}
+        self._last_per_partition: dict[str, str] = {}  # partition_part -> its last sidecar's key
         self._full_at = float("-inf")
         self._lock = threading.Lock()  # the trainer's two lanes share a reader
 
@@ -174,12 +174,12 @@ class SidecarListing:
                 self._last_per_partition = {}
             else:
                 keys = [key for partition, last in self._last_per_partition.items()
-                        for key in self.store.list_keys(f"{self.prefix}{partition}-", start_after=last)]
+                        for key in self.store.list_keys(f"{self.prefix}{partition}", start_after=last)]
             for key in keys:
                 if key.endswith(".json"):
                     if key not in self._sidecars:
                         self._sidecars[key] = self.parse(self.store.get_json(key))
-                    partition = key[len(self.prefix):].split("-", 1)[0]
+                    partition = partition_part_of(key[len(self.prefix):])
                     self._last_per_partition[partition] = max(key, self._last_per_partition.get(partition, key))
             return sorted(self._sidecars.values(), key=lambda sidecar: sidecar.key)
 
@@ -198,7 +198,7 @@ class SegmentReader:
         self._segments = SidecarListing(store, segments_prefix(stream), Segment.from_sidecar)
         self._label_segments = SidecarListing(store, labels_prefix(stream), LabelSegment.from_sidecar)
         self._tables: OrderedDict[str, pa.Table] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the trainer's two lanes share a reader
 
     def segments(self) -> list[Segment]:
         return self._segments.current()
