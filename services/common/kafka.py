@@ -170,7 +170,9 @@ class Producer:
 
     def produce(self, topic: str, message: Message, key: str | bytes | None = None,
                 headers: Sequence[tuple[str, bytes]] | None = None) -> None:
-        self.produce_raw(topic, message.SerializeToString(), key, headers)
+        # Deterministic: maps in key order, so a record published again (a trainer's stored result
+        # re-published to a redelivered request) is the same bytes, not the same fields reordered.
+        self.produce_raw(topic, message.SerializeToString(deterministic=True), key, headers)
 
     def produce_raw(self, topic: str, value: bytes | None, key: str | bytes | None = None,
                     headers: Sequence[tuple[str, bytes | None]] | None = None,

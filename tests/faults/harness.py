@@ -959,8 +959,10 @@ class FaultRun:
         asked = collections.OrderedDict((r.request_id, r) for r in requests)
         # A request redelivered after its answer (its commit lost to the broker's restart) is answered
         # again from the stored result: the same record, which consumers take once by request id.
-        # Two different answers to one request would be the failure.
-        answered = collections.Counter(r.request_id for r in {r.SerializeToString(): r for r in results}.values())
+        # Two different answers to one request would be the failure. Records compare as canonical
+        # bytes (maps in key order): a map's wire order says nothing of the answer.
+        distinct = {r.SerializeToString(deterministic=True): r for r in results}.values()
+        answered = collections.Counter(r.request_id for r in distinct)
         copies = len(results) - sum(answered.values())
         versions: dict[str, set[int]] = collections.defaultdict(set)
         for event in registry:

@@ -140,7 +140,7 @@ def test_one_feature_process_serves_every_stream_of_the_folder_and_one_added_whi
         # Separate state: each stream's "shared" mean is its own field's, not a mix of both.
         assert last["sea"]["shared"] != last["hyper"]["shared"]
         [dead] = read_dead_letters(kafka_bootstrap, topics.dead_letters("feature"), 1)
-        assert dead.value() == ghost.SerializeToString() and dead.key() == b"shared"
+        assert dead.value() == ghost.SerializeToString(deterministic=True) and dead.key() == b"shared"
         assert dead_letter_errors(dead) == {
             "reason": f"unknown stream 'ghost'; this process serves {['hyper', 'sea']}", "field": "stream",
             "stage": "route", "service": "feature", "topic": topics.events, "partition": "0", "offset": "5"}
