@@ -6,6 +6,8 @@
                                                        `driftline.labels` (written by feature)
     datasets/<stream>/versions/<dataset_id>.json       a dataset version's manifest (trainer)
     datasets/<stream>/eval/<dataset_id>.parquet        its held-out slice (trainer)
+    datasets/<stream>/recent/<sha256>.parquet          rows a version took from the features
+                                                       topic before a segment held them (trainer)
 
 A dataset version is a manifest naming the segments it was cut from (with their sha256), the
 label segments its delayed labels came from (when any did), its event-time window, its feature
@@ -38,7 +40,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+import pyarrow as pa
 
 PREFIX = "datasets/"
 LABELS = "labels"
@@ -89,6 +93,18 @@ def partition_part(partition: int) -> str:
 def partition_part_of(name: str) -> str:
     """The `partition_part` a segment name starts with."""
     return name[:name.index("-") + 1]
+
+
+def segment_schema(feature_names: Sequence[str]) -> pa.Schema:
+    """The columns of a feature segment (and of a recent part): the event, its own label, its values."""
+    return pa.schema([
+        ("event_id", pa.string()), ("entity_id", pa.string()), ("event_time_ms", pa.int64()),
+        ("label", pa.int32()), *((name, pa.float64()) for name in feature_names)])
+
+
+def recent_part_key(stream: str, sha256: str) -> str:
+    """Where the rows a dataset version took from the features topic are, by their content."""
+    return f"{stream_prefix(stream)}recent/{sha256}.parquet"
 
 
 def label_segment_key(stream: str, partition: int, first_offset: int, last_offset: int) -> str:

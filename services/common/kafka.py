@@ -337,7 +337,9 @@ class Consumer:
             conf["group.instance.id"] = instance_id
         conf.update(config or {})
         self.raw = _Consumer(conf)
-        self.raw.subscribe(list(topics))
+        topics = list(topics)
+        if topics:  # none: the caller assigns partitions itself (`position_at_end`)
+            self.raw.subscribe(topics)
 
     def poll_messages(self, max_records: int = 500, timeout: float = 1.0) -> list[_KafkaMessage]:
         """Returns raw messages, skipping end-of-partition events, raising real errors (and ending
@@ -443,8 +445,9 @@ def _is_data(msg: _KafkaMessage) -> bool:
     raise exc
 
 
-def position_at_end(consumer: Consumer, topic: str, timeout: float = 10.0) -> None:
-    """Assigns every partition of `topic` at its current end and commits there.
+def position_at_end(consumer: Consumer, topic: str, timeout: float = 10.0, *, commit: bool = True) -> None:
+    """Assigns every partition of `topic` at its current end and commits there (unless `commit`
+    is False: a follower that never commits then leaves no group on the broker).
 
     For a consumer that must see every record published from now on, in every
     instance (serving follows the registry's events this way). Explicit offsets
@@ -468,7 +471,8 @@ def position_at_end(consumer: Consumer, topic: str, timeout: float = 10.0) -> No
             if not ends:
                 raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"{topic} has no partitions yet"))
             raw.assign(ends)
-            raw.commit(offsets=ends, asynchronous=False)
+            if commit:
+                raw.commit(offsets=ends, asynchronous=False)
             return
         except KafkaException as exc:
             error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None

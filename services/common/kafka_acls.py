@@ -83,7 +83,7 @@ def acl_table(prefix: str = "") -> list[Grant]:
         *_groups("feature", feature_app),
         *_transactions("feature", feature_app),
 
-        *_topics("trainer", [t.training_requests], [t.training_results, t.dead_letters("trainer")]),
+        *_topics("trainer", [t.training_requests, t.features], [t.training_results, t.dead_letters("trainer")]),
         *_groups("trainer", f"{prefix}driftline-trainer"),
 
         *_topics("registry", [], [t.registry_events]),

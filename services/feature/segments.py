@@ -26,7 +26,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.common.datasets import LABEL_COLUMNS, labels_prefix, partition_part, segment_name, segments_prefix
+from services.common.datasets import (
+    LABEL_COLUMNS, labels_prefix, partition_part, segment_name, segment_schema, segments_prefix,
+)
 from services.common.objectstore import ObjectStore
 
 _SEGMENT_NAME = re.compile(r"p(\d{3,})-(\d{12,})-(\d{12,})\.json$")
@@ -59,12 +61,6 @@ def label_stem(stream: str, partition: int, first_offset: int, last_offset: int)
     return f"{labels_prefix(stream)}{segment_name(partition, first_offset, last_offset)}"
 
 
-def arrow_schema(feature_names: Sequence[str]) -> pa.Schema:
-    return pa.schema([
-        ("event_id", pa.string()), ("entity_id", pa.string()), ("event_time_ms", pa.int64()),
-        ("label", pa.int32()), *((name, pa.float64()) for name in feature_names)])
-
-
 LABEL_SCHEMA = pa.schema(list(zip(LABEL_COLUMNS, (pa.string(), pa.int32(), pa.int64(), pa.int64()))))
 
 
@@ -80,7 +76,7 @@ def encode_parquet(rows: Sequence[SegmentRow], feature_names: Sequence[str]) -> 
     columns: list[list] = [[r.event_id for r in rows], [r.entity_id for r in rows],
                            [r.event_time_ms for r in rows], [r.label for r in rows]]
     columns += [[r.values[i] for r in rows] for i in range(len(feature_names))]
-    return _parquet(columns, arrow_schema(feature_names))
+    return _parquet(columns, segment_schema(feature_names))
 
 
 def encode_labels(rows: Sequence[LabelRow]) -> bytes:

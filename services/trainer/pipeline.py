@@ -36,6 +36,7 @@ from services.common.threads import Backoff
 
 from .dataset import Cancelled, Dataset, SegmentReader, Window, features_and_labels, to_parquet, wait_for_rows
 from .export import INPUT_NAME, OUTPUT_NAME, check_matches_torch, export_onnx, predict_proba, session
+from .recent import RecentRows
 from .reference import feature_references
 from .reuse import Scored, concept_is_back, score_earlier, standard_error
 from .settings import TrainerSettings
@@ -73,8 +74,9 @@ class Candidate:
 
 class TrainingPipeline:
     def __init__(self, settings: TrainerSettings, store: ObjectStore, registry: registry_pb2_grpc.RegistryStub,
-                 code_version: str, cancelled: threading.Event) -> None:
+                 code_version: str, cancelled: threading.Event, recent: RecentRows | None = None) -> None:
         self.settings = settings
+        self.recent = recent
         self.store = store
         self.registry = registry
         self.code_version = code_version
@@ -170,9 +172,10 @@ class TrainingPipeline:
             return early
         dataset = wait_for_rows(self._reader(stream), window, min_rows,
                                 timeout_s=s.wait_timeout_s, poll_s=self._poll_s(request), cancelled=self.cancelled,
-                                superseded=superseded)
+                                superseded=superseded, recent=self._recent_for(request))
         log.info("rows ready", extra={"request_id": request.request_id, "rows": dataset.rows,
-                                      "seconds": round(time.perf_counter() - started, 3)})
+                                      "seconds": round(time.perf_counter() - started, 3),
+                                      "from": "topic" if dataset.from_topic else "segments"})
         train_rows, eval_rows = dataset.time_split(s.holdout_fraction)
         data_id, eval_uri = self._store_dataset(dataset, eval_rows, stream)
         candidate = self._train(train_rows, eval_rows, dataset.feature_names, params, superseded)
@@ -194,7 +197,8 @@ class TrainingPipeline:
         if not versions or not 0 < s.reuse_rows < min_rows:
             return None
         dataset = wait_for_rows(self._reader(stream), window, s.reuse_rows, timeout_s=s.wait_timeout_s,
-                                poll_s=self._poll_s(request), cancelled=self.cancelled, superseded=superseded)
+                                poll_s=self._poll_s(request), cancelled=self.cancelled, superseded=superseded,
+                                recent=self._recent_for(request))
         started = time.perf_counter()
         earlier = self._best_earlier(request, versions, dataset.feature_names, dataset.table)
         log.info("earlier versions scored on the change's first rows", extra={
@@ -229,6 +233,11 @@ class TrainingPipeline:
         """How often a request's wait lists the segments: a change's first answer often, a refresh seldom."""
         refresh = request.trigger == training_pb2.TrainingRequest.REFRESH
         return self.settings.refresh_poll_interval_s if refresh else self.settings.poll_interval_s
+
+    def _recent_for(self, request: training_pb2.TrainingRequest) -> RecentRows | None:
+        """Where a request's rows may come from besides the segments: a drift retrain's first rows,
+        the ones a change waits on, from the features topic; every other request's from segments."""
+        return self.recent if request.trigger == training_pb2.TrainingRequest.DRIFT else None
 
     def _reader(self, stream: str) -> SegmentReader:
         """The stream's segment reader, kept across requests (its sidecars are fetched once)."""

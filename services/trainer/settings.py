@@ -11,6 +11,9 @@ class TrainerSettings(CommonSettings):
     poll_interval_s: float = 0.05
     # A refresh waits for thousands of rows, and nobody waits on it: a listing a second is enough.
     refresh_poll_interval_s: float = 1.0
+    # Labelled feature records per stream the trainer keeps from the features topic (recent.py), from
+    # which a drift retrain's first rows come before a segment holds them; 0: from segments only.
+    recent_rows: int = 8192
     # Used when a request leaves min_rows at 0.
     default_min_rows: int = 1000
     # The most recent share of the window (by event time) held out for evaluation and the gate.

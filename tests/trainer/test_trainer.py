@@ -15,7 +15,7 @@ import grpc
 import pyarrow.parquet as pq
 import pytest
 
-from driftline.v1 import registry_pb2, registry_pb2_grpc, training_pb2
+from driftline.v1 import features_pb2, registry_pb2, registry_pb2_grpc, training_pb2
 from helpers_models import FEATURES, STEP_MS, T0_MS, accuracy_of, agrawal_rows, collect, write_segments
 from services.common.kafka import Consumer, Producer, Record, ensure_topics
 from services.common.objectstore import ObjectStore, split_uri
@@ -246,6 +246,45 @@ def test_retraining_after_a_concept_change_is_promoted_over_the_old_model(loop):
     assert production.version == 2 and production.params["window_start_ms"] == str(drift_ms)
     manifest = loop.store.get_json(f"datasets/{stream}/versions/{new.dataset_id}.json")
     assert manifest["rows"] == 1500 and manifest["window_end_ms"] == T0_MS + 2999 * STEP_MS
+
+
+def publish_features(loop: Loop, stream: str, rows: list[dict]) -> None:
+    """The rows as the feature service publishes them on driftline.features."""
+    for row in rows:
+        record = features_pb2.FeatureRecord(event_id=row["event_id"], entity_id=row["entity_id"], feature_set=stream,
+                                            values=[row[name] for name in FEATURES], label=row["label"])
+        record.event_time.FromMilliseconds(row["event_time_ms"])
+        loop.producer.produce(loop.topics.features, record, key=row["entity_id"])
+    loop.producer.flush()
+
+
+def test_a_drift_retrains_first_rows_come_from_the_features_topic_before_a_segment_holds_them(loop):
+    """The rows after a change are on driftline.features and in no segment yet (the feature service
+    cuts one every few hundred ms): the drift retrain trains on them, and its dataset names them as
+    a part of its own, which reads back against its sha256."""
+    model, stream = names()
+    before = agrawal_rows(1000, function=0, seed=41)
+    after = agrawal_rows(300, function=1, seed=42, start=1000)  # the concept changes at row 1000
+    write_segments(loop.store, stream, before)
+    first = training_request(model, stream, start_ms=T0_MS, end_ms=T0_MS + 999 * STEP_MS, min_rows=1000)
+    loop.request(first)
+    (old,) = loop.results_for(first.request_id)
+    assert old.status == SUCCEEDED and old.promoted, old.error
+    # The trainer follows the topic from where it was when it started: it is running by now.
+    publish_features(loop, stream, before[-50:] + after)
+
+    retrain = training_request(model, stream, start_ms=T0_MS + 1000 * STEP_MS, min_rows=300)
+    retrain.trigger = training_pb2.TrainingRequest.DRIFT
+    loop.request(retrain)
+    (new,) = loop.results_for(retrain.request_id)
+    assert new.status == SUCCEEDED and new.promoted, new.error
+    assert new.metrics["gate_candidate_accuracy"] > new.metrics["gate_baseline_accuracy"] + 0.2, dict(new.metrics)
+    manifest = loop.store.get_json(f"datasets/{stream}/versions/{new.dataset_id}.json")
+    (part,) = manifest["segments"]
+    assert part["key"].startswith(f"datasets/{stream}/recent/") and part["rows"] == manifest["rows"] == 300
+    table = pq.read_table(io.BytesIO(loop.store.get_bytes(part["key"], expected_sha256=part["sha256"])))
+    assert table.column("event_id").to_pylist() == [r["event_id"] for r in after]
+    assert table.column("label").to_pylist() == [r["label"] for r in after]
 
 
 def test_a_concept_that_returns_is_served_again_by_the_version_that_learnt_it(loop):
