@@ -60,10 +60,16 @@ def standard_error(accuracy: float, rows: int) -> float:
     a fresh candidate is preferred: the two are a tie on this slice, and the earlier one learnt
     from many more rows than the few hundred the first retrain after a change has.
 
-    >>> round(standard_error(0.9, 100), 3)
-    0.03
+    Agresti-Coull's (two right and two wrong answers added): Wald's sqrt(p(1-p)/n) is 0 at an
+    accuracy of 1.0, and a version perfect on its own held-out rows was then refused as the
+    concept's return over one row of the previous concept among a change's first 110 (STAGGER).
+
+    >>> round(standard_error(0.9, 100), 3), round(standard_error(1.0, 110), 3)
+    (0.031, 0.012)
     """
-    return math.sqrt(accuracy * (1 - accuracy) / max(rows, 1))
+    n = max(rows, 1) + 4
+    p = (accuracy * (n - 4) + 2) / n
+    return math.sqrt(p * (1 - p) / n)
 
 
 def concept_is_back(scored: Scored, rows: int) -> bool:
@@ -74,6 +80,9 @@ def concept_is_back(scored: Scored, rows: int) -> bool:
 
     >>> v = registry_pb2.ModelVersion(version=3, metrics={"accuracy": 0.97})
     >>> concept_is_back(Scored(v, 0.95), 100), concept_is_back(Scored(v, 0.82), 60)
+    (True, False)
+    >>> perfect = registry_pb2.ModelVersion(version=1, metrics={"accuracy": 1.0})
+    >>> concept_is_back(Scored(perfect, 108 / 110), 110), concept_is_back(Scored(perfect, 0.9), 110)
     (True, False)
     """
     own = scored.version.metrics.get("accuracy")
