@@ -158,6 +158,15 @@ class Checkpoints:
         self._writer = threading.Thread(target=self._write_loop, name="monitor-snapshots", daemon=True)
         self._writer.start()
 
+    @property
+    def durable(self) -> bool:
+        """Whether some snapshot holds this monitor's state: one was restored at start, or written
+        since. Until then its consumer commits nothing, so a monitor killed before its first
+        snapshot leaves no committed offsets past state that died with it: the next one reads
+        its inputs from where the last snapshot (or the topics' start) left them."""
+        with self._cond:
+            return self.restored is not None or self._written > 0
+
     # -- saving ---------------------------------------------------------------------------------
 
     def after_batch(self) -> None:

@@ -87,15 +87,19 @@ def build(settings: MonitorSettings) -> ServiceProcess:
     resume_at(consumer, inputs, monitor.positions, restored)
     # Offsets are committed asynchronously after each batch (a synchronous commit costs a broker
     # round trip per batch, more than the batch's work) and synchronously when idle; they are where
-    # a monitor without a snapshot starts (and what lag is measured by).
+    # a monitor without a snapshot starts (and what lag is measured by). None before the first
+    # snapshot (`durable`): a monitor killed before it had written one once left offsets committed
+    # past the state it took with it, and its successor, finding no snapshot, started there.
     def handle(messages) -> None:
         monitor.handle(messages)
-        consumer.commit(asynchronous=True)
+        if checkpoints.durable:
+            consumer.commit(asynchronous=True)
         checkpoints.after_batch()
 
     def idle() -> None:
         monitor.tick()
-        consumer.commit()
+        if checkpoints.durable:
+            consumer.commit()
         checkpoints.after_batch()
 
     worker = ConsumerWorker("monitor", consumer, handle, max_records=settings.max_poll_records,

@@ -111,6 +111,28 @@ def loop(kafka_bootstrap, s3, tmp_path):
             registry.stop()
 
 
+def test_a_monitor_killed_before_its_first_snapshot_leaves_its_successor_every_sample(loop, s3):
+    """No snapshot ever written (a long interval, no training request): the first monitor counts
+    the samples and is killed; the next one finds no snapshot and must count them all again, not
+    start at offsets the first one committed past the state it took with it."""
+    loop.kill()
+    loop.env = {**loop.env, "DRIFTLINE_SNAPSHOT_EVERY_S": "3600"}
+    for key in s3.client().list_objects(loop.own.bucket, prefix="monitor/state/", recursive=True):
+        s3.client().remove_object(loop.own.bucket, key.object_name)  # the fixture's monitor may have written one
+    chunks = _chunks(samples(MODEL, 1000, 1000, 0.9, 0.9, False, seed=11), loop.own.topics)
+    loop.start()
+    for chunk in chunks[:10]:
+        loop.send(chunk)
+    wait_for(lambda: loop.samples() == 500, 60, "the first monitor to count 500 samples")
+    loop.kill()
+    loop.start()
+    for chunk in chunks[10:]:
+        loop.send(chunk)
+    wait_for(lambda: loop.samples() == 1000, 60, "the second monitor to count all 1000")
+    time.sleep(1.0)
+    assert loop.samples() == 1000
+
+
 def test_after_sigkills_the_counts_are_the_distinct_labelled_predictions_and_a_drift_asks_once(loop, kafka_bootstrap):
     topics = loop.own.topics
     requests_in = Consumer(kafka_bootstrap, f"test-{uuid.uuid4().hex}", [topics.training_requests])
