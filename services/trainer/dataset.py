@@ -281,8 +281,7 @@ class SegmentReader:
         """The window's rows as `recent` holds them, once they are `min_rows` (None before, or when
         `recent` does not reach back to the window's start); they are written as the dataset's one
         part (`recent_part_key`), which its manifest names."""
-        names = feature_names
-        table = recent.rows_since(self.stream, window.start_ms, names)
+        table = recent.rows_since(self.stream, window.start_ms, feature_names)
         if table is None or table.num_rows < min_rows:
             return None
         end = now_ms if window.end_ms is None else window.end_ms
@@ -294,8 +293,8 @@ class SegmentReader:
         ref = self.store.put_bytes(recent_part_key(self.stream, sha256_of(data)), data)
         times = table.column("event_time_ms")
         part = Segment(ref.key, ref.sha256, table.num_rows, int(pc.min(times).as_py()), int(pc.max(times).as_py()),
-                       names)
-        return Dataset(window, list(names), [(part, table.num_rows)], table)
+                       feature_names)
+        return Dataset(window, list(feature_names), [(part, table.num_rows)], table)
 
     def _labelled(self, table: pa.Table) -> tuple[pa.Table, list[tuple[LabelSegment, int]]]:
         """`table` with each row lacking its own label given its latest delayed label, and the
